@@ -7,6 +7,7 @@ from lightning_robust.models.loading import (
     minilm_path,
     resolve_name,
 )
+from lightning_robust.models.reward_loading import load_reward_scorer
 from lightning_robust.models.tiny import (
     TINY_MODEL_NAME,
     TINY_WORDS,
@@ -18,6 +19,7 @@ __all__ = [
     "TINY_MODEL_NAME",
     "TINY_WORDS",
     "attention_implementation",
+    "load_reward_scorer",
     "load_sequence_classifier",
     "load_tokenizer",
     "minilm_path",
