@@ -1,6 +1,7 @@
 """Lightning callbacks of lightning_robust (installed as ``lightning_robust.callbacks``)."""
 
 from lightning_robust.callbacks.benchmark import BenchmarkCallback, plot_benchmark
+from lightning_robust.callbacks.frontier import RewardKLFrontier
 from lightning_robust.callbacks.metrics_table import MetricsTable
 
-__all__ = ["BenchmarkCallback", "MetricsTable", "plot_benchmark"]
+__all__ = ["BenchmarkCallback", "MetricsTable", "RewardKLFrontier", "plot_benchmark"]

@@ -49,7 +49,9 @@ class Rollout:
         return int(self.input_ids.shape[0] // max(int(self.prompt_index.max()) + 1, 1))
 
 
-def first_eos_mask(response_ids: torch.Tensor, eos_token_id: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def first_eos_mask(
+    response_ids: torch.Tensor, eos_token_id: int | list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mask [N, R], has_eos [N])``: True up to and including the first EOS of each row."""
     eos_ids = torch.as_tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
     is_eos = torch.isin(response_ids, eos_ids.to(response_ids.device))
@@ -107,7 +109,9 @@ def generate_rollouts(
     response = sequences[:, width:]
     mask, has_eos = first_eos_mask(response, eos_token_id)
     response = response.masked_fill(~mask, pad_token_id)
-    prompt_index = torch.arange(prompt_ids.shape[0], device=prompt_ids.device).repeat_interleave(num_generations)
+    prompt_index = torch.arange(prompt_ids.shape[0], device=prompt_ids.device).repeat_interleave(
+        num_generations
+    )
     full_mask = torch.cat([prompt_mask[prompt_index], mask.long()], dim=1)
     return Rollout(
         input_ids=torch.cat([sequences[:, :width], response], dim=1),
@@ -119,22 +123,64 @@ def generate_rollouts(
     )
 
 
-def token_logprobs(model, rollout: Rollout, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
+def token_logprobs(
+    model, rollout: Rollout, temperature: float = 1.0, chunk_size: int | None = None
+) -> torch.Tensor:
     """``[N, R]`` float32 log-probs of the response tokens under ``softmax(logits / T)``;
     0 at masked positions. Runs with grad when the caller has it enabled; ``chunk_size`` rows at a
     time when given (for no-grad scoring of large rollouts)."""
+    return token_logprobs_and_values(model, rollout, temperature, chunk_size=chunk_size)[0]
+
+
+def token_logprobs_and_values(
+    model,
+    rollout: Rollout,
+    temperature: float = 1.0,
+    value_head: torch.nn.Module | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs as :func:`token_logprobs` and, with a ``value_head``, the values ``[N, R]`` from
+    the same forward: ``value_head(h)`` on the decoder's last hidden state ``h`` at the position
+    that predicts each response token (the state before the token is emitted), float32, 0 at
+    masked positions; ``None`` without a head."""
     rows = rollout.input_ids.shape[0]
     step = chunk_size or rows
-    pieces = []
+    logp_pieces, value_pieces = [], []
+    width = rollout.prompt_width
     for start in range(0, rows, step):
         ids = rollout.input_ids[start : start + step]
         mask = rollout.attention_mask[start : start + step]
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
-        ).logits
+        response_mask = rollout.response_mask[start : start + step]
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask),
+            output_hidden_states=value_head is not None,
+        )
         # logits at t predict token t+1: responses start at column P
-        logits = logits[:, rollout.prompt_width - 1 : -1].float() / temperature
-        targets = ids[:, rollout.prompt_width :]
-        logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        pieces.append(logps * rollout.response_mask[start : start + step])
-    return torch.cat(pieces, dim=0)
+        logits = out.logits[:, width - 1 : -1].float() / temperature
+        targets = ids[:, width:]
+        logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
+            logits, dim=-1
+        )
+        logp_pieces.append(logps * response_mask)
+        if value_head is not None:
+            hidden = out.hidden_states[-1][:, width - 1 : -1]
+            weight = next(value_head.parameters())
+            values = value_head(hidden.to(weight.dtype)).squeeze(-1).float()
+            value_pieces.append(values * response_mask)
+    logps = torch.cat(logp_pieces, dim=0)
+    return logps, (torch.cat(value_pieces, dim=0) if value_head is not None else None)
+
+
+def select_rows(rollout: Rollout, rows: torch.Tensor) -> Rollout:
+    """The completions ``rows`` (a LongTensor of row indices) of ``rollout``, as a Rollout
+    (``prompt_index`` kept: it still names prompts of the original batch)."""
+    return Rollout(
+        input_ids=rollout.input_ids[rows],
+        attention_mask=rollout.attention_mask[rows],
+        prompt_width=rollout.prompt_width,
+        response_mask=rollout.response_mask[rows],
+        has_eos=rollout.has_eos[rows],
+        prompt_index=rollout.prompt_index[rows],
+    )
