@@ -328,3 +328,19 @@ def test_bad_inputs_are_named():
         gae(old, values, mask.float())
     with pytest.raises(ValueError, match="scores"):
         ppo_token_rewards(old, ref, scores[:2], mask, BETA)
+
+
+def test_explained_variance_limits_and_formula():
+    from lightning_robust.objectives.rl import explained_variance
+
+    g = torch.Generator().manual_seed(3)
+    returns = torch.randn(4, 5, generator=g)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    assert torch.isclose(explained_variance(returns, returns, mask), torch.tensor(1.0))
+    constant = torch.full_like(returns, 0.7)
+    assert torch.isclose(explained_variance(constant, returns, mask), torch.tensor(0.0), atol=1e-6)
+    values = torch.randn(4, 5, generator=g)
+    r, v = returns[mask].double(), values[mask].double()
+    expected = 1 - (r - v).var(unbiased=False) / r.var(unbiased=False)
+    assert torch.isclose(explained_variance(values, returns, mask).double(), expected, atol=1e-6)

@@ -38,8 +38,8 @@ from lightning_robust.modules.optim import Schedule
 from lightning_robust.objectives.rl import (
     aggregate_token_losses,
     clipped_value_loss,
+    explained_variance,
     kl_regularised_returns,
-    masked_mean,
     missing_eos_penalty,
     policy_surrogate,
     ppo_advantages,
@@ -218,11 +218,7 @@ class PPO(OnlineRLModule):
             targets["sample_weights"] = scales
         stats["reward/score"] = scores.mean()
         stats["reward/kl_regularised"] = kl_regularised_returns(token_rewards, mask).mean()
-        residual_var = masked_mean(
-            (returns - old_values - masked_mean(returns - old_values, mask)) ** 2, mask
-        )
-        return_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-        stats["value/explained_variance"] = 1 - residual_var / return_var.clamp(min=1e-12)
+        stats["value/explained_variance"] = explained_variance(old_values, returns, mask)
         return targets, stats
 
     def minibatch_loss(self, rollout: Rollout, targets: dict):

@@ -119,6 +119,15 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return sq / (count - 1 if unbiased else max(count, 1))
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - Var[returns - values] / Var[returns]`` over the unmasked tokens (population
+    variances): 1 for a perfect value function, 0 for a constant one, negative when worse."""
+    residual = returns - values
+    residual_var = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return_var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    return 1 - residual_var / return_var.clamp(min=1e-12)
+
+
 def masked_whiten(
     x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
 ) -> torch.Tensor:
