@@ -1,7 +1,15 @@
-"""Throughput of our DPO module vs TRL's DPOTrainer on the same tiny model, data and batch.
+"""Throughput of our DPO module vs TRL's DPOTrainer on the same tiny model, data and batch,
+with a breakdown of which of our choices buys what.
 
     pip install --no-deps trl      # only for this benchmark
-    python benchmarks/dpo_vs_trl.py [--steps 30] [--rounds 2] [--batch-size 8]
+    python benchmarks/dpo_vs_trl.py [--steps 30] [--rounds 2] [--batch-size 8] [--no-breakdown]
+
+Breakdown rows (each changes one choice of the default "ours (frozen copy)" run): reference
+precomputed on disk; LM head on every position (``fast_head=False``) instead of response positions
+only; separate chosen / rejected forwards (each trimmed to its own width) instead of one
+concatenated ``[2B, L]`` forward; length-grouped batches (``group_by_length``). LoRA rows (r=8,
+all linear layers) compare the three references: adapters disabled, a frozen copy, precomputed;
+they train adapters only, so they are not like for like with TRL's full fine-tuning.
 
 Both train the same random-init tiny Llama (hidden 128, 2 layers; identical initial weights) on
 the same synthetic preference rows, batch 8, fp32, plain DPO with beta 0.1, a frozen reference copy
@@ -60,9 +68,44 @@ class StepTimer:
         return (len(t) - 1) / (t[-1] - t[0])
 
 
-def run_ours(dm, steps, warmup, batch_size, reference):
+def separate_forwards_dpo(**kwargs):
+    """Our DPO module with the concatenated forward replaced by one forward per side."""
+    from lightning_robust.models.logprobs import sequence_logprobs
+    from lightning_robust.modules import DPO
+    from lightning_robust.modules.reference import reference_logps
+
+    class SeparateForwards(DPO):
+        def concatenated_logps(self, batch, split="train", embeddings=False):
+            policy, ref = [], []
+            for side in ("chosen", "rejected"):
+                mask = batch[f"{side}_attention_mask"]
+                width = int(mask.sum(1).max())  # each side padded to its own width, as TRL
+                ids, mask = batch[f"{side}_input_ids"][:, :width], mask[:, :width]
+                plen = batch[f"{side}_prompt_len"]
+                fast = self.hparams.fast_head
+                policy.append(sequence_logprobs(self.backbone, ids, mask, plen, fast_head=fast)[0])
+                ref.append(
+                    reference_logps(self.backbone, self.reference_model, ids, mask, plen, fast)
+                )
+            return torch.cat(policy), torch.cat(ref), None
+
+    return SeparateForwards(**kwargs)
+
+
+def run_ours(
+    dm,
+    steps,
+    warmup,
+    batch_size,
+    reference,
+    fast_head=True,
+    separate=False,
+    group_by_length=False,
+    lora=None,
+):
     from lightning import Callback, Trainer
 
+    from lightning_robust.models.lora import LoraOptions
     from lightning_robust.modules import DPO
 
     timer = StepTimer(warmup)
@@ -72,13 +115,17 @@ def run_ours(dm, steps, warmup, batch_size, reference):
             timer.stamp()
 
     dm.batch_size = batch_size
-    model = DPO(
+    dm.group_by_length = group_by_length
+    options = dict(
         tiny_config=TINY,
         learning_rate=1e-4,
         warmup_ratio=0.0,
         reference=reference,
         reference_cache_dir=tempfile.mkdtemp(),
+        fast_head=fast_head,
+        lora=LoraOptions(r=8, alpha=16, dropout=0.0) if lora else None,
     )
+    model = separate_forwards_dpo(**options) if separate else DPO(**options)
     t0 = time.perf_counter()
     trainer = Trainer(
         accelerator="auto",
@@ -148,31 +195,55 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-breakdown", action="store_true", help="only the four headline runs")
+    p.add_argument(
+        "--threads", type=int, default=0,
+        help="torch intra-op threads (0: torch's default); 1 on a CPU shared with other jobs",
+    )
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dm, data = rows(num_train=max(64, a.batch_size * (a.steps + 2)))
+    lengths = [len(r["chosen_input_ids"]) for r in dm.datasets["train"]]
+    print(f"rows: chosen lengths {min(lengths)}..{max(lengths)} tokens (median {statistics.median(lengths)})")
+
+    def ours(reference="frozen_copy", **kw):
+        return lambda: run_ours(dm, a.steps, a.warmup, a.batch_size, reference, **kw)
+
     runs = {
-        "ours (frozen copy)": lambda: run_ours(dm, a.steps, a.warmup, a.batch_size, "frozen_copy"),
-        "ours (precomputed ref)": lambda: run_ours(
-            dm, a.steps, a.warmup, a.batch_size, "precomputed"
-        ),
+        "ours (frozen copy)": ours(),
+        "ours (precomputed ref)": ours("precomputed"),
         "TRL DPOTrainer": lambda: run_trl(data, a.steps, a.warmup, a.batch_size, False),
         "TRL (precompute_ref_log_probs)": lambda: run_trl(
             data, a.steps, a.warmup, a.batch_size, True
         ),
     }
+    if not a.no_breakdown:
+        runs.update(
+            {
+                "  - LM head on all positions": ours(fast_head=False),
+                "  - separate chosen/rejected fwd": ours(separate=True),
+                "  + length-grouped batches": ours(group_by_length=True),
+                "LoRA, adapters disabled (ref)": ours("lora_disabled", lora=True),
+                "LoRA, frozen copy (ref)": ours("frozen_copy", lora=True),
+                "LoRA, precomputed (ref)": ours("precomputed", lora=True),
+            }
+        )
     results = {k: [] for k in runs}
     for _ in range(a.rounds):
         for name, fn in runs.items():  # interleaved
             results[name].append(fn()[0])
     base = statistics.median(results["TRL DPOTrainer"])
+    ours_base = statistics.median(results["ours (frozen copy)"])
     print(
         f"\nDPO steps/s, tiny Llama {TINY}, batch {a.batch_size}, fp32, "
-        f"{a.steps} steps ({a.warmup} warm-up), {a.rounds} interleaved rounds"
+        f"{a.steps} steps ({a.warmup} warm-up), {a.rounds} interleaved rounds, "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'} ({torch.get_num_threads()} threads)"
     )
-    print(f"{'run':34s} {'steps/s (median)':>17s} {'vs TRL':>8s}")
+    print(f"{'run':34s} {'steps/s (median)':>17s} {'vs TRL':>8s} {'vs ours':>8s}")
     for name, values in results.items():
         med = statistics.median(values)
-        print(f"{name:34s} {med:17.2f} {med / base:7.2f}x")
+        print(f"{name:34s} {med:17.2f} {med / base:7.2f}x {med / ours_base:7.2f}x")
 
 
 if __name__ == "__main__":

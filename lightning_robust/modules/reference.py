@@ -20,6 +20,7 @@ import copy
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -158,3 +159,242 @@ def load_or_compute(
         os.replace(tmp, path)
         log.info("reference log-probs of %r (%d rows) cached in %s", split, len(dataset), path)
     return table, True
+
+
+# ---------------------------------------------------------------- reference samples (forward KL)
+# ``kl_samples: reference`` of p-/dp-/e-DPO (ALGORITHMS.md §3.4; DESIGN.md settled point): the
+# forward KL(pi_ref || pi_theta) is estimated on samples y_k ~ pi_ref(.|x). They come from the
+# data's ``ref_samples`` column when it has one, else from the reference, generated once (no
+# grad, temperature 1, no top-p / top-k: exact pi_ref samples). Either way their reference
+# log-probs are computed once too, and both are cached on disk as
+# ``<cache_dir>/ref_samples-<split>-<data fp>-<model fp>-<settings fp>.pt`` (settings: source,
+# number of samples, max new tokens, seed; for the column, a hash of its token ids).
+
+SAMPLES_FORMAT = 1
+
+
+@dataclass
+class ReferenceSamples:
+    """Samples of one split, flat: sample ``s`` is ``tokens[starts[s]:starts[s] + lengths[s]]``
+    (prompt then response, the response starting at ``prompt_len[s]``) and answers dataset row
+    ``row[s]``; ``ref_logps[s]`` is its summed response log-prob under the reference. Rows own
+    samples ``offsets[i]:offsets[i+1]`` (sorted by row)."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    prompt_len: torch.Tensor
+    row: torch.Tensor
+    ref_logps: torch.Tensor
+    source: str
+
+    def __post_init__(self):
+        self.starts = torch.cumsum(self.lengths, 0) - self.lengths
+        num_rows = int(self.row.max()) + 1 if self.row.numel() else 0
+        counts = torch.bincount(self.row, minlength=num_rows)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+
+    @classmethod
+    def from_lists(cls, seqs, prompt_len, row, ref_logps, source) -> ReferenceSamples:
+        order = sorted(range(len(seqs)), key=lambda s: row[s])
+        return cls(
+            torch.tensor([t for s in order for t in seqs[s]], dtype=torch.long),
+            torch.tensor([len(seqs[s]) for s in order], dtype=torch.long),
+            torch.tensor([prompt_len[s] for s in order], dtype=torch.long),
+            torch.tensor([row[s] for s in order], dtype=torch.long),
+            torch.as_tensor(ref_logps, dtype=torch.float32)[order]
+            if len(order)
+            else torch.zeros(0),
+            source,
+        )
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def sequences(self, ids) -> list[list[int]]:
+        return [
+            self.tokens[self.starts[s] : self.starts[s] + self.lengths[s]].tolist() for s in ids
+        ]
+
+    def of_rows(self, rows: list[int]) -> tuple[list[int], list[int]]:
+        """``(sample ids, position in rows)`` of every sample of the given dataset rows."""
+        ids, owner = [], []
+        for pos, r in enumerate(rows):
+            if r + 1 >= len(self.offsets):
+                raise KeyError(f"no reference samples for row {r}")
+            span = range(int(self.offsets[r]), int(self.offsets[r + 1]))
+            ids += span
+            owner += [pos] * len(span)
+        return ids, owner
+
+    def batch(self, rows: list[int], pad_token_id: int, device=None) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``/``attention_mask``/``prompt_len``/``ref_logps``/``owner``
+        (position of each sample's row in ``rows``) of the samples of ``rows``."""
+        ids, owner = self.of_rows(rows)
+        if not ids:
+            raise ValueError(f"rows {rows} have no reference samples")
+        seqs = self.sequences(ids)
+        input_ids, mask = pad_right(seqs, pad_token_id)
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "prompt_len": self.prompt_len[ids],
+            "ref_logps": self.ref_logps[ids],
+            "owner": torch.tensor(owner, dtype=torch.long),
+        }
+        return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+    def state(self) -> dict:
+        return {
+            "tokens": self.tokens,
+            "lengths": self.lengths,
+            "prompt_len": self.prompt_len,
+            "row": self.row,
+            "ref_logps": self.ref_logps,
+            "source": self.source,
+        }
+
+
+def pad_right(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), int(pad_token_id), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _pad_left(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), int(pad_token_id), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate_reference_samples(
+    policy,
+    frozen,
+    dataset,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    eos_token_id,
+    pad_token_id: int,
+    batch_size: int,
+    device,
+    seed: int = 0,
+) -> tuple[list[list[int]], list[int], list[int]]:
+    """``num_samples`` completions ``y ~ pi_ref(.|x)`` of every row's prompt (the tokens before
+    ``chosen_prompt_len``), sampled at temperature 1 without top-p / top-k. Returns
+    ``(sequences, prompt lengths, rows)``: prompt + response up to and including the first eos."""
+    from lightning_robust.models.rollout import generate_rollouts
+
+    seqs, plens, rows = [], [], []
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), reference_view(policy, frozen) as model:
+        torch.manual_seed(seed)
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            prompts = [list(it["chosen_input_ids"][: it["chosen_prompt_len"]]) for it in items]
+            ids, mask = _pad_left(prompts, pad_token_id)
+            rollout = generate_rollouts(
+                model,
+                ids.to(device),
+                mask.to(device),
+                eos_token_id=eos_token_id,
+                pad_token_id=pad_token_id,
+                num_generations=num_samples,
+                max_new_tokens=max_new_tokens,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+            )
+            response = rollout.response_ids.cpu()
+            keep = rollout.response_mask.cpu()
+            for k, p in enumerate(rollout.prompt_index.cpu().tolist()):
+                seqs.append(prompts[p] + response[k][keep[k]].tolist())
+                plens.append(len(prompts[p]))
+                rows.append(start + p)
+    return seqs, plens, rows
+
+
+@torch.no_grad()
+def samples_reference_logps(
+    policy,
+    frozen,
+    seqs,
+    prompt_len,
+    pad_token_id: int,
+    batch_size: int,
+    device,
+    fast_head: bool = True,
+) -> torch.Tensor:
+    """``[S]`` float32 reference log-probs of the samples (right-padded no-grad batches)."""
+    out = []
+    for start in range(0, len(seqs), batch_size):
+        ids, mask = pad_right(seqs[start : start + batch_size], pad_token_id)
+        plen = torch.as_tensor(prompt_len[start : start + batch_size], dtype=torch.long)
+        out.append(
+            reference_logps(
+                policy,
+                frozen,
+                ids.to(device),
+                mask.to(device),
+                plen.to(device),
+                fast_head=fast_head,
+            )
+            .float()
+            .cpu()
+        )
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def samples_cache_path(cache_dir, split: str, data_fp: str, model_fp: str, settings_fp: str) -> str:
+    name = f"ref_samples-{split}-{data_fp[:16]}-{model_fp[:16]}-{settings_fp[:16]}.pt"
+    return os.path.join(os.fspath(cache_dir), name)
+
+
+def settings_fingerprint(settings: dict) -> str:
+    text = ";".join(f"{k}={settings[k]}" for k in sorted(settings))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def load_or_build_samples(
+    cache_dir, split: str, dataset, model_fp: str, settings: dict, build, is_writer: bool = True
+) -> tuple[ReferenceSamples, bool, str]:
+    """The cached samples of ``split`` or ``build()`` (-> ReferenceSamples) saved under the key.
+    Returns ``(samples, built, path)``."""
+    data_fp = data_fingerprint(dataset)
+    settings_fp = settings_fingerprint(settings)
+    path = samples_cache_path(cache_dir, split, data_fp, model_fp, settings_fp)
+    if os.path.exists(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if (
+            saved.get("format") == SAMPLES_FORMAT
+            and saved.get("data_fingerprint") == data_fp
+            and saved.get("model_fingerprint") == model_fp
+            and saved.get("settings_fingerprint") == settings_fp
+        ):
+            return ReferenceSamples(**saved["samples"]), False, path
+        log.warning("reference-sample cache %s does not match its key; rebuilding", path)
+    samples = build()
+    if is_writer:
+        os.makedirs(os.fspath(cache_dir), exist_ok=True)
+        tmp = path + ".tmp"
+        torch.save(
+            {
+                "format": SAMPLES_FORMAT,
+                "data_fingerprint": data_fp,
+                "model_fingerprint": model_fp,
+                "settings_fingerprint": settings_fp,
+                "samples": samples.state(),
+            },
+            tmp,
+        )
+        os.replace(tmp, path)
+    return samples, True, path
