@@ -42,7 +42,7 @@ from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokeni
 from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import LoraOptions, apply_lora, disable_dropout
 from lightning_robust.modules.base import BackboneModule
-from lightning_robust.modules.metrics import GroupedMean
+from lightning_robust.modules.metrics import GroupedMean, TrainGroupMetrics
 from lightning_robust.modules.optim import Schedule
 from lightning_robust.modules.reference import (
     REFERENCE_MODES,
@@ -124,49 +124,6 @@ class DPOMetrics(torch.nn.Module):
             if self.group_names:
                 self.group_accuracy.reset()
                 self.group_loss.reset()
-
-
-class SyncFreeGroupedMean(GroupedMean):
-    """:class:`GroupedMean` whose update keeps every shape fixed (rows of group ``-1`` add zero),
-    so accumulating it each training step needs no host sync."""
-
-    def update(self, values: torch.Tensor, groups: torch.Tensor) -> None:
-        keep = groups >= 0
-        index = groups.clamp_min(0)
-        values = values.detach().to(torch.float64)
-        self.total.index_add_(0, index, torch.where(keep, values, torch.zeros_like(values)))
-        self.count.index_add_(0, index, keep.to(torch.float64))
-
-
-class TrainGroupMetrics(torch.nn.Module):
-    """Per-group means of the per-example loss, accuracy and margin over a training epoch,
-    accumulated on device each step and logged once per epoch as ``train/group/<name>/...``."""
-
-    NAMES = ("loss", "rewards/accuracies", "rewards/margins")
-
-    def __init__(self, group_names: list[str]):
-        super().__init__()
-        self.group_names = list(group_names)
-        self.means = torch.nn.ModuleDict(
-            {n.replace("/", "__"): SyncFreeGroupedMean(len(self.group_names)) for n in self.NAMES}
-        )
-
-    def update(self, values: dict[str, torch.Tensor], groups: torch.Tensor) -> None:
-        for name in self.NAMES:
-            self.means[name.replace("/", "__")].update(values[name], groups)
-
-    def compute(self, prefix: str = "train/") -> dict[str, torch.Tensor]:
-        out = {}
-        for name in self.NAMES:
-            means = self.means[name.replace("/", "__")].compute().float()
-            for g, group in enumerate(self.group_names):
-                if not torch.isnan(means[g]):
-                    out[f"{prefix}group/{group}/{name}"] = means[g]
-        return out
-
-    def reset(self) -> None:
-        for m in self.means.values():
-            m.reset()
 
 
 class DPO(BackboneModule):

@@ -21,10 +21,11 @@ class GroupedMean(Metric):
         self.add_state("count", default=torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, values: torch.Tensor, groups: torch.Tensor) -> None:
+        # fixed shapes (rows of group -1 add zero): no boolean indexing, so no host sync per step
         keep = groups >= 0
-        groups, values = groups[keep], values[keep].to(torch.float64)
-        self.total.index_add_(0, groups, values)
-        self.count.index_add_(0, groups, torch.ones_like(values))
+        values = values.detach().to(torch.float64)
+        self.total.index_add_(0, groups.clamp_min(0), torch.where(keep, values, torch.zeros_like(values)))
+        self.count.index_add_(0, groups.clamp_min(0), keep.to(torch.float64))
 
     def compute(self) -> torch.Tensor:
         """Per-group means; NaN for groups never seen."""
@@ -85,3 +86,34 @@ class PairwiseMetrics(torch.nn.Module):
         with torch.inference_mode(False):
             for child in self.children():
                 child.reset()
+
+
+class TrainGroupMetrics(torch.nn.Module):
+    """Per-group means of the per-example loss, accuracy and margin over a training epoch,
+    accumulated on device each step and logged once per epoch as ``train/group/<name>/...``."""
+
+    NAMES = ("loss", "rewards/accuracies", "rewards/margins")
+
+    def __init__(self, group_names: list[str]):
+        super().__init__()
+        self.group_names = list(group_names)
+        self.means = torch.nn.ModuleDict(
+            {n.replace("/", "__"): GroupedMean(len(self.group_names)) for n in self.NAMES}
+        )
+
+    def update(self, values: dict[str, torch.Tensor], groups: torch.Tensor) -> None:
+        for name in self.NAMES:
+            self.means[name.replace("/", "__")].update(values[name], groups)
+
+    def compute(self, prefix: str = "train/") -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.NAMES:
+            means = self.means[name.replace("/", "__")].compute().float()
+            for g, group in enumerate(self.group_names):
+                if not torch.isnan(means[g]):
+                    out[f"{prefix}group/{group}/{name}"] = means[g]
+        return out
+
+    def reset(self) -> None:
+        for m in self.means.values():
+            m.reset()
