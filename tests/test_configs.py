@@ -10,9 +10,9 @@ from lightning_robust.cli import build_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Overlays only make sense on top of a full config.
-OVERLAY_DIRS = {"weighting"}
+OVERLAY_DIRS = {"weighting", "strategy"}  # strategy overlays: tests/test_strategy_configs.py
 FULL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in OVERLAY_DIRS)
-OVERLAYS = sorted(p for d in OVERLAY_DIRS for p in (CONFIGS / d).glob("*.yaml"))
+OVERLAYS = sorted((CONFIGS / "weighting").glob("*.yaml"))
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.num_nodes=1"]
 
 

@@ -1,25 +1,363 @@
-"""The shared base of modules that own one trainable Hugging Face ``backbone`` and ``tokenizer``."""
+"""The shared base of modules that own one trainable Hugging Face ``backbone`` and ``tokenizer``.
+
+Besides the optimiser and ``export``, :class:`BackboneModule` holds the generic training-step
+machinery every robust module shares (DESIGN.md, "Scope of the worst case" and "Non-finite
+losses"); a subclass supplies the per-example terms of a (micro-)batch and gets:
+
+* the robust step for the ``global``/``local`` scopes (automatic optimisation);
+* the ``accumulated`` scope (manual optimisation: no-grad pre-pass over every micro-batch,
+  weights over all of them, weighted backward per micro-batch);
+* the non-finite policy (``nonfinite="error"`` raises naming the step and what was not finite;
+  ``"skip"`` drops the optimiser step, counted in ``train/skipped_steps``);
+* atomic checkpoint writes and exact mid-epoch resume with a resumable data loader.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import torch
 from lightning import LightningModule
 
 from lightning_robust.models.lora import export_pretrained
+from lightning_robust.modules.checkpoint_io import install_atomic_checkpoint_io
 from lightning_robust.modules.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+NONFINITE_POLICIES = ("error", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss, reward or gradient met ``nonfinite="error"``."""
+
+
+@dataclass
+class StepTerms:
+    """What a subclass computes for one (micro-)batch of ``n`` examples.
+
+    Attributes:
+        losses: per-example losses ``[n]`` (the input of the RobustWeighting).
+        groups: group ids ``[n]`` for GroupDRO, or ``None``.
+        extra: a scalar added to the robust loss unweighted (a regulariser that is a *mean over
+            the examples*, e.g. reward centering), or ``None``. Under the accumulated scope each
+            micro-batch adds its own mean times its share ``n_k / n`` of the batch.
+        checked: named per-example tensors that must be finite besides the losses (rewards).
+        aux: detached per-example tensors the subclass logs (concatenated over micro-batches).
+    """
+
+    losses: torch.Tensor
+    groups: torch.Tensor | None = None
+    extra: torch.Tensor | None = None
+    checked: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def concat_terms(parts: list[StepTerms]) -> StepTerms:
+    """Concatenate the terms of micro-batches into the terms of their union (``extra``: the
+    example-weighted mean of the micro-batch means, i.e. the mean over the union)."""
+    if len(parts) == 1:
+        return parts[0]
+    sizes = [p.losses.shape[0] for p in parts]
+    total = sum(sizes)
+    extra = None
+    if parts[0].extra is not None:
+        extra = sum(p.extra * (s / total) for p, s in zip(parts, sizes, strict=True))
+    groups = None if parts[0].groups is None else torch.cat([p.groups for p in parts])
+    return StepTerms(
+        losses=torch.cat([p.losses for p in parts]),
+        groups=groups,
+        extra=extra,
+        checked={k: torch.cat([p.checked[k] for p in parts]) for k in parts[0].checked},
+        aux={k: torch.cat([p.aux[k] for p in parts]) for k in parts[0].aux},
+    )
+
+
+def split_batch(batch: dict, micro_batch_size: int) -> list[dict]:
+    """Split a collated batch into micro-batches of ``micro_batch_size`` examples (the last one
+    may be smaller). The number of examples ``n`` is the first dimension of the first tensor;
+    every tensor or list whose first dimension is ``n`` is sliced, other values are shared."""
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    first = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    if first is None:
+        raise ValueError("cannot split a batch without tensors into micro-batches")
+    n = first.shape[0]
+    if micro_batch_size >= n:
+        return [batch]
+    chunks = []
+    for lo in range(0, n, micro_batch_size):
+        hi = min(n, lo + micro_batch_size)
+        chunk = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                sliceable = value.dim() > 0 and value.shape[0] == n
+            else:
+                sliceable = isinstance(value, (list, tuple)) and len(value) == n
+            chunk[key] = value[lo:hi] if sliceable else value
+        chunks.append(chunk)
+    return chunks
 
 
 class BackboneModule(LightningModule):
-    """AdamW with the warmup/decay schedule of the module's hparams, and ``export``.
+    """AdamW with the warmup/decay schedule of the module's hparams, ``export``, and the robust step.
 
-    Subclasses set ``self.backbone`` and ``self.tokenizer`` in ``configure_model`` and take the
+    Subclasses set ``self.backbone``, ``self.tokenizer`` and ``self.weighting`` and take the
     hparams ``learning_rate``, ``weight_decay``, ``warmup_ratio``, ``lr_schedule``,
-    ``min_lr_ratio``. For evaluation logging they keep ``self._val_names`` (the data module's
+    ``min_lr_ratio``; optionally ``nonfinite`` (``"error"`` default | ``"skip"``),
+    ``micro_batch_size`` (``scope="accumulated"`` only) and ``atomic_checkpoints`` (default
+    ``True``). For evaluation logging they keep ``self._val_names`` (the data module's
     ``val_set_names``) and ``self.val_metrics[name]`` containers with ``count``,
     ``compute(prefix)`` and ``reset()``.
+
+    A subclass's ``training_step`` may return ``self.robust_training_step(batch, batch_idx,
+    self.step_terms, self.log_step)``, where ``step_terms(batch) -> StepTerms`` computes the
+    per-example losses of a (micro-)batch and ``log_step(terms, output, loss)`` logs; the scope
+    of ``self.weighting`` then picks the path:
+
+    * ``global`` / ``local``: one forward, the weighting, the loss returned to Lightning (which
+      handles ``accumulate_grad_batches``: the worst case is per micro-batch).
+    * ``accumulated``: the data loader delivers the whole per-device optimiser batch and the
+      module splits it into ``micro_batch_size`` chunks under manual optimisation: a no-grad
+      pre-pass computes the per-example losses of every chunk, the weights are computed over
+      all of them (and all ranks), then each chunk runs forward and backward with loss
+      ``W * sum_{i in chunk} q_i l_i``; the summed gradients are those of the robust loss of the
+      full batch (Danskin), at the cost of one extra forward. Manual optimisation is chosen
+      over Lightning's ``accumulate_grad_batches`` because the weights of the first
+      micro-batch depend on the losses of the later ones, which Lightning's loop has not
+      fetched yet. Constraints (checked): ``trainer.accumulate_grad_batches == 1`` and no
+      ``gradient_clip_val`` (Lightning's manual optimisation rejects both).
+
+    Non-finite policy (``nonfinite``): per-example losses and ``checked`` values are tested
+    before the weighting (one host sync), the gradients before each optimiser step (one sync;
+    skipped under fp16 loss scaling, whose scaler already skips inf steps, and under DeepSpeed,
+    whose engine owns the gradients). ``"error"`` raises :class:`NonFiniteError` naming the
+    global step and the positions or parameters; ``"skip"`` feeds the weighting zeros in place
+    of the bad losses (so every rank still joins its collectives), then drops every gradient
+    before the optimiser runs: parameters and optimiser state (AdamW moments and step count)
+    stay untouched, the learning-rate schedule and ``global_step`` advance, as with a step that
+    ``torch.amp.GradScaler`` skips. The decision is OR-reduced over ranks. Weightings with
+    ``nan_policy="mask"`` keep masking bad per-example losses themselves.
     """
 
+    # ------------------------------------------------------------------ options
+    def _option(self, name: str, default):
+        return self.hparams.get(name, default) if hasattr(self, "_hparams") else default
+
+    @property
+    def nonfinite(self) -> str:
+        """Policy for non-finite losses, rewards and gradients: ``"error"`` or ``"skip"``."""
+        value = getattr(self, "_nonfinite_override", None) or self._option("nonfinite", "error")
+        if value not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"unknown nonfinite={value!r}; expected one of {list(NONFINITE_POLICIES)}"
+            )
+        return value
+
+    @nonfinite.setter
+    def nonfinite(self, value: str) -> None:
+        if value not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"unknown nonfinite={value!r}; expected one of {list(NONFINITE_POLICIES)}"
+            )
+        self._nonfinite_override = value
+
+    @property
+    def micro_batch_size(self) -> int | None:
+        """Micro-batch size of the ``accumulated`` scope (``None``: the whole batch)."""
+        return getattr(self, "_micro_batch_override", None) or self._option(
+            "micro_batch_size", None
+        )
+
+    @micro_batch_size.setter
+    def micro_batch_size(self, value: int | None) -> None:
+        self._micro_batch_override = value
+
+    @property
+    def uses_accumulated_scope(self) -> bool:
+        """True when ``self.weighting`` takes the worst case over all micro-batches of a step."""
+        return getattr(getattr(self, "weighting", None), "scope", None) == "accumulated"
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """Lightning's automatic optimisation, except under ``scope="accumulated"`` (manual)."""
+        return self._automatic_optimization and not self.uses_accumulated_scope
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = value
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimiser steps dropped by ``nonfinite="skip"`` so far (saved in checkpoints)."""
+        return getattr(self, "_skipped_steps", 0)
+
+    # ------------------------------------------------------------------ robust step
+    def robust_training_step(
+        self,
+        batch: dict,
+        batch_idx: int,
+        step_terms: Callable[[dict], StepTerms],
+        log_step: Callable[[StepTerms, object, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor | None:
+        """The training step of a robust module (see the class docstring); returns the loss for
+        Lightning (automatic optimisation) or ``None`` after stepping (accumulated scope)."""
+        if self.uses_accumulated_scope:
+            return self._accumulated_step(batch, batch_idx, step_terms, log_step)
+        if self._option("micro_batch_size", None) and not self.uses_accumulated_scope:
+            raise ValueError(
+                "micro_batch_size applies to weighting scope='accumulated' only; with the "
+                "'global' or 'local' scope use trainer.accumulate_grad_batches"
+            )
+        terms = step_terms(batch)
+        out = self.weighting(self._screen(terms, batch_idx), groups=terms.groups)
+        loss = out.loss if terms.extra is None else out.loss + terms.extra
+        self._screen_loss(loss, batch_idx)
+        if log_step is not None:
+            log_step(terms, out, loss)
+        return loss
+
+    def _accumulated_step(self, batch, batch_idx, step_terms, log_step) -> None:
+        trainer = self.trainer
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                "scope='accumulated' splits each batch itself (micro_batch_size): set "
+                "trainer.accumulate_grad_batches=1 and data batch_size to the per-device "
+                "optimiser batch"
+            )
+        chunks = split_batch(batch, self.micro_batch_size or 10**18)
+        with torch.no_grad():
+            pre = concat_terms([step_terms(c) for c in chunks])
+        out = self.weighting(self._screen(pre, batch_idx), groups=pre.groups)
+        q = out.weights
+        n = q.shape[0]
+        offset = 0
+        for chunk in chunks:
+            terms = step_terms(chunk)
+            k = terms.losses.shape[0]
+            loss = self.weighting.chunk_loss(q[offset : offset + k], terms.losses)
+            if terms.extra is not None:
+                loss = loss + terms.extra * (k / n)
+            offset += k
+            self.manual_backward(loss)
+        if offset != n:
+            raise RuntimeError(f"micro-batches covered {offset} examples, the pre-pass {n}")
+        total = out.loss.detach() if pre.extra is None else out.loss.detach() + pre.extra
+        self._screen_loss(total, batch_idx)
+        optimizer = self.optimizers()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        if log_step is not None:
+            log_step(pre, out, total)
+        return None
+
+    # ------------------------------------------------------------------ non-finite policy
+    def _where(self, batch_idx: int) -> str:
+        return f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+
+    def _screen(self, terms: StepTerms, batch_idx: int) -> torch.Tensor:
+        """The losses for the weighting, after the non-finite policy (one host sync)."""
+        losses = terms.losses
+        if getattr(self.weighting, "nan_policy", "error") == "mask":
+            return losses  # the weighting masks and counts them itself
+        named = {
+            "per-example losses": losses.detach(),
+            **{k: v.detach() for k, v in terms.checked.items()},
+        }
+        flags = torch.stack([torch.isfinite(v).all() for v in named.values()])
+        if bool(flags.all()):
+            return losses
+        parts = []
+        for (name, value), ok in zip(named.items(), flags.tolist(), strict=True):
+            if not ok:
+                bad = torch.nonzero(~torch.isfinite(value)).flatten().tolist()
+                parts.append(f"{name} at positions {bad}")
+        what = "; ".join(parts)
+        if self.nonfinite == "error":
+            raise NonFiniteError(
+                f"non-finite values at {self._where(batch_idx)}: {what} "
+                "(set nonfinite='skip' to skip such steps)"
+            )
+        self._nonfinite_reason = what
+        finite = torch.isfinite(losses.detach())
+        return torch.where(finite, losses, torch.zeros_like(losses))
+
+    def _screen_loss(self, loss: torch.Tensor, batch_idx: int) -> None:
+        if getattr(self, "_nonfinite_reason", None) is not None:
+            return
+        if not bool(torch.isfinite(loss.detach())):
+            if self.nonfinite == "error":
+                raise NonFiniteError(f"non-finite loss {loss.item()} at {self._where(batch_idx)}")
+            self._nonfinite_reason = f"loss {loss.item()}"
+
+    def _checks_gradients(self) -> bool:
+        trainer = self.trainer
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return False  # fp16 loss scaling: the GradScaler skips inf steps itself
+        return "deepspeed" not in type(trainer.strategy).__name__.lower()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        reason = getattr(self, "_nonfinite_reason", None)
+        self._nonfinite_reason = None
+        if reason is None and self._checks_gradients():
+            named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+            if named:
+                norms = torch._foreach_norm([g for _, g in named])
+                if not bool(torch.isfinite(torch.stack(norms)).all()):
+                    bad = [
+                        n for (n, _), v in zip(named, norms, strict=True) if not torch.isfinite(v)
+                    ]
+                    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+                    reason = f"gradients of {bad[:5]}{more}"
+        bad_step = reason is not None
+        if self.trainer.world_size > 1:
+            bad_step = self.trainer.strategy.reduce_boolean_decision(bad_step, all=False)
+            reason = reason or "another rank"
+        if bad_step:
+            where = f"global step {self.global_step} (epoch {self.current_epoch})"
+            if self.nonfinite == "error":
+                raise NonFiniteError(
+                    f"non-finite {reason} at {where} (set nonfinite='skip' to skip such steps)"
+                )
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._skipped_steps = self.skipped_steps + 1
+            log.warning("skipped the optimiser step at %s: non-finite %s", where, reason)
+        self.log("train/skipped_steps", float(self.skipped_steps))
+
+    # ------------------------------------------------------------------ fit plumbing
+    def on_fit_start(self) -> None:
+        trainer = self.trainer
+        if self.nonfinite == "skip" and "deepspeed" in type(trainer.strategy).__name__.lower():
+            raise ValueError(
+                "nonfinite='skip' is not supported under DeepSpeed (its engine owns the "
+                "gradients); use nonfinite='error'"
+            )
+        if self._option("atomic_checkpoints", True):
+            install_atomic_checkpoint_io(trainer.strategy)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # tell a resumable loader (lightning_robust.data.resumable) one more batch was consumed,
+        # so a checkpoint saved at the end of this batch resumes at the next one
+        loader = self.trainer.train_dataloader
+        advance = getattr(loader, "advance", None)
+        if callable(advance):
+            advance(1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite_skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._skipped_steps = int(checkpoint.get("nonfinite_skipped_steps", 0))
+
+    # ------------------------------------------------------------------ evaluation
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
 

@@ -20,7 +20,7 @@ from lightning_robust.models.lora import (
     disable_dropout,
     freeze_parameters,
 )
-from lightning_robust.modules.base import BackboneModule
+from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
 from lightning_robust.modules.metrics import PairwiseMetrics
 from lightning_robust.modules.optim import Schedule
 from lightning_robust.objectives import (
@@ -56,6 +56,15 @@ class RewardModel(BackboneModule):
             "layer\\.[0-3]\\."]``: train only the top of an encoder); ignored with LoRA.
         trust_remote_code: off unless turned on here.
         init_seed: seed of the tiny model's random initialisation.
+        nonfinite: ``"error"`` (default): a non-finite loss, reward or gradient raises naming the
+            step and what was not finite; ``"skip"``: the optimiser step is dropped (parameters
+            and AdamW state untouched) and counted in ``train/skipped_steps``
+            (:class:`~lightning_robust.modules.base.BackboneModule`).
+        micro_batch_size: with a weighting of ``scope="accumulated"``, the size of the chunks
+            each batch (the whole per-device optimiser batch) is split into; ``None``: one chunk.
+        atomic_checkpoints: write checkpoints through
+            :class:`~lightning_robust.modules.checkpoint_io.AtomicCheckpointIO` (default) unless
+            the trainer has a checkpoint plugin of its own.
     """
 
     def __init__(
@@ -78,8 +87,19 @@ class RewardModel(BackboneModule):
         frozen_parameters: list[str] | None = None,
         trust_remote_code: bool = False,
         init_seed: int = 0,
+        nonfinite: Literal["error", "skip"] = "error",
+        micro_batch_size: int | None = None,
+        atomic_checkpoints: bool = True,
     ):
         super().__init__()
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}"
+            )
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(
+                f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}"
+            )
         self.save_hyperparameters(ignore=["weighting"])
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI hands nested dataclasses over as plain dicts
@@ -148,28 +168,45 @@ class RewardModel(BackboneModule):
             raise ValueError("use_margin=True but the batch has no 'margin' column")
         return chosen, rejected, bradley_terry_losses(chosen, rejected, margin)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def step_terms(self, batch: dict) -> StepTerms:
+        """Per-pair BT losses, group ids and the centering term of a (micro-)batch."""
         chosen, rejected, losses = self._losses(batch)
         groups = batch.get("group")
-        out = self.weighting(losses, groups=groups if groups is not None and (groups >= 0).any() else None)
-        loss = out.loss
+        extra = None
         if self.hparams.center_rewards_coefficient:
-            loss = loss + self.hparams.center_rewards_coefficient * reward_centering_penalty(chosen, rejected)
-        correct = pairwise_correct(chosen, rejected).detach()
+            extra = self.hparams.center_rewards_coefficient * reward_centering_penalty(
+                chosen, rejected
+            )
+        return StepTerms(
+            losses=losses,
+            groups=groups if groups is not None and (groups >= 0).any() else None,
+            extra=extra,
+            checked={"chosen rewards": chosen, "rejected rewards": rejected},
+            aux={"chosen": chosen.detach(), "rejected": rejected.detach()}
+            | ({} if groups is None else {"group": groups}),
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        return self.robust_training_step(batch, batch_idx, self.step_terms, self.log_step)
+
+    def log_step(self, terms: StepTerms, out, loss: torch.Tensor) -> None:
+        chosen, rejected = terms.aux["chosen"], terms.aux["rejected"]
+        losses = terms.losses.detach()
+        correct = pairwise_correct(chosen, rejected)
         batch_size = losses.shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        both = torch.cat([chosen, rejected])
         self.log_dict(
             {
                 "train/accuracy": correct.mean(),
-                "train/margin": (chosen - rejected).detach().mean(),
-                "train/reward_mean": torch.cat([chosen, rejected]).detach().mean(),
-                "train/reward_std": torch.cat([chosen, rejected]).detach().std(),
+                "train/margin": (chosen - rejected).mean(),
+                "train/reward_mean": both.mean(),
+                "train/reward_std": both.std(),
             },
             batch_size=batch_size,
         )
         self.log_dict({f"train/robust/{k}": v for k, v in out.stats.items()}, batch_size=batch_size)
-        self.train_metrics.update(losses.detach(), correct, chosen.detach(), rejected.detach(), groups)
-        return loss
+        self.train_metrics.update(losses, correct, chosen, rejected, terms.aux.get("group"))
 
     def on_train_epoch_end(self) -> None:
         if self.train_metrics is not None and self.train_metrics.group_names:

@@ -8,7 +8,8 @@ detached (Danskin / envelope theorem, ALGORITHMS.md §0 and §1.8).
 subclasses only solve the inner problem on a clean float64 vector:
 
 * shape checks, detaching, float64 (§1.2 rule 9), ``minimize=True`` (solve on ``-l``);
-* ``scope="global"``: all-gather across ranks (:mod:`.distributed`), keep this rank's slice,
+* ``scope="global"`` (and ``"accumulated"``, whose caller passes all micro-batches at once):
+  all-gather across ranks (:mod:`.distributed`), keep this rank's slice,
   scale the local loss by the world size so that data-parallel gradient averaging yields
   ``sum over all ranks of q_i grad l_i``;
 * non-finite losses (§1.2 rule 7): an error naming the positions, or ``nan_policy="mask"``;
@@ -35,6 +36,9 @@ __all__ = ["WeightingOutput", "RobustWeighting", "ERM", "weight_stats"]
 log = logging.getLogger(__name__)
 
 _F64 = torch.float64
+
+#: where the worst case is taken (DESIGN.md, "Scope of the worst case")
+SCOPES = ("global", "local", "accumulated")
 
 
 @dataclass
@@ -88,7 +92,13 @@ class RobustWeighting(nn.Module):
         scope: ``"global"`` (default): with an initialised ``torch.distributed`` group of
             more than one rank, the weights are computed on the losses of all ranks (gathered,
             rank order) and each rank keeps its slice; ``"local"``: on this rank's losses only
-            (as the seed papers ran, ALGORITHMS.md §0 "Which n"). Identical on one process.
+            (as the seed papers ran, ALGORITHMS.md §0 "Which n"); ``"accumulated"``: the worst
+            case over every micro-batch of one optimiser step (DESIGN.md "Scope of the worst
+            case"). The weighting itself treats ``"accumulated"`` like ``"global"`` (gathered
+            across ranks); the caller passes the losses of *all* micro-batches of the step at
+            once -- :class:`~lightning_robust.modules.base.BackboneModule` does so with a
+            no-grad pre-pass, then weighted backward passes per micro-batch (one extra
+            forward). Identical on one process without accumulation.
         nan_policy: ``"error"`` (default): non-finite losses raise ``ValueError`` naming their
             positions; ``"mask"``: they get weight 0 and the problem is solved on the finite
             ones (ALGORITHMS.md §1.2 rule 7).
@@ -109,17 +119,23 @@ class RobustWeighting(nn.Module):
     def __init__(
         self,
         *,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:
         super().__init__()
-        _check_choice("scope", scope, ("global", "local"))
+        _check_choice("scope", scope, SCOPES)
         _check_choice("nan_policy", nan_policy, ("error", "mask"))
         self.scope = scope
         self.nan_policy = nan_policy
         self.minimize = bool(minimize)
         self._warned_saturation = False
+
+    @property
+    def gathers_ranks(self) -> bool:
+        """True when the weights are computed over the losses of all ranks (``"global"`` and
+        ``"accumulated"`` scopes)."""
+        return self.scope != "local"
 
     # ------------------------------------------------------------------ subclass hooks
     def _is_uniform(self) -> bool:
@@ -177,7 +193,7 @@ class RobustWeighting(nn.Module):
             x = -x
         g = groups if self._uses_groups else None
 
-        world, rank = world_info() if self.scope == "global" else (1, 0)
+        world, rank = world_info() if self.gathers_ranks else (1, 0)
         offset, sizes = 0, [n_local]
         if world > 1:
             if g is not None:
@@ -264,6 +280,28 @@ class RobustWeighting(nn.Module):
         return WeightingOutput(loss=loss, weights=weights, stats=stats,
                                global_weights=global_weights)
 
+    def chunk_loss(self, weights: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """``W * sum_i q_i l_i`` over a slice of the examples whose weights ``q`` came from an
+        earlier call on *all* of them (``scope="accumulated"``: one call on the losses of every
+        micro-batch of the optimiser step, then this per micro-batch with the graph attached).
+
+        ``W`` is the world size when the weights were gathered across ranks (else 1), as in
+        :meth:`forward`, so that data-parallel gradient averaging leaves
+        ``sum over every micro-batch of every rank of q_i grad l_i``: the gradients summed over
+        the micro-batches equal the gradient of the robust loss of the whole step. Examples of
+        weight 0 whose loss is not finite (``nan_policy="mask"``) contribute exactly 0.
+        """
+        if weights.shape != losses.shape:
+            raise ValueError(
+                f"weights {tuple(weights.shape)} and losses {tuple(losses.shape)} must match"
+            )
+        finite = None
+        if self.nan_policy == "mask":
+            finite = torch.isfinite(losses.detach()) | (weights != 0)
+        loss = self._weighted_sum(weights.detach(), losses, finite)
+        world = world_info()[0] if self.gathers_ranks else 1
+        return loss * world if world > 1 else loss
+
     # ------------------------------------------------------------------ internals
     def _on_simplex(self) -> bool:
         return True
@@ -318,7 +356,7 @@ class ERM(RobustWeighting):
     def __init__(
         self,
         *,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:

@@ -80,7 +80,7 @@ class Cvxpy(RobustWeighting):
         differentiable: bool = True,
         *,
         solver_args: dict[str, Any] | None = None,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:

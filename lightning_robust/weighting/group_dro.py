@@ -45,7 +45,7 @@ class GroupDRO(RobustWeighting):
         num_groups: int,
         eta: float = 0.01,
         *,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:

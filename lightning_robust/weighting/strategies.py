@@ -40,7 +40,7 @@ class TVBall(RobustWeighting):
         self,
         rho: float,
         *,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:
@@ -76,7 +76,7 @@ class ChiSquareBall(RobustWeighting):
         self,
         rho: float,
         *,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:
@@ -115,7 +115,7 @@ class KLBall(RobustWeighting):
         self,
         rho: float,
         *,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:
@@ -151,7 +151,7 @@ class CVaR(RobustWeighting):
         self,
         alpha: float,
         *,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:
@@ -208,7 +208,7 @@ class KLPenalty(RobustWeighting):
         form: Literal["normalized", "seed"] = "normalized",
         clamp: float = 10.0,
         *,
-        scope: Literal["global", "local"] = "global",
+        scope: Literal["global", "local", "accumulated"] = "global",
         nan_policy: Literal["error", "mask"] = "error",
         minimize: bool = False,
     ) -> None:

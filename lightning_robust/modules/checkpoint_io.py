@@ -1,0 +1,74 @@
+"""Atomic checkpoint writes: a checkpoint file is either the old one or the complete new one.
+
+Lightning 2.6's ``TorchCheckpointIO`` serialises into memory, then writes through an fsspec
+transaction: the bytes go to a ``tempfile.mkstemp()`` file in the *system* temp directory and
+are moved over the target with ``shutil.move``. When the temp directory and the checkpoint
+directory are different file systems (a tmpfs ``/tmp``, a network or scratch volume -- the
+common case on clusters) the move is a copy, so a process killed during it leaves a truncated
+``last.ckpt``; nothing is fsynced, and a killed run leaves its temp file behind in ``/tmp``.
+:class:`AtomicCheckpointIO` writes to a temp file beside the target, fsyncs it, ``os.replace``s
+it over the target (atomic on POSIX within one file system) and fsyncs the directory.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "install_atomic_checkpoint_io"]
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through ``<path>.tmp-<pid>`` + fsync + ``os.replace``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes are atomic (see the module docstring); remote
+    (fsspec URL) paths keep Lightning's own transaction."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path)
+        path = str(path).removeprefix("file://")
+        atomic_torch_save(checkpoint, path)
+
+
+def install_atomic_checkpoint_io(strategy) -> bool:
+    """Give ``strategy`` an :class:`AtomicCheckpointIO` when it would use Lightning's plain
+    ``TorchCheckpointIO`` (a plugin the user configured is kept). Returns whether it did."""
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+        return True
+    return False
