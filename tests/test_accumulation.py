@@ -144,33 +144,12 @@ def test_chunk_losses_sum_to_the_robust_loss():
     assert torch.isfinite(masked.chunk_loss(out.weights[:2], bad[:2]))
 
 
-class AccumulatedDPO:
-    """The two methods the DPO module needs for ``scope="accumulated"`` (proposed for
-    ``modules/dpo.py``; not WDPO or e-DPO), mixed into ``DPO`` for this test."""
-
-    def step_terms(self, batch: dict) -> StepTerms:
-        policy, ref, _ = self.concatenated_logps(batch, "train")
-        losses, _, _ = self._losses(batch, policy, ref)
-        groups = batch.get("group")
-        pc, pr = policy.chunk(2)
-        return StepTerms(
-            losses=losses,
-            groups=groups if groups is not None and (groups >= 0).any() else None,
-            checked={"chosen log-probs": pc, "rejected log-probs": pr},
-        )
-
-    def training_step(self, batch: dict, batch_idx: int):
-        return self.robust_training_step(batch, batch_idx, self.step_terms)
-
-
 def _fit_dpo(weighting, micro_batch_size=None):
     from lightning_robust.modules import DPO
 
-    cls = type("DPOUnderTest", (AccumulatedDPO, DPO), {})
     seed_everything(0)
-    model = cls(weighting=weighting, tiny_config=TINY, learning_rate=1e-2, warmup_ratio=0.0,
-                lr_schedule="constant")
-    model.micro_batch_size = micro_batch_size  # DPO has no constructor argument for it yet
+    model = DPO(weighting=weighting, tiny_config=TINY, learning_rate=1e-2, warmup_ratio=0.0,
+                lr_schedule="constant", micro_batch_size=micro_batch_size)
     model.configure_model()
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():  # move the policy off its reference (else every loss is log 2)

@@ -186,7 +186,8 @@ def test_dpo_inherits_the_gradient_screen():
 
 @pytest.mark.slow
 def test_dpo_non_finite_loss_is_never_silent():
-    """DPO's losses go straight to its weighting, whose nan_policy='error' names the positions."""
+    """DPO's training step goes through the shared robust step: the error names the step and the
+    positions of the bad losses and log-probs."""
     batches = _batches(append_eos=True)
     model = _dpo()
     model.configure_model()
@@ -197,5 +198,5 @@ def test_dpo_non_finite_loss_is_never_silent():
         return output
 
     model.backbone.get_output_embeddings().register_forward_hook(poison)
-    with pytest.raises(ValueError, match=r"non-finite losses at positions \[0, 1, 2, 3\]"):
+    with pytest.raises(NonFiniteError, match=r"global step 1 .*per-example losses at positions \[0, 1, 2, 3\].*chosen log-probs"):
         _fit(model, batches)

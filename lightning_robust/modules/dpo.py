@@ -41,7 +41,7 @@ from torchmetrics import MeanMetric
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
 from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import LoraOptions, apply_lora, disable_dropout
-from lightning_robust.modules.base import BackboneModule
+from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
 from lightning_robust.modules.metrics import GroupedMean, TrainGroupMetrics
 from lightning_robust.modules.optim import Schedule
 from lightning_robust.modules.reference import (
@@ -176,6 +176,13 @@ class DPO(BackboneModule):
         dtype, attn_implementation, gradient_checkpointing, trust_remote_code: model loading.
         dropout: ``False`` (default, TRL's ``disable_dropout=True``) zeroes every dropout.
         init_seed: seed of the tiny model's random initialisation.
+        nonfinite: ``"error"`` (default) raises on a non-finite loss, log-prob or gradient,
+            naming the step; ``"skip"`` drops the optimiser step and counts it in
+            ``train/skipped_steps`` (:class:`~lightning_robust.modules.base.BackboneModule`).
+        micro_batch_size: with a weighting of ``scope="accumulated"``, the chunk size each batch
+            (the whole per-device optimiser batch) is split into; not with WDPO, Dr.DPO or e-DPO.
+        atomic_checkpoints: write checkpoints atomically (temp file beside the target, fsync,
+            rename) unless the trainer has a checkpoint plugin of its own.
     """
 
     def __init__(
@@ -210,8 +217,17 @@ class DPO(BackboneModule):
         dropout: bool = False,
         trust_remote_code: bool = False,
         init_seed: int = 0,
+        nonfinite: Literal["error", "skip"] = "error",
+        micro_batch_size: int | None = None,
+        atomic_checkpoints: bool = True,
     ):
         super().__init__()
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}"
+            )
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type={loss_type!r}; expected one of {list(LOSS_TYPES)}")
         if loss_type == "dr_dpo":
@@ -739,45 +755,107 @@ class DPO(BackboneModule):
         }
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        hp = self.hparams
+        if hp.loss_type == "dr_dpo" or self._is_ensemble(batch):
+            # Dr.DPO and e-DPO aggregate the batch themselves: no RobustWeighting
+            if self.uses_accumulated_scope:
+                raise ValueError(
+                    f"scope='accumulated' needs per-example losses for the weighting; "
+                    f"loss_type={hp.loss_type!r} with these scores aggregates the batch itself"
+                )
+            return self._self_aggregated_step(batch, batch_idx)
+        if hp.wdpo_rho > 0 and self.uses_accumulated_scope:
+            raise ValueError(
+                "scope='accumulated' runs a no-grad pre-pass; WDPO's penalty needs the gradient "
+                "w.r.t. the embeddings in every pass: use scope='global' or 'local' with WDPO"
+            )
+        return self.robust_training_step(batch, batch_idx, self.step_terms, self.log_step)
+
+    @staticmethod
+    def _is_ensemble(batch: dict) -> bool:
+        scores = batch.get("chosen_scores")
+        return scores is not None and scores.dim() == 2 and scores.shape[1] > 1
+
+    def step_terms(self, batch: dict) -> StepTerms:
+        """Per-pair losses (DPO/IPO/cDPO/rDPO/d-DPO, plus gamma * KL for p-/dp-DPO), the WDPO
+        penalty as the unweighted extra term, and the tensors logged by :meth:`log_step`."""
+        hp = self.hparams
+        wdpo = hp.wdpo_rho > 0 and torch.is_grad_enabled()
+        policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=wdpo)
+        losses, _, stats = self._losses(batch, policy, ref)
+        extra = None
+        if wdpo:
+            sq = embedding_gradient_penalty(losses, embeds)
+            penalty = wdpo_penalty(sq, hp.wdpo_rho, hp.wdpo_form)
+            extra = penalty.mean() if hp.wdpo_form == "seed" else penalty
+            stats["wdpo/penalty"] = extra.detach()
+            stats["wdpo/grad_sq_norm"] = sq.detach().mean()
+        groups = batch.get("group")
+        pc, pr = policy.detach().chunk(2)
+        rc, rr = ref.detach().chunk(2)
+        n = pc.shape[0]
+        aux = {"policy_chosen": pc, "policy_rejected": pr, "ref_chosen": rc, "ref_rejected": rr}
+        # batch statistics as per-example columns, so micro-batches concatenate
+        aux |= {f"stat:{k}": v.detach().float().reshape(-1).expand(n) for k, v in stats.items()}
+        if groups is not None:
+            aux["group"] = groups
+        return StepTerms(
+            losses=losses,
+            groups=groups if groups is not None and (groups >= 0).any() else None,
+            extra=extra,
+            checked={"chosen log-probs": policy[:n], "rejected log-probs": policy[n:]},
+            aux=aux,
+        )
+
+    def log_step(self, terms: StepTerms, out, loss: torch.Tensor) -> None:
+        aux = terms.aux
+        policy = torch.cat([aux["policy_chosen"], aux["policy_rejected"]])
+        ref = torch.cat([aux["ref_chosen"], aux["ref_rejected"]])
+        stats = {k[len("stat:") :]: v.mean() for k, v in aux.items() if k.startswith("stat:")}
+        stats |= {f"robust/{k}": v for k, v in out.stats.items()}
+        self._log_train(policy, ref, terms.losses.detach(), loss, stats, aux.get("group"))
+
+    def _self_aggregated_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Dr.DPO (log-mean-exp of the batch losses) and e-DPO (minimum over the ensemble)."""
         hp = self.hparams
         wdpo = hp.wdpo_rho > 0
         policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=wdpo)
         losses, scalar, stats = self._losses(batch, policy, ref)
-        groups = batch.get("group")
-        if losses is not None and hp.loss_type == "dr_dpo":
+        if losses is not None:  # Dr.DPO
+            if not isinstance(self.weighting, ERM):
+                raise ValueError("Dr.DPO aggregates the batch itself: use weighting=None")
             loss = dr_dpo_loss(losses, hp.beta_prime)
-        elif losses is not None:
-            out = self.weighting(
-                losses, groups=groups if groups is not None and (groups >= 0).any() else None
-            )
-            loss = out.loss
-            stats.update({f"robust/{k}": v for k, v in out.stats.items()})
         else:
             if not isinstance(self.weighting, ERM):
                 raise ValueError(
                     "e-DPO (K > 1 reward scores) takes the minimum per batch: use weighting=None"
                 )
+            if wdpo:
+                raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
             loss = scalar
         if wdpo:
-            if losses is None:
-                raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
             sq = embedding_gradient_penalty(losses, embeds)
             penalty = wdpo_penalty(sq, hp.wdpo_rho, hp.wdpo_form)
             penalty = penalty.mean() if hp.wdpo_form == "seed" else penalty
             loss = loss + penalty
             stats["wdpo/penalty"] = penalty.detach()
             stats["wdpo/grad_sq_norm"] = sq.detach().mean()
+        self._screen_loss(loss, batch_idx)
         n = policy.shape[0] // 2
         per_example = losses if losses is not None else scalar.detach().expand(n)
-        values = self._pair_metrics(policy, ref, per_example, hp.beta)
+        self._log_train(policy.detach(), ref.detach(), per_example.detach(), loss, stats, batch.get("group"))
+        return loss
+
+    def _log_train(self, policy, ref, per_example, loss, stats, groups) -> None:
+        n = policy.shape[0] // 2
+        values = self._pair_metrics(policy, ref, per_example, self.hparams.beta)
         if self.train_group_metrics is not None and groups is not None:
             self.train_group_metrics.update(values, groups)
         logged = {f"train/{k}": v.float().mean() for k, v in values.items() if k != "loss"}
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
         self.log_dict(logged, batch_size=n)
         self.log_dict({f"train/{k}": v.float() for k, v in stats.items()}, batch_size=n)
-        return loss
 
     def on_train_epoch_end(self) -> None:
         if self.train_group_metrics is not None:
@@ -803,12 +881,14 @@ class DPO(BackboneModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)  # the skipped-step count of the non-finite policy
         # The frozen reference equals the initial model, rebuilt by configure_model: not saved.
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("reference_model.")]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.configure_model()
         if self.reference_model is not None and "state_dict" in checkpoint:
             for key, value in self.reference_model.state_dict().items():
