@@ -121,7 +121,7 @@ def _run_in_process(root: Path) -> None:
 
 
 def _final_state(root: Path) -> dict:
-    return torch.load(root / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    return torch.load(root / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 @pytest.mark.slow
@@ -131,7 +131,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
     _kill_after(killed, tmp_path / "sigkill" / "ckpt", 4, signal.SIGKILL)  # epoch 0, batch 4 of 5
     _kill_after(termed, tmp_path / "sigterm" / "ckpt", 6, signal.SIGTERM)  # epoch 1, batch 1 of 5
     resumes = [
-        _launch(tmp_path / name, 0.0, "--ckpt_path", "last", "--weights_only", "false")
+        _launch(tmp_path / name, 0.0, "--ckpt_path", "last")
         for name in ("sigkill", "sigterm")
     ]
     _run_in_process(tmp_path / "full")  # the uninterrupted reference, while they run

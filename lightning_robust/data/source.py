@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
+
 SYNTHETIC = "synthetic"
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -63,6 +65,10 @@ class DataSource:
             parts.append(f"data_dir={self.data_dir}")
         parts.append(f"split={self.split}")
         return " ".join(parts)
+
+
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([DataSource])
 
 
 def as_source(value: DataSource | str | Mapping) -> DataSource:

@@ -56,6 +56,8 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
+import torch
+
 from lightning_robust.models import TINY_WORDS
 
 SPLITS = ("train", "val", "shifted", "minority")
@@ -107,6 +109,10 @@ class SyntheticShiftConfig:
             raise ValueError(f"label_noise must be >= 0, got {self.label_noise}")
         if self.num_train < 0 or self.num_eval < 0:
             raise ValueError("num_train and num_eval must be >= 0")
+
+
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([SyntheticShiftConfig])
 
 
 def true_reward(rule: str, response: str) -> float:

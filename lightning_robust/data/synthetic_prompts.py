@@ -104,6 +104,10 @@ class SyntheticPromptConfig:
                 raise ValueError(f"topics must be a non-empty subset of {sorted(TOPICS)}, got {list(self.topics)}")
 
 
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([SyntheticPromptConfig])
+
+
 def generate_prompts(split: str, config: SyntheticPromptConfig) -> list[dict]:
     """Rows ``{"prompt": str, "group": topic}`` of ``split`` (``"train"`` or ``"val"``)."""
     sizes = {"train": config.num_train, "val": config.num_val}

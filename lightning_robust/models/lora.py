@@ -6,6 +6,8 @@ import copy
 import os
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class LoraOptions:
@@ -19,6 +21,10 @@ class LoraOptions:
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
     modules_to_save: list[str] = field(default_factory=list)
+
+
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([LoraOptions])
 
 
 def apply_lora(model, options: LoraOptions, task_type: str):
