@@ -281,3 +281,37 @@ def test_hub_source_calls_load_dataset(monkeypatch):
     assert len(rows) == 3
     assert calls == [("Anthropic/hh-rlhf", None, {"split": "test", "cache_dir": None, "data_dir": "harmless-base"})]
     assert source.describe() == "Anthropic/hh-rlhf data_dir=harmless-base split=test"
+
+
+# ------------------------------------------------------------------ speed: padding and tokenisation
+def test_dynamic_padding_and_no_retokenisation(tmp_path, monkeypatch):
+    dm = dm_for(tmp_path, synthetic=SMALL, batch_size=8, max_length=512)
+    train = dm.datasets["train"]
+    assert train.lengths == [max(len(p.chosen_input_ids), len(p.rejected_input_ids)) for p in train.pairs]
+    assert train.max_token_id == max(max(p.chosen_input_ids + p.rejected_input_ids) for p in train.pairs)
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("the loaders re-tokenised text")
+
+    monkeypatch.setattr(type(dm.tokenizer), "__call__", no_tokenizing)
+    for batch in dm.train_dataloader():
+        rows = batch["index"].tolist()
+        width = max(train.lengths[i] for i in rows)  # the longest pair of THIS batch, not max_length
+        assert batch["chosen_input_ids"].shape == batch["rejected_input_ids"].shape == (len(rows), width)
+        assert width < 512
+        for k, i in enumerate(rows):  # the stored ids, as tokenised once in setup()
+            n = len(train.pairs[i].chosen_input_ids)
+            assert batch["chosen_input_ids"][k, :n].tolist() == train.pairs[i].chosen_input_ids
+
+
+def test_saved_hyperparameters_are_plain_data(tmp_path):
+    dm = PreferenceDataModule(
+        train=DataSource(path="synthetic"), eval_sets={"m": DataSource(path="synthetic", split="minority")},
+        synthetic=SMALL,
+    )
+    assert dm.hparams["train"] == {"path": "synthetic", "name": None, "split": "train", "schema": "auto",
+                                   "group_column": None, "data_dir": None}
+    assert dm.hparams["eval_sets"]["m"]["split"] == "minority"
+    assert dm.hparams["synthetic"]["num_train"] == 120
+    again = PreferenceDataModule(**dm.hparams)  # what a checkpoint restores
+    assert again.synthetic == SMALL and again.train_source == dm.train_source

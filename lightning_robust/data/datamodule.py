@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, fields, is_dataclass
 from typing import Literal
 
 import torch
@@ -21,6 +23,7 @@ from lightning_robust.data.collator import PreferenceCollator
 from lightning_robust.data.dataset import TokenizedPreferenceDataset
 from lightning_robust.data.example import BadRow
 from lightning_robust.data.reading import Examples, adapt_rows, bad_row_error
+from lightning_robust.data.sampler import LengthGroupedSampler
 from lightning_robust.data.schemas import get_schema
 from lightning_robust.data.source import DataSource, as_source, load_rows
 from lightning_robust.data.split import split_by_prompt
@@ -31,6 +34,48 @@ log = logging.getLogger(__name__)
 
 VAL = "val"
 SYNTHETIC_EVAL_SETS = ("shifted", "minority")
+
+
+def check_positive_int(name: str, value) -> None:
+    """``ValueError`` naming the option unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def plain_value(value):
+    """``value`` with dataclass instances (``DataSource``, ``SyntheticShiftConfig``) turned into
+    dicts, recursively through dicts, so a checkpoint holding it loads with ``weights_only=True``."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, Mapping):
+        return {k: plain_value(v) for k, v in value.items()}
+    return value
+
+
+def input_embedding_size(module) -> int | None:
+    """Rows of the first Hugging Face input-embedding table inside ``module`` (``None``: none)."""
+    for sub in module.modules():
+        get = getattr(sub, "get_input_embeddings", None)
+        if sub is module or not callable(get):
+            continue
+        try:
+            table = get()
+        except (AttributeError, NotImplementedError):
+            continue
+        if isinstance(table, torch.nn.Embedding):
+            return table.num_embeddings
+    return None
+
+
+def source_option(option: str, value) -> DataSource:
+    """:func:`as_source` with a ``ValueError`` naming the option for unknown fields or types."""
+    try:
+        return as_source(value)
+    except TypeError as err:
+        raise ValueError(
+            f"{option}: {err}; a data source is a path / hub id string or a mapping with the fields "
+            f"{[f.name for f in fields(DataSource)]}"
+        ) from None
 
 
 class PreferenceDataModule(LightningDataModule):
@@ -65,10 +110,19 @@ class PreferenceDataModule(LightningDataModule):
         val_fraction: share of the training prompts held out when ``val`` is ``None`` and the
             training data is not synthetic; ``0`` means no in-distribution ``val`` set.
         seed: seed of the prompt split and of the training shuffle.
-        synthetic: settings of the synthetic generator (used by ``"synthetic"`` sources).
+        synthetic: settings of the synthetic generator (used by ``"synthetic"`` sources); a
+            dict of its fields is accepted too (saved hyperparameters hold that dict, so
+            checkpoints load with ``weights_only=True``).
         pad_to_multiple_of: round the padded width up to a multiple of this.
         shuffle: shuffle the training set each epoch (a ``torch.Generator`` seeded with
             ``seed``); ``False``: file order.
+        group_by_length: draw training batches of similar length
+            (:class:`~lightning_robust.data.sampler.LengthGroupedSampler`: megabatches of
+            ``megabatch_factor x batch_size`` pairs sorted by length, batch order shuffled
+            with ``seed + epoch``), so dynamic padding wastes little on variable-length data.
+            Under data parallelism the sampler shards itself by the Trainer's rank.
+        megabatch_factor: batches per length-sorted megabatch (``None``: transformers' rule
+            ``min(n // (4 x global batch), 50)``); only with ``group_by_length``.
         cache_dir: ``datasets`` cache directory (default: the ``datasets`` default).
 
     After :meth:`setup`: ``datasets`` (split name -> :class:`TokenizedPreferenceDataset`),
@@ -95,20 +149,41 @@ class PreferenceDataModule(LightningDataModule):
         max_rows: int | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
-        synthetic: SyntheticShiftConfig = SyntheticShiftConfig(),
+        synthetic: SyntheticShiftConfig | Mapping = SyntheticShiftConfig(),
         pad_to_multiple_of: int | None = None,
         shuffle: bool = True,
         cache_dir: str | None = None,
+        group_by_length: bool = False,
+        megabatch_factor: int | None = None,
     ):
         super().__init__()
         if on_bad_row not in ("error", "skip"):
             raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("max_length", max_length)
+        if eval_batch_size is not None:
+            check_positive_int("eval_batch_size", eval_batch_size)
+        if megabatch_factor is not None:
+            check_positive_int("megabatch_factor", megabatch_factor)
+        if max_rows is not None:
+            check_positive_int("max_rows", max_rows)
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
         self.save_hyperparameters()
-        self.train_source = as_source(train)
-        self.val_source = None if val is None else as_source(val)
-        self.eval_sources = {name: as_source(s) for name, s in (eval_sets or {}).items()}
+        # checkpoints must load with torch.load(weights_only=True) (resume, load_from_checkpoint):
+        # keep only plain containers in the saved hyperparameters, never our dataclasses
+        self.hparams.update(
+            {key: plain_value(self.hparams[key]) for key in ("train", "val", "eval_sets", "synthetic")}
+        )
+        if isinstance(synthetic, Mapping):
+            synthetic = SyntheticShiftConfig(**synthetic)
+        self.train_source = source_option("train", train)
+        self.val_source = None if val is None else source_option("val", val)
+        self.eval_sources = {
+            name: source_option(f"eval_sets[{name!r}]", s) for name, s in (eval_sets or {}).items()
+        }
         if VAL in self.eval_sources:
             raise ValueError(f"eval_sets may not be named {VAL!r} (the in-distribution set)")
         self.tokenizer_name = tokenizer
@@ -127,6 +202,8 @@ class PreferenceDataModule(LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.shuffle = shuffle
         self.cache_dir = cache_dir
+        self.group_by_length = group_by_length
+        self.megabatch_factor = megabatch_factor
         self._tokenizer = None
         self.datasets: dict[str, TokenizedPreferenceDataset] = {}
         self.val_set_names: list[str] = []
@@ -178,9 +255,11 @@ class PreferenceDataModule(LightningDataModule):
                 rows = rows[: self.max_rows]
             columns = list(rows[0]) if rows else ["prompt", "chosen", "rejected", "group"]
         else:
-            rows = load_rows(source, self.max_rows, self.cache_dir)
+            rows = self._load_rows(source)
             columns = list(rows.column_names)
         where = self._where(source)
+        if len(rows) == 0:
+            raise ValueError(f"{where}: the data source has no rows (empty dataset)")
         sample = rows[0] if len(rows) else None
         try:
             schema = get_schema(source.schema, columns, sample)
@@ -188,6 +267,22 @@ class PreferenceDataModule(LightningDataModule):
             raise ValueError(f"{where}: {err}") from None
         group_column = self._group_column(source, schema.group_column, columns, is_train, where)
         return adapt_rows(rows, schema, group_column, self.on_bad_row, where)
+
+    def _load_rows(self, source: DataSource):
+        """``load_rows`` with the reader's failures turned into errors naming the source."""
+        from datasets.exceptions import DatasetGenerationError
+
+        where = self._where(source)
+        try:
+            return load_rows(source, self.max_rows, self.cache_dir)
+        except StopIteration:  # the json builder's way of saying the file is empty
+            raise ValueError(f"{where}: the data source has no rows (empty dataset)") from None
+        except DatasetGenerationError as err:
+            cause = err.__cause__ or err.__context__ or err
+            raise ValueError(
+                f"{where}: cannot read the data ({type(cause).__name__}: {cause}); "
+                "expected valid JSON lines, JSON or Parquet"
+            ) from err
 
     def _group_column(self, source, default, columns, is_train, where) -> str | None:
         if source.group_column is not None:
@@ -309,11 +404,70 @@ class PreferenceDataModule(LightningDataModule):
         if not self.datasets:
             raise RuntimeError("call setup() first (a Trainer does it for you)")
 
+    def _data_parallel_rank(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the attached Trainer (``(1, 0)`` without one)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def check_model_vocab(self, module) -> None:
+        """``ValueError`` when ``module`` (the LightningModule to train) cannot take this data's
+        token ids: an id beyond its input-embedding table, or a model tokenizer whose vocabulary
+        differs from the data module's ``tokenizer`` (ids would mean other tokens: silent garbage).
+
+        Called by the loaders when a Trainer with a model is attached (once per model).
+        """
+        if module is None or getattr(self, "_vocab_checked_for", None) is module:
+            return
+        table = input_embedding_size(module)
+        max_id = max(d.max_token_id for d in self.datasets.values())
+        hint = (
+            f"the data module's tokenizer={self.tokenizer_name!r} does not match the model; "
+            "tokenise the data with the model's own tokenizer"
+        )
+        if table is not None and max_id >= table:
+            raise ValueError(
+                f"token id {max_id} in the data is outside the model's vocabulary "
+                f"(input embeddings: {table} rows): {hint}"
+            )
+        model_tokenizer = getattr(module, "tokenizer", None)
+        if (
+            model_tokenizer is not None
+            and model_tokenizer is not self.tokenizer
+            and hasattr(model_tokenizer, "get_vocab")
+            and model_tokenizer.get_vocab() != self.tokenizer.get_vocab()
+        ):
+            raise ValueError(
+                f"vocabulary mismatch: the model's tokenizer has {len(model_tokenizer)} tokens, "
+                f"the data module's {len(self.tokenizer)} with different ids: {hint}"
+            )
+        self._vocab_checked_for = module
+
+    def _attached_module(self):
+        trainer = self.trainer
+        try:
+            return trainer.lightning_module if trainer is not None else None
+        except (AttributeError, RuntimeError):
+            return None
+
     def train_dataloader(self) -> DataLoader:
         """Training loader; the shuffle order is seeded by ``seed`` (deterministic)."""
         self._require_setup()
+        self.check_model_vocab(self._attached_module())
         dataset = self.datasets["train"]
-        if self.shuffle:
+        if self.group_by_length:
+            num_replicas, rank = self._data_parallel_rank()
+            sampler = LengthGroupedSampler(
+                dataset.lengths,
+                self.batch_size,
+                megabatch_factor=self.megabatch_factor,
+                shuffle=self.shuffle,
+                seed=self.seed,
+                num_replicas=num_replicas,
+                rank=rank,
+            )
+        elif self.shuffle:
             sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
         else:
             sampler = SequentialSampler(dataset)
@@ -322,6 +476,7 @@ class PreferenceDataModule(LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per name of :attr:`val_set_names`, in that order."""
         self._require_setup()
+        self.check_model_vocab(self._attached_module())
         return [
             self._loader(self.datasets[n], self.eval_batch_size, SequentialSampler(self.datasets[n]))
             for n in self.val_set_names

@@ -36,6 +36,20 @@ class TokenizedPreferenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Padded width each pair needs: the longer of its chosen and rejected sequences."""
+        return [max(len(p.chosen_input_ids), len(p.rejected_input_ids)) for p in self.pairs]
+
+    @property
+    def max_token_id(self) -> int:
+        """The largest token id of the split (-1 when it is empty)."""
+        if not hasattr(self, "_max_token_id"):
+            self._max_token_id = max(
+                (max(p.chosen_input_ids + p.rejected_input_ids) for p in self.pairs), default=-1
+            )
+        return self._max_token_id
+
     def __getitem__(self, i: int) -> dict:
         pair = self.pairs[i]
         item = {
