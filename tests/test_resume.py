@@ -56,7 +56,7 @@ def _config(root: Path, slow: float) -> dict:
             },
         },
         "data": {
-            "class_path": "resume_helpers.ResumablePreferenceDataModule",
+            "class_path": "lightning_robust.data.PreferenceDataModule",
             "init_args": {
                 "train": "synthetic", "batch_size": 8, "max_length": 48, "val_fraction": 0.0,
                 "seed": 3,
@@ -126,8 +126,8 @@ def _final_state(root: Path) -> dict:
 
 @pytest.mark.slow
 def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
-    killed = _launch(tmp_path / "sigkill", 0.4)
-    termed = _launch(tmp_path / "sigterm", 0.4)
+    killed = _launch(tmp_path / "sigkill", 0.8)
+    termed = _launch(tmp_path / "sigterm", 0.8)
     _kill_after(killed, tmp_path / "sigkill" / "ckpt", 4, signal.SIGKILL)  # epoch 0, batch 4 of 5
     _kill_after(termed, tmp_path / "sigterm" / "ckpt", 6, signal.SIGTERM)  # epoch 1, batch 1 of 5
     resumes = [

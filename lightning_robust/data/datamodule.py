@@ -17,12 +17,13 @@ from typing import Literal
 
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
 
 from lightning_robust.data.collator import PreferenceCollator
 from lightning_robust.data.dataset import TokenizedPreferenceDataset
 from lightning_robust.data.example import BadRow
 from lightning_robust.data.reading import Examples, adapt_rows, bad_row_error
+from lightning_robust.data.resumable import ResumableDataLoader, ResumableSampler
 from lightning_robust.data.sampler import LengthGroupedSampler
 from lightning_robust.data.schemas import get_schema
 from lightning_robust.data.source import DataSource, as_source, load_rows
@@ -452,7 +453,8 @@ class PreferenceDataModule(LightningDataModule):
             return None
 
     def train_dataloader(self) -> DataLoader:
-        """Training loader; the shuffle order is seeded by ``seed`` (deterministic)."""
+        """Training loader; the shuffle order of epoch ``e`` is seeded by ``seed + e``
+        (deterministic, and resumable mid-epoch unless ``group_by_length``)."""
         self._require_setup()
         self.check_model_vocab(self._attached_module())
         dataset = self.datasets["train"]
@@ -467,11 +469,17 @@ class PreferenceDataModule(LightningDataModule):
                 num_replicas=num_replicas,
                 rank=rank,
             )
-        elif self.shuffle:
-            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
-        else:
-            sampler = SequentialSampler(dataset)
-        return self._loader(dataset, self.batch_size, sampler)
+            return self._loader(dataset, self.batch_size, sampler)
+        # resumable mid-epoch: the order of epoch e depends on (seed, e) only, and the position
+        # is saved with the fit loop (exact resume in one process; data/resumable.py)
+        return ResumableDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=ResumableSampler(dataset, seed=self.seed, shuffle=self.shuffle),
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per name of :attr:`val_set_names`, in that order."""
