@@ -12,6 +12,8 @@ from lightning_robust.data.prompts import (
     encode_prompts,
     render_prompt,
 )
+from lightning_robust.data.resumable import ResumableDataLoader, ResumableSampler
+from lightning_robust.data.sampler import LengthGroupedSampler
 from lightning_robust.data.schemas import SCHEMAS, detect_schema
 from lightning_robust.data.source import DataSource
 from lightning_robust.data.synthetic import SyntheticShiftConfig, true_reward
@@ -44,6 +46,7 @@ __all__ = [
     "SCHEMAS",
     "BadRow",
     "DataSource",
+    "LengthGroupedSampler",
     "EncodedPair",
     "PreferenceCollator",
     "PreferenceDataModule",
@@ -51,6 +54,8 @@ __all__ = [
     "PromptCollator",
     "PromptDataModule",
     "PromptExample",
+    "ResumableDataLoader",
+    "ResumableSampler",
     "SyntheticGoldReward",
     "SyntheticPromptConfig",
     "SyntheticProxyReward",
