@@ -58,7 +58,7 @@ from benchmarks.robustness.simplex import write_block
 from lightning_robust.data.synthetic import FILLER, TOPICS
 
 MODULE = "benchmarks.robustness.preference_shift"
-RESULTS_PART_B = ROOT / "docs" / "results_part_b.md"
+RESULTS_PART_B = ROOT / "docs" / "results.md"  # sections 2 and 4 of the results
 SECTION = 2
 SECTION_TITLE = "DPO family under preference shift: DPO vs DR-DPO vs KLDPO vs WDPO (S002)"
 MIXTURES = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
