@@ -84,7 +84,7 @@ def test_d_dpo_and_dp_dpo_losses(tmp_path):
     ).mean()
     torch.testing.assert_close(loss, expected)
     # dp-DPO adds gamma * KL_hat (on the data's responses)
-    dp = DPO(loss_type="distill", kl_gamma_start=0.5)
+    dp = DPO(loss_type="distill", kl_gamma_start=0.5, kl_samples="data")
     dp.configure_model()
     dp.backbone.load_state_dict(model.backbone.state_dict())
     logged = _capture(dp)

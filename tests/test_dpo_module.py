@@ -235,7 +235,7 @@ def test_fit_with_precomputed_reference_writes_the_cache(tmp_path):
 def test_wdpo_penalty_and_forward_kl_are_added_and_logged():
     batch = _batch(_dm())
     logged = {}
-    model = DPO(lora=LORA, wdpo_rho=10.0, kl_gamma_start=0.5)
+    model = DPO(lora=LORA, wdpo_rho=10.0, kl_gamma_start=0.5, kl_samples="data")
     model.configure_model()
     _perturb_lora(model)
     model.log = lambda k, v, **kw: logged.__setitem__(k, v)
@@ -284,7 +284,7 @@ def test_export_round_trip_merges_lora(tmp_path):
         {"weighting": KLPenalty(tau=1.0, form="seed")},
         {"wdpo_rho": 1.0},
         {"wdpo_rho": 1.0, "wdpo_form": "sqrt"},
-        {"kl_gamma_start": 0.1, "kl_gamma_end": 0.0},
+        {"kl_gamma_start": 0.1, "kl_gamma_end": 0.0, "kl_samples": "data"},
         {"lora": LORA, "learning_rate": 1e-2},
         {"loss_type": "dr_dpo", "beta_prime": 1.0},
     ],
@@ -369,7 +369,7 @@ def test_kl_gamma_is_annealed_linearly_over_the_fit(tmp_path):
             seen.append(self.kl_gamma())
             return super().training_step(batch, batch_idx)
 
-    model = Spy(kl_gamma_start=0.4, kl_gamma_end=0.0, learning_rate=1e-3)
+    model = Spy(kl_gamma_start=0.4, kl_gamma_end=0.0, learning_rate=1e-3, kl_samples="data")
     assert model.kl_gamma() == 0.4  # outside a fit: the start value
     trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=0)
     trainer.fit(model, datamodule=_dm())

@@ -186,11 +186,6 @@ def test_every_shipped_torch_load_is_weights_only():
     assert forced == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs benchmarks/robustness/reward_models.py:301 to load its feature cache with "
-    "torch.load(self.cache_file, weights_only=True) (it holds only a list of key tuples and tensors)",
-)
 def test_benchmark_caches_are_weights_only():
     unsafe = [
         f"{f}:{line}"

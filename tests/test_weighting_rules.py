@@ -120,7 +120,7 @@ def test_rule4_radius_at_or_above_max(extra):
     n, m = 10, 3
     top = torch.tensor([0, 1, 0, 1, 0, 1, 0, 0, 0, 0], dtype=torch.float64) / m
     cases = [
-        TVBall(1 - m / n + extra),
+        TVBall(min(1.0, 1 - m / n + extra)),
         ChiSquareBall(0.5 * (n / m - 1) + extra),
         KLBall(math.log(n / m) + extra),
         CVaR(m / n - extra / 2),

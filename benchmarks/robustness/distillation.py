@@ -87,7 +87,7 @@ METHODS = {
     "d-DPO (oracle r*)": ({"loss_type": "distill"}, "oracle"),
     "d-DPO (biased RM)": ({"loss_type": "distill"}, "biased"),
     "e-DPO (3 RMs)": ({"loss_type": "distill"}, "ensemble"),
-    "dp-DPO (oracle, γ=0.05)": ({"loss_type": "distill", "kl_gamma_start": 0.05}, "oracle"),
+    "dp-DPO (oracle, γ=0.05)": ({"loss_type": "distill", "kl_gamma_start": 0.05, "kl_samples": "data"}, "oracle"),
 }
 QUICK_METHODS = ("DPO", "d-DPO (oracle r*)", "e-DPO (3 RMs)")
 

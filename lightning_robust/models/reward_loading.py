@@ -35,9 +35,16 @@ def _synthetic_scorer(spec: str):
 
 def _load_checkpoint(path: str, device, weights_only: bool):
     import pickle
+    import zipfile
 
     from lightning_robust.modules import RewardModel
 
+    # a corrupt or truncated file is not a refused pickle: say so before loading, and never
+    # advise weights_only=False for it
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"reward checkpoint {path!r} is unreadable (truncated or corrupt: not a torch zip archive)"
+        )
     try:
         module = RewardModel.load_from_checkpoint(path, map_location=device or "cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:

@@ -333,6 +333,14 @@ class BackboneModule(LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps))
 
     # ------------------------------------------------------------------ fit plumbing
+    def configure_callbacks(self):
+        """No callbacks; the earliest hook Lightning calls on every rank, before a resumed
+        checkpoint is read, so the atomic checkpoint IO (whose reads name a truncated or corrupt
+        file) is installed here rather than in ``on_fit_start``, which runs after the restore."""
+        if self._option("atomic_checkpoints", True) and self._trainer is not None:
+            install_atomic_checkpoint_io(self._trainer.strategy)
+        return []
+
     def on_fit_start(self) -> None:
         trainer = self.trainer
         if self.nonfinite == "skip" and "deepspeed" in type(trainer.strategy).__name__.lower():
@@ -341,7 +349,7 @@ class BackboneModule(LightningModule):
                 "gradients); use nonfinite='error'"
             )
         if self._option("atomic_checkpoints", True):
-            install_atomic_checkpoint_io(trainer.strategy)
+            install_atomic_checkpoint_io(trainer.strategy)  # no-op when configure_callbacks did
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # tell a resumable loader (lightning_robust.data.resumable) one more batch was consumed,

@@ -7,18 +7,35 @@ directory are different file systems (a tmpfs ``/tmp``, a network or scratch vol
 common case on clusters) the move is a copy, so a process killed during it leaves a truncated
 ``last.ckpt``; nothing is fsynced, and a killed run leaves its temp file behind in ``/tmp``.
 :class:`AtomicCheckpointIO` writes to a temp file beside the target, fsyncs it, ``os.replace``s
-it over the target (atomic on POSIX within one file system) and fsyncs the directory.
+it over the target (atomic on POSIX within one file system) and fsyncs the directory. Its
+reads check first that a local file is a torch zip archive, so a truncated or corrupt checkpoint
+fails with an error naming the file instead of a bare ``PytorchStreamReader`` failure.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "install_atomic_checkpoint_io"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "atomic_torch_save",
+    "check_torch_archive",
+    "install_atomic_checkpoint_io",
+]
+
+
+def check_torch_archive(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """Raise ``ValueError("<what> <path> is unreadable (...)")`` when the local file ``path``
+    is not a zip archive (the format of ``torch.save`` since torch 1.6): a truncated copy has
+    lost its central directory at the end of the file. Missing paths and directories pass, so
+    the caller's own not-found handling still applies."""
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise ValueError(f"{what} {os.fspath(path)} is unreadable (truncated or corrupt: not a torch zip archive)")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -62,6 +79,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path)
         path = str(path).removeprefix("file://")
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's load, after :func:`check_torch_archive` for a local file."""
+        if "://" not in str(path) or str(path).startswith("file://"):
+            check_torch_archive(str(path).removeprefix("file://"))
+        if map_location is None:
+            return super().load_checkpoint(path, weights_only=weights_only)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
 
 def install_atomic_checkpoint_io(strategy) -> bool:

@@ -43,7 +43,7 @@ from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import LoraOptions, apply_lora, disable_dropout
 from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
 from lightning_robust.modules.metrics import GroupedMean, TrainGroupMetrics
-from lightning_robust.modules.optim import Schedule
+from lightning_robust.modules.optim import Schedule, validate_optimizer_options
 from lightning_robust.modules.reference import (
     REFERENCE_MODES,
     ReferenceSamples,
@@ -160,15 +160,16 @@ class DPO(BackboneModule):
             p-/dp-/e-DPO, linearly annealed from start to end over training (``None``: constant);
             0 disables. Values chosen here (S004's were lost in extraction).
         kl_samples: where the samples of the forward-KL estimate come from (ALGORITHMS.md §3.4):
-            ``data`` (default): the dataset's responses (chosen and rejected, m=2 per prompt) --
-            an approximation, logged as a warning; ``reference``: samples of ``pi_ref``: the
+            ``reference`` (default, ALGORITHMS.md §3.4): samples of ``pi_ref``: the
             training data's ``ref_samples`` column (a list of response strings per row) when it
             has one, else ``kl_num_samples`` completions per prompt generated once from the
             reference (temperature 1, no grad) before training. Both are cached on disk with
             their reference log-probs (``<reference_cache_dir>/ref_samples-*.pt``, keyed by the
             data, the reference's weights and these settings); the source used is logged. Each
             training step adds one policy forward over the batch's samples. The samples exist for
-            the training split only: evaluation losses then leave the KL term out.
+            the training split only: evaluation losses then leave the KL term out. ``data``: the
+            dataset's responses (chosen and rejected, m=2 per prompt) -- an approximation,
+            logged as a warning.
         kl_num_samples, kl_sample_max_new_tokens, kl_sample_seed: generated samples per prompt
             (``m``; chosen here: 2), their length limit and the sampling seed.
         fast_head: score only response positions through the LM head (same values, faster).
@@ -204,7 +205,7 @@ class DPO(BackboneModule):
         wdpo_form: Literal["seed", "sqrt"] = "seed",
         kl_gamma_start: float = 0.0,
         kl_gamma_end: float | None = None,
-        kl_samples: Literal["data", "reference"] = "data",
+        kl_samples: Literal["data", "reference"] = "reference",
         kl_num_samples: int = 2,
         kl_sample_max_new_tokens: int = 64,
         kl_sample_seed: int = 0,
@@ -230,6 +231,9 @@ class DPO(BackboneModule):
             raise ValueError(f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type={loss_type!r}; expected one of {list(LOSS_TYPES)}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got beta={beta!r}")
+        validate_optimizer_options(learning_rate, lr_schedule)
         if loss_type == "dr_dpo":
             if not beta_prime > 0:
                 raise ValueError(f"beta_prime must be > 0, got {beta_prime!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import Metric
 
 
 class GroupedMean(Metric):
@@ -32,16 +32,43 @@ class GroupedMean(Metric):
         return self.total / self.count
 
 
+class FiniteMean(Metric):
+    """Mean of the finite entries of all updates; non-finite entries are left out.
+
+    Replaces ``MeanMetric`` for per-step metrics: ``MeanMetric``'s NaN screen
+    (``nan_strategy="warn"``) costs a host sync per update, and its ``"disable"`` lets one NaN
+    of a step skipped under ``nonfinite="skip"`` poison the epoch mean. Here the screen is a
+    fixed-shape ``where`` (no sync): ``total = sum of finite x``, ``count = number of finite x``,
+    ``compute() = total / count`` (NaN before any finite value).
+    """
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor) -> None:
+        values = values.detach().to(torch.float64)
+        finite = torch.isfinite(values)
+        self.total += torch.where(finite, values, torch.zeros_like(values)).sum()
+        self.count += finite.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count).float()
+
+
 class PairwiseMetrics(torch.nn.Module):
     """Loss, strict accuracy, reward margin and reward mean/std of one evaluation set."""
 
     def __init__(self, group_names: list[str] | None = None):
         super().__init__()
-        self.loss = MeanMetric()
-        self.accuracy = MeanMetric()
-        self.margin = MeanMetric()
-        self.reward = MeanMetric()
-        self.reward_sq = MeanMetric()
+        self.loss = FiniteMean()
+        self.accuracy = FiniteMean()
+        self.margin = FiniteMean()
+        self.reward = FiniteMean()
+        self.reward_sq = FiniteMean()
         self.group_names = list(group_names or [])
         if self.group_names:
             self.group_accuracy = GroupedMean(len(self.group_names))

@@ -40,7 +40,7 @@ from lightning_robust.models.rollout import (
     token_logprobs_and_values,
 )
 from lightning_robust.modules.base import BackboneModule
-from lightning_robust.modules.optim import Schedule, build_optimizer
+from lightning_robust.modules.optim import Schedule, build_optimizer, validate_optimizer_options
 from lightning_robust.modules.reference import frozen_copy, reference_view
 from lightning_robust.objectives.rl import sequence_kl_k3
 
@@ -148,6 +148,7 @@ class OnlineRLModule(BackboneModule):
         init_seed: int,
     ):
         super().__init__()
+        validate_optimizer_options(learning_rate, lr_schedule)
         checks = {
             "num_generations": num_generations >= 1,
             "max_new_tokens": max_new_tokens >= 1,

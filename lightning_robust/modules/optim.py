@@ -9,6 +9,22 @@ import torch
 
 Schedule = Literal["cosine", "linear", "constant"]
 
+#: the learning-rate schedules :func:`lr_lambda` knows
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def validate_optimizer_options(learning_rate: float, lr_schedule: str) -> None:
+    """Reject a non-positive (or NaN / non-numeric) ``learning_rate`` and an unknown
+    ``lr_schedule`` at construction, before any model is loaded; shared by every module."""
+    try:
+        positive = float(learning_rate) > 0
+    except (TypeError, ValueError):
+        positive = False
+    if not positive:
+        raise ValueError(f"learning_rate must be > 0, got learning_rate={learning_rate!r}")
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr_schedule={lr_schedule!r}; expected one of {list(SCHEDULES)}")
+
 
 def lr_lambda(step: int, total_steps: int, warmup_steps: int, schedule: Schedule, min_lr_ratio: float) -> float:
     """Multiplier of the peak lr at ``step``: linear warmup, then cosine/linear decay to

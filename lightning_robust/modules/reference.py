@@ -20,6 +20,7 @@ import copy
 import hashlib
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +28,7 @@ import torch
 
 from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import is_peft_model
+from lightning_robust.modules.checkpoint_io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,24 @@ def compute_split_logps(
     return out
 
 
+def read_cache(path: str):
+    """The object saved at ``path`` (``torch.load(weights_only=True)``), or ``None`` when there
+    is no file or it is unreadable -- not a zip archive (truncated, garbage), or a zip archive
+    the reader fails on (``RuntimeError``, ``EOFError``, ``zipfile.BadZipFile``) -- which is
+    logged as a warning so the caller recomputes and overwrites it. A readable archive whose
+    pickle ``weights_only=True`` refuses still raises ``pickle.UnpicklingError``: a cache holding
+    foreign objects is a security signal, not a corrupt file."""
+    if not os.path.exists(path):
+        return None
+    try:
+        if not zipfile.is_zipfile(path):
+            raise EOFError("not a torch zip archive: truncated or corrupt")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        log.warning("reference cache %s is unreadable (%s); recomputing", path, err)
+        return None
+
+
 def load_or_compute(
     cache_dir,
     split: str,
@@ -133,10 +153,11 @@ def load_or_compute(
     save them (only when ``is_writer``). Returns ``(table, computed)``."""
     data_fp = data_fingerprint(dataset)
     path = cache_path(cache_dir, split, data_fp, model_fp)
-    if os.path.exists(path):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_cache(path)
+    if saved is not None:
         if (
-            saved.get("format") == CACHE_FORMAT
+            isinstance(saved, dict)
+            and saved.get("format") == CACHE_FORMAT
             and saved.get("data_fingerprint") == data_fp
             and saved.get("model_fingerprint") == model_fp
             and saved["logps"].shape == (len(dataset), 2)
@@ -145,18 +166,15 @@ def load_or_compute(
         log.warning("reference cache %s does not match its key; recomputing", path)
     table = compute()
     if is_writer:
-        os.makedirs(os.fspath(cache_dir), exist_ok=True)
-        tmp = path + ".tmp"
-        torch.save(
+        atomic_torch_save(
             {
                 "format": CACHE_FORMAT,
                 "data_fingerprint": data_fp,
                 "model_fingerprint": model_fp,
                 "logps": table,
             },
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
         log.info("reference log-probs of %r (%d rows) cached in %s", split, len(dataset), path)
     return table, True
 
@@ -372,10 +390,11 @@ def load_or_build_samples(
     data_fp = data_fingerprint(dataset)
     settings_fp = settings_fingerprint(settings)
     path = samples_cache_path(cache_dir, split, data_fp, model_fp, settings_fp)
-    if os.path.exists(path):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_cache(path)
+    if saved is not None:
         if (
-            saved.get("format") == SAMPLES_FORMAT
+            isinstance(saved, dict)
+            and saved.get("format") == SAMPLES_FORMAT
             and saved.get("data_fingerprint") == data_fp
             and saved.get("model_fingerprint") == model_fp
             and saved.get("settings_fingerprint") == settings_fp
@@ -384,9 +403,7 @@ def load_or_build_samples(
         log.warning("reference-sample cache %s does not match its key; rebuilding", path)
     samples = build()
     if is_writer:
-        os.makedirs(os.fspath(cache_dir), exist_ok=True)
-        tmp = path + ".tmp"
-        torch.save(
+        atomic_torch_save(
             {
                 "format": SAMPLES_FORMAT,
                 "data_fingerprint": data_fp,
@@ -394,7 +411,6 @@ def load_or_build_samples(
                 "settings_fingerprint": settings_fp,
                 "samples": samples.state(),
             },
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
     return samples, True, path

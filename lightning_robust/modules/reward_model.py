@@ -22,7 +22,7 @@ from lightning_robust.models.lora import (
 )
 from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
 from lightning_robust.modules.metrics import PairwiseMetrics
-from lightning_robust.modules.optim import Schedule
+from lightning_robust.modules.optim import Schedule, validate_optimizer_options
 from lightning_robust.objectives import (
     bradley_terry_losses,
     pairwise_correct,
@@ -100,6 +100,7 @@ class RewardModel(BackboneModule):
             raise ValueError(
                 f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}"
             )
+        validate_optimizer_options(learning_rate, lr_schedule)
         self.save_hyperparameters(ignore=["weighting"])
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI hands nested dataclasses over as plain dicts
@@ -109,6 +110,9 @@ class RewardModel(BackboneModule):
         self.train_metrics = None
         self.val_metrics = torch.nn.ModuleDict()
         self._val_names: list[str] = []
+        # whether the data carries group ids, set once in ``setup`` from the data module's
+        # ``group_names`` (None without a data module: then decided per batch)
+        self._data_has_groups: bool | None = None
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -142,6 +146,8 @@ class RewardModel(BackboneModule):
         self.configure_model()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         group_names = list(getattr(datamodule, "group_names", []) or [])
+        if datamodule is not None:
+            self._data_has_groups = bool(group_names)
         if self.train_metrics is None:
             self.train_metrics = PairwiseMetrics(group_names)
         names = list(getattr(datamodule, "val_set_names", []) or ["val"])
@@ -168,6 +174,13 @@ class RewardModel(BackboneModule):
             raise ValueError("use_margin=True but the batch has no 'margin' column")
         return chosen, rejected, bradley_terry_losses(chosen, rejected, margin)
 
+    def _groups_present(self, groups: torch.Tensor) -> bool:
+        """Whether the batch's ``group`` column holds real ids: known once from the data module
+        (no host sync per step); without one, from the batch itself (``any(g >= 0)``)."""
+        if self._data_has_groups is not None:
+            return self._data_has_groups
+        return bool((groups >= 0).any())
+
     def step_terms(self, batch: dict) -> StepTerms:
         """Per-pair BT losses, group ids and the centering term of a (micro-)batch."""
         chosen, rejected, losses = self._losses(batch)
@@ -177,9 +190,11 @@ class RewardModel(BackboneModule):
             extra = self.hparams.center_rewards_coefficient * reward_centering_penalty(
                 chosen, rejected
             )
+        if groups is not None and not self._groups_present(groups):
+            groups = None  # every row is -1 (no group column): GroupDRO then says it needs groups
         return StepTerms(
             losses=losses,
-            groups=groups if groups is not None and (groups >= 0).any() else None,
+            groups=groups,
             extra=extra,
             checked={"chosen rewards": chosen, "rejected rewards": rejected},
             aux={"chosen": chosen.detach(), "rejected": rejected.detach()}

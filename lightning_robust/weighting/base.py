@@ -366,9 +366,17 @@ class ERM(RobustWeighting):
         return True
 
 
+def as_number(name: str, value) -> float:
+    """``float(value)``, or a ``ValueError`` naming the option when ``value`` is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {name}={value!r}") from None
+
+
 def validate_radius(name: str, value: float) -> float:
     """``rho >= 0`` and finite-or-inf (ALGORITHMS.md §1.2 rule 3)."""
-    v = float(value)
+    v = as_number(name, value)
     if math.isnan(v) or v < 0:
         raise ValueError(f"{name} must be >= 0, got {name}={value!r}")
     return v

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from . import closed_forms as cf
-from .base import RobustWeighting, _check_choice, validate_radius
+from .base import RobustWeighting, _check_choice, as_number, validate_radius
 
 __all__ = ["TVBall", "ChiSquareBall", "KLBall", "KLPenalty", "CVaR"]
 
@@ -32,7 +32,8 @@ class TVBall(RobustWeighting):
     S000 reports ``rho = 0.4`` as its best radius for the reward model (Table 1).
 
     Args:
-        rho: TV radius (half the l1 distance), ``>= 0``; ``0`` gives ERM exactly.
+        rho: TV radius (half the l1 distance), in ``[0, 1]`` (a TV distance never exceeds 1);
+            ``0`` gives ERM exactly.
         scope, nan_policy, minimize: see :class:`RobustWeighting`.
     """
 
@@ -46,6 +47,10 @@ class TVBall(RobustWeighting):
     ) -> None:
         super().__init__(scope=scope, nan_policy=nan_policy, minimize=minimize)
         self.rho = validate_radius("rho", rho)
+        if self.rho > 1.0:
+            raise ValueError(
+                f"rho must be in [0, 1] for the TV ball (a TV distance never exceeds 1), got rho={rho!r}"
+            )
 
     def _is_uniform(self) -> bool:
         return self.rho == 0.0
@@ -156,7 +161,7 @@ class CVaR(RobustWeighting):
         minimize: bool = False,
     ) -> None:
         super().__init__(scope=scope, nan_policy=nan_policy, minimize=minimize)
-        a = float(alpha)
+        a = as_number("alpha", alpha)
         if not (0.0 < a <= 1.0):
             raise ValueError(f"alpha must be in (0, 1], got alpha={alpha!r}")
         self.alpha = a
@@ -213,11 +218,11 @@ class KLPenalty(RobustWeighting):
         minimize: bool = False,
     ) -> None:
         super().__init__(scope=scope, nan_policy=nan_policy, minimize=minimize)
-        t = float(tau)
+        t = as_number("tau", tau)
         if math.isnan(t) or t <= 0:
             raise ValueError(f"tau must be > 0 (inf allowed), got tau={tau!r}")
         _check_choice("form", form, ("normalized", "seed"))
-        c = float(clamp)
+        c = as_number("clamp", clamp)
         if math.isnan(c) or c <= 0:
             raise ValueError(f"clamp must be > 0 (inf allowed), got clamp={clamp!r}")
         self.tau = t
