@@ -36,13 +36,12 @@ from typing import Literal
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torchmetrics import MeanMetric
 
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
 from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import LoraOptions, apply_lora, disable_dropout
 from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
-from lightning_robust.modules.metrics import GroupedMean, TrainGroupMetrics
+from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
 from lightning_robust.modules.optim import Schedule, validate_optimizer_options
 from lightning_robust.modules.reference import (
     REFERENCE_MODES,
@@ -90,7 +89,7 @@ class DPOMetrics(torch.nn.Module):
 
     def __init__(self, group_names: list[str] | None = None):
         super().__init__()
-        self.means = torch.nn.ModuleDict({n.replace("/", "__"): MeanMetric() for n in METRIC_NAMES})
+        self.means = torch.nn.ModuleDict({n.replace("/", "__"): FiniteMean() for n in METRIC_NAMES})
         self.group_names = list(group_names or [])
         if self.group_names:
             self.group_accuracy = GroupedMean(len(self.group_names))

@@ -29,7 +29,6 @@ import logging
 from typing import Literal
 
 import torch
-from torchmetrics import MeanMetric
 
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
 from lightning_robust.models.lora import LoraOptions, apply_lora, disable_dropout
@@ -40,6 +39,7 @@ from lightning_robust.models.rollout import (
     token_logprobs_and_values,
 )
 from lightning_robust.modules.base import BackboneModule
+from lightning_robust.modules.metrics import FiniteMean
 from lightning_robust.modules.optim import Schedule, build_optimizer, validate_optimizer_options
 from lightning_robust.modules.reference import frozen_copy, reference_view
 from lightning_robust.objectives.rl import sequence_kl_k3
@@ -55,7 +55,7 @@ class OnlineEvalMetrics(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.means = torch.nn.ModuleDict({n.replace("/", "__"): MeanMetric() for n in EVAL_METRICS})
+        self.means = torch.nn.ModuleDict({n.replace("/", "__"): FiniteMean() for n in EVAL_METRICS})
 
     @property
     def count(self) -> int:
