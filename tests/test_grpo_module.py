@@ -285,3 +285,29 @@ def test_grpo_raises_the_gold_reward(tmp_path):
     assert len(gold) == 30
     first, last = sum(gold[:5]) / 5, sum(gold[-5:]) / 5
     assert last > first + 0.2, (first, last)
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_non_finite_gradient_never_reaches_the_optimiser(tmp_path, policy):
+    """The manual update loop goes through BackboneModule's gradient check: a NaN gradient raises
+    naming the parameters, or (``nonfinite="skip"``) the update is dropped and counted."""
+    from lightning_robust.modules.base import NonFiniteError
+
+    model = module()
+    model.configure_model()
+    model.nonfinite = policy
+    poisoned_step = 1
+
+    def poison(mod, args, output):
+        if model.global_step == poisoned_step and torch.is_grad_enabled():
+            return output * float("nan")
+        return output
+
+    model.backbone.get_output_embeddings().register_forward_hook(poison)
+    if policy == "error":
+        with pytest.raises(NonFiniteError, match=r"non-finite gradients of \['backbone\..*global step 1"):
+            fit(model, data(), tmp_path)
+        return
+    fit(model, data(), tmp_path)
+    assert model.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
