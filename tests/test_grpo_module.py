@@ -293,9 +293,8 @@ def test_non_finite_gradient_never_reaches_the_optimiser(tmp_path, policy):
     naming the parameters, or (``nonfinite="skip"``) the update is dropped and counted."""
     from lightning_robust.modules.base import NonFiniteError
 
-    model = module()
+    model = module(nonfinite=policy)
     model.configure_model()
-    model.nonfinite = policy
     poisoned_step = 1
 
     def poison(mod, args, output):

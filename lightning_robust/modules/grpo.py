@@ -31,6 +31,7 @@ import torch
 
 from lightning_robust.models.lora import LoraOptions
 from lightning_robust.models.rollout import Rollout
+from lightning_robust.modules.base import NONFINITE_POLICIES
 from lightning_robust.modules.online import LossAggregation, OnlineRLModule
 from lightning_robust.modules.optim import Schedule
 from lightning_robust.objectives.drro import (
@@ -82,7 +83,10 @@ class GRPO(OnlineRLModule):
         temperature, top_p, top_k, max_new_tokens: sampling (1.0, 1.0, 0, 32; chosen here).
         reward_model, gold_reward_model: proxy (the loss) and gold (logging only) scorer specs.
         learning_rate, lr_schedule, warmup_ratio: AdamW constant lr, no warmup (S003 App. G; the
-            lr value, 1e-5, is chosen here). Other args: see :class:`OnlineRLModule`.
+            lr value, 1e-5, is chosen here).
+        nonfinite: ``error`` (default) raises on a non-finite gradient naming the parameters;
+            ``skip`` drops that update and counts it (``train/skipped_steps``).
+            Other args: see :class:`OnlineRLModule`.
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class GRPO(OnlineRLModule):
         dropout: bool = False,
         trust_remote_code: bool = False,
         init_seed: int = 0,
+        nonfinite: Literal["error", "skip"] = "error",
     ):
         if shaping not in SHAPINGS:
             raise ValueError(f"unknown shaping={shaping!r}; expected one of {list(SHAPINGS)}")
@@ -187,6 +192,10 @@ class GRPO(OnlineRLModule):
             trust_remote_code=trust_remote_code,
             init_seed=init_seed,
         )
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}"
+            )
         self.save_hyperparameters(ignore=["weighting"])
         #: batch KL estimates (sequence k3, float64 means) of the dynamic budget, newest last
         self.kl_history: list[float] = []

@@ -33,6 +33,7 @@ import torch
 
 from lightning_robust.models.lora import LoraOptions
 from lightning_robust.models.rollout import Rollout
+from lightning_robust.modules.base import NONFINITE_POLICIES
 from lightning_robust.modules.online import LossAggregation, OnlineRLModule
 from lightning_robust.modules.optim import Schedule
 from lightning_robust.objectives.rl import (
@@ -69,6 +70,8 @@ class PPO(OnlineRLModule):
             1.0, 0, 32 chosen here).
         learning_rate, lr_schedule, warmup_ratio: 1e-5 (S000 Table 13), linear decay, no warmup
             (chosen here). Other args: see :class:`OnlineRLModule`.
+        nonfinite: ``error`` (default) raises on a non-finite gradient naming the parameters;
+            ``skip`` drops that update and counts it (``train/skipped_steps``).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class PPO(OnlineRLModule):
         dropout: bool = False,
         trust_remote_code: bool = False,
         init_seed: int = 0,
+        nonfinite: Literal["error", "skip"] = "error",
     ):
         if dr_version not in ("A", "B"):
             raise ValueError(f"unknown dr_version={dr_version!r}; expected 'A' or 'B'")
@@ -156,6 +160,10 @@ class PPO(OnlineRLModule):
             trust_remote_code=trust_remote_code,
             init_seed=init_seed,
         )
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}"
+            )
         self.save_hyperparameters(ignore=["weighting"])
         self.value_head = None
 
