@@ -45,6 +45,20 @@ def apply_lora(model, options: LoraOptions, task_type: str):
     return get_peft_model(model, config)
 
 
+def prepare_for_training(model, gradient_checkpointing: bool, lora: LoraOptions | None, task_type: str):
+    """The training set-up every module's backbone shares, in its required order: non-reentrant
+    gradient checkpointing (with LoRA, input embeddings made to require grad so checkpointed
+    segments see a grad-requiring input), then the LoRA adapters; returns the model in train
+    mode (``from_pretrained`` returns eval mode and Lightning keeps modes as it finds them)."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora is not None:
+            model.enable_input_require_grads()
+    if lora is not None:
+        model = apply_lora(model, lora, task_type=task_type)
+    return model.train()
+
+
 def freeze_parameters(model, patterns: list[str]) -> int:
     """Set ``requires_grad=False`` on parameters whose name matches any regex in ``patterns``
     (``re.search``); returns how many parameters were frozen. Raises when a pattern matches

@@ -39,7 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
 from lightning_robust.models.logprobs import sequence_logprobs
-from lightning_robust.models.lora import LoraOptions, apply_lora, disable_dropout
+from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
 from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
 from lightning_robust.modules.optim import Schedule, validate_optimizer_options
@@ -312,15 +312,9 @@ class DPO(BackboneModule):
             disable_dropout(model)
         if hp.reference == "frozen_copy":
             self.reference_model = frozen_copy(model)  # before LoRA: get_peft_model edits in place
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-            if hp.lora is not None:
-                model.enable_input_require_grads()
-        if hp.lora is not None:
-            model = apply_lora(model, self.lora_options, task_type="CAUSAL_LM")
-        self.backbone = model.train()
+        self.backbone = prepare_for_training(
+            model, hp.gradient_checkpointing, self.lora_options, task_type="CAUSAL_LM"
+        )
 
     def setup(self, stage: str) -> None:
         self.configure_model()

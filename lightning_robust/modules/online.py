@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
-from lightning_robust.models.lora import LoraOptions, apply_lora, disable_dropout
+from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
 from lightning_robust.models.rollout import (
     Rollout,
     generate_rollouts,
@@ -202,16 +202,10 @@ class OnlineRLModule(BackboneModule):
             disable_dropout(model)
         if self.lora_options is None:
             self.reference_model = frozen_copy(model)  # before LoRA: get_peft_model edits in place
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-            if self.lora_options is not None:
-                model.enable_input_require_grads()
-        if self.lora_options is not None:
-            model = apply_lora(model, self.lora_options, task_type="CAUSAL_LM")
-        self.backbone = model.train()
-        self.build_extra_modules(model)
+        self.backbone = prepare_for_training(
+            model, hp.gradient_checkpointing, self.lora_options, task_type="CAUSAL_LM"
+        )
+        self.build_extra_modules(self.backbone)
 
     def build_extra_modules(self, model) -> None:
         """Hook for modules built beside the policy (PPO's value head)."""

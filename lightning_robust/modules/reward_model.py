@@ -16,9 +16,9 @@ import torch
 from lightning_robust.models import load_sequence_classifier, load_tokenizer
 from lightning_robust.models.lora import (
     LoraOptions,
-    apply_lora,
     disable_dropout,
     freeze_parameters,
+    prepare_for_training,
 )
 from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
 from lightning_robust.modules.metrics import PairwiseMetrics
@@ -132,15 +132,11 @@ class RewardModel(BackboneModule):
         )
         if not hp.dropout:
             disable_dropout(model)
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.lora_options is not None:
-            model = apply_lora(model, self.lora_options, task_type="SEQ_CLS")
-        elif hp.frozen_parameters:
+        if self.lora_options is None and hp.frozen_parameters:
             freeze_parameters(model, hp.frozen_parameters)
-        # from_pretrained returns eval mode; Lightning keeps module modes as it finds them, so
-        # switch to train mode (as a transformers Trainer would) before fitting.
-        self.backbone = model.train()
+        self.backbone = prepare_for_training(
+            model, hp.gradient_checkpointing, self.lora_options, task_type="SEQ_CLS"
+        )
 
     def setup(self, stage: str) -> None:
         self.configure_model()
