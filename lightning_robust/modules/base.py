@@ -102,6 +102,14 @@ def split_batch(batch: dict, micro_batch_size: int) -> list[dict]:
     return chunks
 
 
+def validate_step_options(nonfinite: str, micro_batch_size: int | None = None) -> None:
+    """Constructor check of the robust-step options every module takes (named errors)."""
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}")
+    if micro_batch_size is not None and micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}")
+
+
 class BackboneModule(LightningModule):
     """AdamW with the warmup/decay schedule of the module's hparams, ``export``, and the robust step.
 
@@ -151,18 +159,12 @@ class BackboneModule(LightningModule):
     def nonfinite(self) -> str:
         """Policy for non-finite losses, rewards and gradients: ``"error"`` or ``"skip"``."""
         value = getattr(self, "_nonfinite_override", None) or self._option("nonfinite", "error")
-        if value not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"unknown nonfinite={value!r}; expected one of {list(NONFINITE_POLICIES)}"
-            )
+        validate_step_options(value)
         return value
 
     @nonfinite.setter
     def nonfinite(self, value: str) -> None:
-        if value not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"unknown nonfinite={value!r}; expected one of {list(NONFINITE_POLICIES)}"
-            )
+        validate_step_options(value)
         self._nonfinite_override = value
 
     @property

@@ -40,7 +40,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
 from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
-from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
+from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
 from lightning_robust.modules.optim import Schedule, validate_optimizer_options
 from lightning_robust.modules.reference import (
@@ -222,12 +222,7 @@ class DPO(BackboneModule):
         atomic_checkpoints: bool = True,
     ):
         super().__init__()
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}"
-            )
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}")
+        validate_step_options(nonfinite, micro_batch_size)
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type={loss_type!r}; expected one of {list(LOSS_TYPES)}")
         if not beta > 0:

@@ -33,7 +33,7 @@ import torch
 
 from lightning_robust.models.lora import LoraOptions
 from lightning_robust.models.rollout import Rollout
-from lightning_robust.modules.base import NONFINITE_POLICIES
+from lightning_robust.modules.base import validate_step_options
 from lightning_robust.modules.online import LossAggregation, OnlineRLModule
 from lightning_robust.modules.optim import Schedule
 from lightning_robust.objectives.rl import (
@@ -160,10 +160,7 @@ class PPO(OnlineRLModule):
             trust_remote_code=trust_remote_code,
             init_seed=init_seed,
         )
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}"
-            )
+        validate_step_options(nonfinite)
         self.save_hyperparameters(ignore=["weighting"])
         self.value_head = None
 

@@ -20,7 +20,7 @@ from lightning_robust.models.lora import (
     freeze_parameters,
     prepare_for_training,
 )
-from lightning_robust.modules.base import NONFINITE_POLICIES, BackboneModule, StepTerms
+from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import PairwiseMetrics
 from lightning_robust.modules.optim import Schedule, validate_optimizer_options
 from lightning_robust.objectives import (
@@ -92,14 +92,7 @@ class RewardModel(BackboneModule):
         atomic_checkpoints: bool = True,
     ):
         super().__init__()
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(
-                f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}"
-            )
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(
-                f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}"
-            )
+        validate_step_options(nonfinite, micro_batch_size)
         validate_optimizer_options(learning_rate, lr_schedule)
         self.save_hyperparameters(ignore=["weighting"])
         self.weighting = weighting if weighting is not None else ERM()
