@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.robustness import overoptimization, preference_shift, simplex
+from benchmarks.robustness import common, overoptimization, preference_shift, simplex
 from lightning_robust.objectives.drro import (
     dro_policy,
     group_log_probs,
@@ -97,9 +97,9 @@ def test_simplex_quick_writes_tables_and_plots(tmp_path):
 def test_write_block_keeps_other_blocks_and_sections(tmp_path):
     path = tmp_path / "r.md"
     path.write_text("intro\n\n## 2. Two\n\nold two\n\n## 5. Five\n\nfive\n")
-    simplex.write_block(path, 4, "Four", "a", "first A")
-    simplex.write_block(path, 4, "Four", "b", "first B")
-    simplex.write_block(path, 4, "Four", "a", "second A")
+    common.write_block(path, 4, "Four", "a", "first A")
+    common.write_block(path, 4, "Four", "b", "first B")
+    common.write_block(path, 4, "Four", "a", "second A")
     text = path.read_text()
     assert text.index("## 2.") < text.index("## 4. Four") < text.index("## 5.")
     assert "second A" in text and "first A" not in text and "first B" in text and "old two" in text

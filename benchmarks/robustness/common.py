@@ -204,3 +204,27 @@ def write_section(path: Path, number: int, title: str, body: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip() + "\n", encoding="utf-8")
     return path
+
+
+def write_block(path: Path, number: int, title: str, block: str, body: str) -> Path:
+    """Put ``body`` between ``<!-- block:begin -->`` / ``<!-- block:end -->`` markers inside the
+    section ``## <number>. <title>`` of ``path``: the block is replaced when present, appended to
+    the section otherwise, and the section is created (via :func:`write_section`) when missing.
+    Text outside the block (hand-written readings, other scripts' blocks) is kept."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+    payload = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        start, stop = text.index(begin), text.index(end) + len(end)
+        path.write_text(text[:start] + payload + text[stop:], encoding="utf-8")
+        return path
+    heads = [(int(m.group(1)), m.start()) for m in _SECTION.finditer(text)]
+    here = [i for i, (n, _) in enumerate(heads) if n == number]
+    if not here:
+        return write_section(path, number, title, payload)
+    i = here[0]
+    stop = heads[i + 1][1] if i + 1 < len(heads) else len(text)
+    text = text[:stop].rstrip() + "\n\n" + payload + "\n\n" + text[stop:]
+    path.write_text(text.rstrip() + "\n", encoding="utf-8")
+    return path

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchmarks.robustness.common import (
     RESULTS_DIR,
-    ROOT,
+    RESULTS_MD,
     RUNS_DIR,
     command_line,
     fmt_mean_std,
@@ -44,11 +44,11 @@ from benchmarks.robustness.common import (
     seed_all,
     summarize,
     text_table,
+    write_block,
 )
-from benchmarks.robustness.simplex import SECTION, SECTION_TITLE, write_block
+from benchmarks.robustness.simplex import SECTION, SECTION_TITLE
 
 MODULE = "benchmarks.robustness.overoptimization"
-RESULTS_PART_B = ROOT / "docs" / "results.md"  # sections 2 and 4 of the results
 
 # method -> (module, keyword arguments); budgets chosen here (the repo's tiny configs' values)
 METHODS: dict[str, tuple[str, dict]] = {
@@ -219,7 +219,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rollouts", type=int, default=None)
     parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
     parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_PART_B))
+    parser.add_argument("--out-md", default=str(RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()

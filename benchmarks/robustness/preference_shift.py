@@ -41,7 +41,7 @@ import torch
 
 from benchmarks.robustness.common import (
     RESULTS_DIR,
-    ROOT,
+    RESULTS_MD,
     RUNS_DIR,
     command_line,
     fmt_mean_std,
@@ -53,12 +53,11 @@ from benchmarks.robustness.common import (
     seed_all,
     summarize,
     text_table,
+    write_block,
 )
-from benchmarks.robustness.simplex import write_block
 from lightning_robust.data.synthetic import FILLER, TOPICS
 
 MODULE = "benchmarks.robustness.preference_shift"
-RESULTS_PART_B = ROOT / "docs" / "results.md"  # sections 2 and 4 of the results
 SECTION = 2
 SECTION_TITLE = "DPO family under preference shift: DPO vs DR-DPO vs KLDPO vs WDPO (S002)"
 MIXTURES = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
@@ -350,7 +349,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke version (CI)")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_PART_B))
+    parser.add_argument("--out-md", default=str(RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ import torch
 
 from benchmarks.robustness.common import (
     RESULTS_DIR,
-    ROOT,
+    RESULTS_MD,
     command_line,
     fmt_mean_std,
     markdown_table,
@@ -54,6 +53,7 @@ from benchmarks.robustness.common import (
     save_figure,
     summarize,
     text_table,
+    write_block,
 )
 from lightning_robust.objectives.drro import (
     dro_policy,
@@ -66,43 +66,10 @@ from lightning_robust.objectives.drro import (
 from lightning_robust.objectives.rl import policy_surrogate, sequence_kl_k3
 
 MODULE = "benchmarks.robustness.simplex"
-RESULTS_PART_B = ROOT / "docs" / "results.md"  # sections 2 and 4 of the results
 SECTION = 4
 SECTION_TITLE = "Over-optimisation: GRPO / PPO / DRO / DRRO (S003)"
 BLOCK = "simplex"
 F64 = torch.float64
-
-
-# ----------------------------------------------------------------------------- markdown blocks
-def write_block(path: Path, number: int, title: str, block: str, body: str) -> Path:
-    """Put ``body`` between ``<!-- block:begin -->`` / ``<!-- block:end -->`` markers inside the
-    section ``## <number>. <title>`` of the markdown file ``path``, creating the section (in
-    number order) or the block (at the section's end) when missing. Other blocks are kept, so two
-    scripts can share one section."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
-    payload = f"{begin}\n{body.strip()}\n{end}"
-    if begin in text and end in text:
-        start, stop = text.index(begin), text.index(end) + len(end)
-        text = text[:start] + payload + text[stop:]
-    else:
-        heads = [(int(m.group(1)), m.start()) for m in re.finditer(r"^## (\d+)\.", text, re.M)]
-        here = [i for i, (n, _) in enumerate(heads) if n == number]
-        if here:
-            i = here[0]
-            stop = heads[i + 1][1] if i + 1 < len(heads) else len(text)
-            text = text[:stop].rstrip() + "\n\n" + payload + "\n\n" + text[stop:]
-        else:
-            section = f"## {number}. {title}\n\n{payload}\n\n"
-            later = [s for n, s in heads if n > number]
-            if later:
-                text = text[: later[0]] + section + text[later[0] :]
-            else:
-                text = (text.rstrip() + "\n\n" if text.strip() else "") + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip() + "\n", encoding="utf-8")
-    return path
 
 
 # ----------------------------------------------------------------------------- the instance
@@ -381,7 +348,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke version (CI)")
     parser.add_argument("--seeds", type=int, default=None, help="number of instances (seeds 0..n-1)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_PART_B))
+    parser.add_argument("--out-md", default=str(RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()
