@@ -16,6 +16,26 @@ BATCH_KEYS = (
 )
 
 
+def pad_sequences(
+    seqs, pad_token_id: int, width: int | None = None, side: str = "right", multiple_of: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` LongTensors ``[len(seqs), width]``: each token-id list placed on the left
+    (``side="right"`` padding) or the right (``side="left"``, for generation), the rest
+    ``pad_token_id`` with mask 0. ``width`` defaults to the longest sequence, rounded up to
+    ``multiple_of``."""
+    if width is None:
+        width = max(len(s) for s in seqs)
+    if multiple_of:
+        width = -(-width // multiple_of) * multiple_of
+    ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, cols] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
 class PreferenceCollator:
     """Right-pad chosen and rejected sequences of a batch to one common width.
 
@@ -36,23 +56,14 @@ class PreferenceCollator:
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def _pad(self, seqs, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        return ids, mask
-
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         chosen = [f["chosen_input_ids"] for f in features]
         rejected = [f["rejected_input_ids"] for f in features]
-        width = max(len(s) for s in chosen + rejected)
-        m = self.pad_to_multiple_of
-        if m:
-            width = -(-width // m) * m
-        chosen_ids, chosen_mask = self._pad(chosen, width)
-        rejected_ids, rejected_mask = self._pad(rejected, width)
+        # one width for chosen and rejected, so they run as one [2B, L] batch
+        ids, mask = pad_sequences(chosen + rejected, self.pad_token_id, multiple_of=self.pad_to_multiple_of)
+        n = len(chosen)
+        chosen_ids, rejected_ids = ids[:n], ids[n:]
+        chosen_mask, rejected_mask = mask[:n], mask[n:]
 
         def column(key: str) -> torch.Tensor:
             return torch.tensor([f[key] for f in features], dtype=torch.long)

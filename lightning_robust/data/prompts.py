@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
+from lightning_robust.data.collator import pad_sequences
 from lightning_robust.data.dialogue import (
     HH_ASSISTANT,
     HH_HUMAN,
@@ -322,15 +323,12 @@ class PromptCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: list[dict]) -> dict:
-        width = max(len(f["prompt_input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            seq = f["prompt_input_ids"]
-            ids[row, width - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
+        ids, mask = pad_sequences(
+            [f["prompt_input_ids"] for f in features],
+            self.pad_token_id,
+            side="left",
+            multiple_of=self.pad_to_multiple_of,
+        )
         batch = {
             "prompt_input_ids": ids,
             "prompt_attention_mask": mask,

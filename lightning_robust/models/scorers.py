@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from lightning_robust.data.collator import pad_sequences
 from lightning_robust.data.dialogue import prompt_key
 from lightning_robust.data.example import TOO_LONG, BadRow, PreferenceExample
 from lightning_robust.data.tokenize import encode_examples
@@ -191,13 +192,7 @@ class _BatchedScorer:
             with torch.no_grad():
                 for start in range(0, len(order), self.batch_size):
                     rows = order[start : start + self.batch_size]
-                    width = max(len(encoded[i][0]) for i in rows)
-                    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                    mask = torch.zeros((len(rows), width), dtype=torch.long)
-                    for j, i in enumerate(rows):
-                        seq = encoded[i][0]
-                        ids[j, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-                        mask[j, : len(seq)] = 1
+                    ids, mask = pad_sequences([encoded[i][0] for i in rows], pad)
                     plen = torch.tensor([encoded[i][1] for i in rows], dtype=torch.long)
                     scores = self._score_batch(ids.to(device), mask.to(device), plen.to(device))
                     out[torch.tensor(rows)] = scores.float().cpu()
