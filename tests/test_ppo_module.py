@@ -218,12 +218,12 @@ def test_robust_scales_use_the_size_of_the_solved_batch():
     from lightning_robust.weighting import WeightingOutput
 
     local = WeightingOutput(loss=torch.tensor(0.0), weights=torch.tensor([0.1, 0.3, 0.2, 0.4]))
-    assert torch.allclose(PPO.robust_scales(local), torch.tensor([0.4, 1.2, 0.8, 1.6]))
+    assert torch.allclose(local.sample_scales(), torch.tensor([0.4, 1.2, 0.8, 1.6]))
     gathered = WeightingOutput(
         loss=torch.tensor(0.0),
         weights=torch.tensor([0.1, 0.3]),
         global_weights=torch.tensor([0.1, 0.3, 0.2, 0.4]),
     )
-    assert torch.allclose(PPO.robust_scales(gathered), torch.tensor([0.4, 1.2]))
+    assert torch.allclose(gathered.sample_scales(), torch.tensor([0.4, 1.2]))
     uniform = WeightingOutput(loss=torch.tensor(0.0), weights=torch.full((3,), 1 / 3))
-    assert PPO.robust_scales(uniform) is None
+    assert uniform.sample_scales() is None

@@ -240,7 +240,7 @@ class GRPO(OnlineRLModule):
         }
         if self.weighting is not None:
             out = self.weighting(-rewards.mean(dim=1))  # prompt loss: minus its mean group reward
-            nq = self.robust_scales(out)  # None for uniform q: exactly GRPO
+            nq = out.sample_scales()  # None for uniform q: exactly GRPO
             if nq is not None:
                 targets["sample_weights"] = nq.repeat_interleave(G).to(old_logps.dtype)
             stats.update({f"robust/{k}": v for k, v in out.stats.items()})

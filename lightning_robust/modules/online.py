@@ -335,17 +335,6 @@ class OnlineRLModule(BackboneModule):
             "kl_k1": (seq_logps.double() - seq_ref_logps.double()).mean(),
         }
 
-    @staticmethod
-    def robust_scales(out) -> torch.Tensor | None:
-        """``n q_i`` for this rank's examples from a weighting output (``n``: the size of the
-        batch the weights were solved on, all ranks under ``scope="global"``, so that data-parallel
-        gradient averaging yields ``sum_i q_i grad l_i``), or ``None`` when ``q`` is uniform: no
-        scale at all then, so the run is the unweighted algorithm bit for bit."""
-        q_all = out.global_weights if out.global_weights is not None else out.weights
-        if bool((q_all == q_all[0]).all()):
-            return None
-        return out.weights * q_all.numel()
-
     # ------------------------------------------------------------------ subclass hooks
     def prepare(self, rollout: Rollout, scores: torch.Tensor, old_logps, old_values, ref_logps):
         """Return ``(targets, stats)``: ``targets`` a dict of tensors with first dimension ``N``

@@ -198,7 +198,7 @@ class PPO(OnlineRLModule):
                 ppo_token_rewards(old_logps, ref_logps, scores, mask, hp.beta), mask
             )
             out = self.weighting(-returns_v)  # the adversary lowers the value: TV ball on -v
-            scales = self.robust_scales(out)  # None for uniform q: exactly PPO
+            scales = out.sample_scales()  # None for uniform q: exactly PPO
             stats.update({f"robust/{k}": v for k, v in out.stats.items()})
         advantages, returns, token_rewards = ppo_advantages(
             old_logps,

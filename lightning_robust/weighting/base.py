@@ -62,6 +62,18 @@ class WeightingOutput:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
     global_weights: torch.Tensor | None = None
 
+    def sample_scales(self) -> torch.Tensor | None:
+        """``n q_i`` for this rank's examples, the factor that turns a per-example mean into the
+        robust objective (DR-PPO versions A/B, GRPO across prompts; ALGORITHMS.md §4). ``n`` is
+        the size of the batch the weights were solved on (all ranks under ``scope="global"``, so
+        data-parallel gradient averaging yields ``sum_i q_i grad l_i``). ``None`` when ``q`` is
+        uniform: callers then apply no scale at all and run the unweighted algorithm bit for bit.
+        """
+        q_all = self.global_weights if self.global_weights is not None else self.weights
+        if bool((q_all == q_all[0]).all()):
+            return None
+        return self.weights * q_all.numel()
+
 
 def weight_stats(q: torch.Tensor) -> dict[str, torch.Tensor]:
     """Diagnostics of ALGORITHMS.md §1.2 rule 10 for weights ``q`` (normalised to sum 1 first).
