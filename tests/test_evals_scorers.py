@@ -14,6 +14,7 @@ from lightning_robust.models.scorers import (
     LikelihoodScorer,
     RewardModelScorer,
     Scorer,
+    TokenCache,
 )
 
 PROMPTS = ["what is the weather today", "tell me a story", "what is the weather today", "help me"]
@@ -84,6 +85,22 @@ def test_tokenisation_is_cached(tok):
     second = scorer.score(list(reversed(PROMPTS)), list(reversed(RESPONSES)))
     assert scorer.cache.encoded == encoded  # nothing re-tokenised
     assert second.flip(0).tolist() == pytest.approx(first.tolist(), abs=1e-5)
+
+
+def test_bounded_cache_keeps_the_newest_and_scores_the_same(tok):
+    """Online RL scores new responses every step: ``max_items`` bounds the cache (oldest
+    dropped first) without changing any score."""
+    model = load_sequence_classifier("tiny", tok, seed=0)
+    unbounded = RewardModelScorer(model, tok, max_length=128)
+    bounded = RewardModelScorer(model, tok, max_length=128, cache=TokenCache(tok, 128, max_items=2))
+    assert bounded.score(PROMPTS, RESPONSES).tolist() == pytest.approx(
+        unbounded.score(PROMPTS, RESPONSES).tolist(), abs=1e-6
+    )
+    assert len(bounded.cache) == 2
+    kept = list(bounded.cache._store)
+    assert kept == [TokenCache.key(p, r) for p, r in zip(PROMPTS[-2:], RESPONSES[-2:], strict=True)]
+    with pytest.raises(ValueError, match="max_items"):
+        TokenCache(tok, 128, max_items=0)
 
 
 def test_too_long_responses_are_cut_and_counted(tok):

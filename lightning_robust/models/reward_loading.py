@@ -70,6 +70,7 @@ def load_reward_scorer(
     append_eos: bool = False,
     trust_remote_code: bool = False,
     weights_only: bool = True,
+    cache_size: int | None = None,
 ):
     """A scorer for ``spec`` (module docstring); model-backed scorers run on ``device``.
 
@@ -81,6 +82,8 @@ def load_reward_scorer(
         device: where the reward model runs (default: CPU).
         trust_remote_code: allow custom model code from a directory / hub id.
         weights_only: load ``.ckpt`` files with ``torch.load(weights_only=True)``.
+        cache_size: most (prompt, response) tokenisations kept (``None``: all, right for fixed
+            benchmarks; online RL passes a bound since every rollout brings new responses).
 
     Raises:
         ValueError: an unknown ``synthetic:`` name, a missing file or directory, or a hub id
@@ -92,7 +95,7 @@ def load_reward_scorer(
         return _synthetic_scorer(spec)
 
     from lightning_robust.models.loading import load_sequence_classifier, load_tokenizer
-    from lightning_robust.models.scorers import RewardModelScorer
+    from lightning_robust.models.scorers import RewardModelScorer, TokenCache
     from lightning_robust.models.tiny import TINY_MODEL_NAME
 
     if spec.endswith(".ckpt"):
@@ -118,8 +121,7 @@ def load_reward_scorer(
     return RewardModelScorer(
         model,
         tokenizer,
-        max_length=max_length,
         batch_size=batch_size,
-        chat_template=chat_template,
-        append_eos=append_eos,
+        max_length=max_length,
+        cache=TokenCache(tokenizer, max_length, chat_template, append_eos, max_items=cache_size),
     )

@@ -50,7 +50,9 @@ class TokenCache:
     """``(prompt, response) -> (input_ids, prompt_len)``, filled in batches by ``encode_examples``.
 
     Consecutive uncached items that share a prompt are encoded as one pair (the layout of
-    pairwise benchmarks: chosen then rejected), so each text is tokenised once.
+    pairwise benchmarks: chosen then rejected), so each text is tokenised once. ``max_items``
+    bounds the cache (oldest entries dropped first): online RL scores fresh completions every
+    step, which would otherwise grow it without limit.
     """
 
     def __init__(
@@ -59,7 +61,11 @@ class TokenCache:
         max_length: int,
         chat_template: bool | None = None,
         append_eos: bool = False,
+        max_items: int | None = None,
     ):
+        if max_items is not None and max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        self.max_items = max_items
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.chat_template = chat_template
@@ -134,7 +140,11 @@ class TokenCache:
                 missing.append((p, r))
         if missing:
             self._encode(missing)
-        return [self._store[self.key(p, r)] for p, r in zip(prompts, responses, strict=True)]
+        out = [self._store[self.key(p, r)] for p, r in zip(prompts, responses, strict=True)]
+        if self.max_items is not None and len(self._store) > self.max_items:
+            for key in list(self._store)[: len(self._store) - self.max_items]:  # oldest first
+                del self._store[key]
+        return out
 
 
 def _device(model) -> torch.device:
@@ -162,7 +172,8 @@ class _BatchedScorer:
             raise ValueError("the tokenizer needs a pad token (set tokenizer.pad_token)")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.cache = cache or TokenCache(tokenizer, max_length, chat_template, append_eos)
+        # "is None", not "or": an empty cache is falsy (it has __len__) but is still the one to use
+        self.cache = cache if cache is not None else TokenCache(tokenizer, max_length, chat_template, append_eos)
 
     @property
     def truncated(self) -> int:

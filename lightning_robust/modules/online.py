@@ -47,6 +47,8 @@ from lightning_robust.objectives.rl import sequence_kl_k3
 log = logging.getLogger(__name__)
 
 LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"]
+#: tokenisations a reward scorer keeps: rollouts bring new responses every step (bounded memory)
+SCORER_CACHE_SIZE = 4096
 EVAL_METRICS = ("reward/proxy", "reward/gold", "kl", "kl_k1", "response_length")
 
 
@@ -254,6 +256,7 @@ class OnlineRLModule(BackboneModule):
                     max_length=self.hparams.reward_max_length,
                     batch_size=self.hparams.reward_batch_size,
                     device=self.device,
+                    cache_size=SCORER_CACHE_SIZE,
                 )
             )
         return self._scorers[which]
