@@ -8,10 +8,13 @@ the same vocabulary.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+
+from lightning_robust import cli_errors
 
 
 class RobustCLI(LightningCLI):
@@ -19,6 +22,15 @@ class RobustCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        cli_errors.add_checkpoint_arguments(parser)
+
+    # checkpoint checks and runs that would do nothing: lightning_robust/cli_errors.py
+    def parse_arguments(self, parser, args) -> None:
+        self._given_args = args if args is not None else sys.argv[1:]
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        cli_errors.check_before_run(self, self._given_args, super()._parse_ckpt_path)
 
 
 def quiet_known_warnings() -> None:
@@ -45,8 +57,9 @@ def build_cli(args=None, run: bool = True) -> RobustCLI:
 
 
 def main(args=None) -> None:
-    """Console-script entry point (``lightning-robust``)."""
-    build_cli(args)
+    """Console-script entry point (``lightning-robust``); a user error ends with one line
+    ``error: ...`` and exit status 2 (``LIGHTNING_ROBUST_DEBUG=1``: the traceback)."""
+    cli_errors.run_reporting_user_errors(lambda: build_cli(args))
 
 
 if __name__ == "__main__":
