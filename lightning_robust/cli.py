@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_robust import cli_errors
 
@@ -31,6 +31,11 @@ class RobustCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         cli_errors.check_before_run(self, self._given_args, super()._parse_ckpt_path)
+
+    def init_parser(self, **kwargs):
+        if self.parser_class is LightningArgumentParser:
+            self.parser_class = cli_errors.one_line_parser_class()
+        return super().init_parser(**kwargs)
 
 
 def quiet_known_warnings() -> None:

@@ -58,8 +58,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def user_error(err: BaseException) -> BaseException | None:
-    """The innermost cause of ``err`` when it is a user's configuration / data / file problem
-    (jsonargparse wraps the ``ValueError`` a class raises in a union-type error), else ``None``."""
+    """The exception in ``err``'s cause chain to report when it is a user's configuration / data /
+    file problem (the outermost one, past jsonargparse's wrapper of the ``ValueError`` a class
+    raised), else ``None``."""
     seen = set()
     chain = []
     while err is not None and id(err) not in seen:
@@ -67,10 +68,17 @@ def user_error(err: BaseException) -> BaseException | None:
         chain.append(err)
         err = err.__cause__
     types = _user_error_types()
-    for candidate in reversed(chain):  # innermost first
-        if isinstance(candidate, types):
+    for candidate in chain:  # outermost first: our messages wrap the library's
+        if isinstance(candidate, types) and not _is_parser_wrapper(candidate):
             return candidate
     return None
+
+
+def _is_parser_wrapper(err: BaseException) -> bool:
+    """jsonargparse's "Does not validate against any of the Union subtypes ... Given value:
+    Namespace(...)" around the error a class raised (the cause holds the message)."""
+    text = str(err)
+    return err.__cause__ is not None and ("Given value:" in text or "Does not validate" in text)
 
 
 _ADVICE = re.compile(r"(re-?running `?torch\.load`? with `?weights_only` set to `?False`?|weights_only=False)[^.]*\.?",
@@ -87,6 +95,17 @@ def one_line(err: BaseException) -> str:
                 f"(weights_only=True) does not allow{': ' + first.strip() if first else ''}")
     text = text.split("Given value:", 1)[0]
     text = _ADVICE.sub("", text)
+    if "Does not validate against any of the Union subtypes" in text and "Errors:" in text:
+        head = text.split("Does not validate", 1)[0].strip()
+        items: list[str] = []
+        for line in text.split("Errors:", 1)[1].splitlines():
+            line = line.strip()
+            if line.startswith("- "):
+                items.append(line[2:])
+            elif line and items and not line.startswith("Given value type:"):
+                items[-1] += " " + line
+        errors = [item for item in items if "Expected a <class 'NoneType'>" not in item]
+        text = " ".join([head, "; ".join(errors)]) if errors else text
     text = " ".join(part.strip() for part in text.splitlines() if part.strip())
     name = type(err).__name__
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and name not in text:
@@ -107,6 +126,18 @@ def run_reporting_user_errors(run: Callable[[], Any]) -> Any:
             raise
         print(f"error: {one_line(cause)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def one_line_parser_class():
+    """A ``LightningArgumentParser`` whose errors end with one line ``error: <cause>`` (the
+    message's lines joined, jsonargparse's ``Given value: Namespace(...)`` dump cut)."""
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    class OneLineErrorParser(LightningArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):
+            return super().error(one_line(ValueError(message)), ex)
+
+    return OneLineErrorParser
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -211,6 +242,7 @@ def check_before_run(cli, args: Sequence[str] | None, trusted_parse: Callable[[]
     """Everything the CLI checks once the configuration is parsed (the replacement of
     LightningCLI's ``_parse_ckpt_path``): the checkpoint against the configuration, and that a
     ``fit`` would train something."""
+    check_data_sources_were_not_replaced(cli, args)
     checkpoint = check_checkpoint_against_config(cli, args, trusted_parse)
     subcommand = _get(cli.config, "subcommand")
     if subcommand == "fit":
@@ -262,4 +294,61 @@ def check_run_does_something(trainer_config, checkpoint: dict | None = None, ckp
         raise ValueError(
             f"checkpoint {ckpt_path} has completed {done} epoch(s), and trainer.max_epochs={max_epochs}: "
             "fit would train nothing; raise max_epochs to continue training"
+        )
+
+
+# ---------------------------------------------------------------------------- data sources
+SOURCE_OPTIONS = ("train", "val")
+
+
+def _raw_source_values(args: Sequence[str] | None) -> dict[str, str]:
+    """The ``data.init_args.train`` / ``val`` strings as written on the command line or in the
+    ``--config`` files (later ones win), before jsonargparse interprets them."""
+    import yaml
+
+    raw: dict[str, str] = {}
+    if not args or not isinstance(args, (list, tuple)):
+        return raw
+    items = [str(a) for a in args]
+    for i, item in enumerate(items):
+        key, value = (item.split("=", 1) + [None])[:2] if "=" in item else (item, None)
+        if value is None and i + 1 < len(items):
+            value = items[i + 1]
+        if key == "--config" and value and Path(value).is_file():
+            try:
+                loaded = yaml.safe_load(Path(value).read_text())
+            except (yaml.YAMLError, OSError, UnicodeDecodeError):
+                continue
+            data = loaded.get("data") if isinstance(loaded, dict) else None
+            init = data.get("init_args") if isinstance(data, dict) else None
+            for name in SOURCE_OPTIONS:
+                if isinstance(init, dict) and isinstance(init.get(name), str):
+                    raw[name] = init[name]
+        for name in SOURCE_OPTIONS:
+            if key == f"--data.init_args.{name}" and value is not None:
+                raw[name] = value
+    return raw
+
+
+def check_data_sources_were_not_replaced(cli, args: Sequence[str] | None) -> None:
+    """jsonargparse reads a data source given as the path of an existing file as a sub-config and
+    substitutes the file's *content* when it parses as a YAML scalar, which then went on as a
+    hub id ("Couldn't reach 'this is not json' on the Hub"). Report the file instead."""
+    subcommand = _get(cli.config, "subcommand")
+    if not subcommand:
+        return
+    init_args = _get(_get(cli.config[subcommand], "data"), "init_args")
+    for name, raw in _raw_source_values(args).items():
+        parsed = _get(init_args, name)
+        if not Path(raw).is_file() or parsed == raw or not isinstance(parsed, str):
+            continue
+        kind = Path(raw).suffix.lower()
+        if kind in (".json", ".jsonl"):
+            from lightning_robust.data.reading import first_bad_json_line
+
+            reason = first_bad_json_line(raw) or "not JSON lines"
+            raise ValueError(f"data.init_args.{name}: {reason}; expected valid JSON lines, JSON or Parquet")
+        raise ValueError(
+            f"data.init_args.{name}: {raw} is not a supported data file (expected .json, .jsonl or "
+            ".parquet, a dataset directory or a hub id)"
         )

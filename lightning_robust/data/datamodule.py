@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader, SequentialSampler
 from lightning_robust.data.collator import PreferenceCollator
 from lightning_robust.data.dataset import TokenizedPreferenceDataset
 from lightning_robust.data.example import BadRow
-from lightning_robust.data.reading import Examples, adapt_rows, bad_row_error
+from lightning_robust.data.reading import (
+    Examples,
+    adapt_rows,
+    bad_row_error,
+    first_bad_json_line,
+    no_usable_rows_error,
+)
 from lightning_robust.data.resumable import ResumableDataLoader, ResumableSampler
 from lightning_robust.data.sampler import LengthGroupedSampler
 from lightning_robust.data.schemas import get_schema
@@ -274,16 +280,24 @@ class PreferenceDataModule(LightningDataModule):
         from datasets.exceptions import DatasetGenerationError
 
         where = self._where(source)
+        json_log = logging.getLogger("datasets.packaged_modules.json.json")
+        level = json_log.level
+        json_log.setLevel(logging.CRITICAL)  # its traceback of a bad line: reported below instead
         try:
             return load_rows(source, self.max_rows, self.cache_dir)
         except StopIteration:  # the json builder's way of saying the file is empty
             raise ValueError(f"{where}: the data source has no rows (empty dataset)") from None
         except DatasetGenerationError as err:
             cause = err.__cause__ or err.__context__ or err
+            bad_line = first_bad_json_line(source.path) if source.local_builder == "json" else None
+            if bad_line is not None:
+                raise ValueError(f"{bad_line}; expected valid JSON lines, JSON or Parquet") from err
             raise ValueError(
                 f"{where}: cannot read the data ({type(cause).__name__}: {cause}); "
                 "expected valid JSON lines, JSON or Parquet"
             ) from err
+        finally:
+            json_log.setLevel(level)
 
     def _group_column(self, source, default, columns, is_train, where) -> str | None:
         if source.group_column is not None:
@@ -382,7 +396,7 @@ class PreferenceDataModule(LightningDataModule):
             else:
                 keep.append(pos)
         if not keep:
-            raise ValueError(f"{name} ({self._where(source)}): no usable rows")
+            raise ValueError(no_usable_rows_error(name, self._where(source), len(examples), skipped.get(name)))
         return TokenizedPreferenceDataset(
             [encoded[p] for p in keep],
             [self._group_ids.get(examples.examples[p].group, -1) for p in keep],
