@@ -54,7 +54,9 @@ __all__ = [
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    return (ValueError, OSError, MisconfigurationException, pickle.UnpicklingError)
+    from lightning_robust.modules.base import NonFiniteError
+
+    return (ValueError, OSError, MisconfigurationException, pickle.UnpicklingError, NonFiniteError)
 
 
 def user_error(err: BaseException) -> BaseException | None:
@@ -71,6 +73,15 @@ def user_error(err: BaseException) -> BaseException | None:
     for candidate in chain:  # outermost first: our messages wrap the library's
         if isinstance(candidate, types) and not _is_parser_wrapper(candidate):
             return candidate
+    return None
+
+
+def _lost_peer(err: BaseException) -> str | None:
+    """gloo's / NCCL's message when a collective failed because another rank died, else None."""
+    text = str(err)
+    for marker in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"):
+        if marker in text:
+            return text.split("This is typically", 1)[0].strip().splitlines()[-1][-200:]
     return None
 
 
@@ -121,8 +132,14 @@ def run_reporting_user_errors(run: Callable[[], Any]) -> Any:
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as err:
+        debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        peer = _lost_peer(err)
+        if peer is not None and not debug:
+            print(f"error: another process of this distributed run died ({peer}); its own output "
+                  "above names the cause", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         cause = user_error(err)
-        if cause is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        if cause is None or debug:
             raise
         print(f"error: {one_line(cause)}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

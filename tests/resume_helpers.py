@@ -50,12 +50,15 @@ class SlowDown(Callback):
 
 
 class KillAt(Callback):
-    """SIGKILL this process at ``hook`` once ``trainer.global_step == step`` (every rank)."""
+    """SIGKILL this process at ``hook`` once ``trainer.global_step == step`` (every rank, or only
+    rank ``rank``)."""
 
-    def __init__(self, hook: str, step: int) -> None:
-        self.hook, self.step = hook, step
+    def __init__(self, hook: str, step: int, rank: int | None = None) -> None:
+        self.hook, self.step, self.rank = hook, step, rank
 
     def _maybe_kill(self, trainer, hook: str) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if hook == self.hook and trainer.global_step == self.step and not trainer.sanity_checking:
             for logger in trainer.loggers:  # what a real run would have flushed by now
                 logger.save()
