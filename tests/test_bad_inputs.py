@@ -160,7 +160,7 @@ def test_corrupt_file(tmp_path):
 
 def test_no_usable_rows(tmp_path):
     path = write_jsonl(tmp_path / "ties.jsonl", [{"prompt": "q", "chosen": "x", "rejected": "x"}] * 3)
-    with pytest.raises(ValueError, match=r"train \(.*ties\.jsonl\): no usable rows"):
+    with pytest.raises(ValueError, match=r"train \(.*ties\.jsonl\): no usable rows: all 3 row\(s\) dropped \(identical=3\)$"):
         setup_dm(tmp_path, train=path, on_bad_row="skip")
 
 
