@@ -66,11 +66,13 @@ def main() -> None:
             two = run(base / f"{len(kind)}_{num_eval}_p2", 2, model, num_eval)
             print(f"\n## {kind}, validation sets of {num_eval} pairs")
             print(f"max |parameter difference| (1 vs 2 processes): {h.max_param_diff(one[0], two[0]):.3g}")
-            keys = sorted(k for k in one[1][-1] if k.startswith("val/") and one[1][-1][k] and "group" not in k)
+            last_one, last_two = (next(r for r in reversed(rows) if any(k.startswith("val/") and v for k, v in r.items()))
+                                  for rows in (one[1], two[1]))
+            keys = sorted(k for k in last_one if k.startswith("val/") and last_one[k] and "group" not in k)
             print("| metric (end of epoch 2) | 1 process | 2 processes | difference |")
             print("|---|---|---|---|")
             for key in keys:
-                a, b = float(one[1][-1][key]), float(two[1][-1][key])
+                a, b = float(last_one[key]), float(last_two[key])
                 print(f"| {key} | {a:.6f} | {b:.6f} | {abs(a - b):.2g} |")
 
 

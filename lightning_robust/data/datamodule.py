@@ -29,7 +29,7 @@ from lightning_robust.data.reading import (
     first_bad_json_line,
     no_usable_rows_error,
 )
-from lightning_robust.data.resumable import ResumableDataLoader, ResumableSampler
+from lightning_robust.data.resumable import ResumableTrainData
 from lightning_robust.data.sampler import LengthGroupedSampler
 from lightning_robust.data.schemas import get_schema
 from lightning_robust.data.source import DataSource, as_source, load_rows
@@ -85,7 +85,7 @@ def source_option(option: str, value) -> DataSource:
         ) from None
 
 
-class PreferenceDataModule(LightningDataModule):
+class PreferenceDataModule(ResumableTrainData, LightningDataModule):
     """Preference pairs from the hub, local files or the synthetic generator.
 
     Args:
@@ -487,42 +487,15 @@ class PreferenceDataModule(LightningDataModule):
         # resumable mid-epoch: the order of epoch e depends on (seed, e) only; the position is
         # saved with this module's state_dict and restored whenever the loader is built
         # (data/resumable.py); the sampler shards itself by rank, so Lightning does not wrap it
-        num_replicas, rank = self._data_parallel_rank()
-        sampler = ResumableSampler(dataset, seed=self.seed, shuffle=self.shuffle,
-                                   num_replicas=num_replicas, rank=rank)
-        pending = getattr(self, "_pending_sampler_state", None)
-        if pending:
-            sampler.load_state_dict(pending)  # applies at its first __iter__
-            self._pending_sampler_state = None  # a later rebuilt loader starts its own epoch
-        self._train_sampler = sampler
-        return ResumableDataLoader(
+        return self.resumable_train_loader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
+            self.batch_size,
+            seed=self.seed,
+            shuffle=self.shuffle,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def state_dict(self) -> dict:
-        """The training sampler's position (``{}`` before a resumable train loader exists), saved
-        in every checkpoint so a resume continues at the next unseen batch."""
-        sampler = getattr(self, "_train_sampler", None)
-        if sampler is None:
-            pending = getattr(self, "_pending_sampler_state", None)
-            return {"train_sampler": pending} if pending else {}
-        return {"train_sampler": sampler.state_dict()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """Keep the saved position; it is applied to the training sampler now if it exists and
-        otherwise when :meth:`train_dataloader` builds it (Lightning may build the loader
-        before or after it reads the checkpoint)."""
-        pending = state_dict.get("train_sampler") if state_dict else None
-        sampler = getattr(self, "_train_sampler", None)
-        if pending and sampler is not None:
-            sampler.load_state_dict(pending)
-        else:
-            self._pending_sampler_state = pending
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per name of :attr:`val_set_names`, in that order."""

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sized
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-__all__ = ["ResumableSampler", "ResumableDataLoader"]
+__all__ = ["ResumableDataLoader", "ResumableSampler", "ResumableTrainData"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -156,3 +156,43 @@ class ResumableDataLoader(DataLoader):
         sampler = self._resumable()
         if sampler is not None and state.get("sampler"):
             sampler.load_state_dict(state["sampler"])
+
+
+class ResumableTrainData:
+    """Mixin for a ``LightningDataModule`` whose training loader is a :class:`ResumableDataLoader`:
+    the sampler position goes into every checkpoint through the data module's ``state_dict`` and
+    comes back through ``load_state_dict``, whichever of loader construction and checkpoint
+    restore Lightning does first (see the module docstring)."""
+
+    def resumable_train_loader(self, dataset, batch_size: int, *, seed: int, shuffle: bool, **loader_kwargs):
+        """A :class:`ResumableDataLoader` over ``dataset`` sharded by the attached Trainer's rank,
+        at the restored position when a checkpoint was loaded before it was built."""
+        trainer = getattr(self, "trainer", None)
+        num_replicas, rank = (1, 0) if trainer is None else (int(trainer.world_size), int(trainer.global_rank))
+        sampler = ResumableSampler(dataset, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank)
+        pending = getattr(self, "_pending_sampler_state", None)
+        if pending:
+            sampler.load_state_dict(pending)  # applies at its first __iter__
+            self._pending_sampler_state = None  # a later rebuilt loader starts its own epoch
+        self._train_sampler = sampler
+        return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs)
+
+    def state_dict(self) -> dict:
+        """The training sampler's position (``{}`` before a resumable train loader exists), saved
+        in every checkpoint so a resume continues at the next unseen batch."""
+        sampler = getattr(self, "_train_sampler", None)
+        if sampler is None:
+            pending = getattr(self, "_pending_sampler_state", None)
+            return {"train_sampler": pending} if pending else {}
+        return {"train_sampler": sampler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Keep the saved position; it is applied to the training sampler now if it exists and
+        otherwise when the training loader is built (Lightning may build the loader before or
+        after it reads the checkpoint)."""
+        pending = state_dict.get("train_sampler") if state_dict else None
+        sampler = getattr(self, "_train_sampler", None)
+        if pending and sampler is not None:
+            sampler.load_state_dict(pending)
+        else:
+            self._pending_sampler_state = pending
