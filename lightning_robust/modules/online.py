@@ -41,7 +41,7 @@ from lightning_robust.models.rollout import (
 from lightning_robust.modules.base import BackboneModule
 from lightning_robust.modules.metrics import FiniteMean
 from lightning_robust.modules.optim import Schedule, build_optimizer, validate_optimizer_options
-from lightning_robust.modules.reference import frozen_copy, reference_view
+from lightning_robust.modules.reference import ReferencePolicy
 from lightning_robust.objectives.rl import sequence_kl_k3
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,13 @@ class OnlineRLModule(BackboneModule):
         self.weighting = weighting
         # LightningCLI stores the config's plain dict in hparams: keep the dataclass here
         self.lora_options = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        # the reference: the LoRA policy with its adapters disabled, else a frozen initial copy
+        self.reference_policy = ReferencePolicy(
+            None,
+            lora=self.lora_options is not None,
+            name=f"{model_name_or_path}|{dtype}",
+            allowed=("lora_disabled", "frozen_copy"),
+        )
         self.backbone = None
         self.reference_model = None
         self.tokenizer = None
@@ -202,11 +209,12 @@ class OnlineRLModule(BackboneModule):
         )
         if not hp.dropout:
             disable_dropout(model)
-        if self.lora_options is None:
-            self.reference_model = frozen_copy(model)  # before LoRA: get_peft_model edits in place
+        # the frozen copy (no LoRA) before LoRA: get_peft_model edits in place
+        self.reference_model = self.reference_policy.build(model)
         self.backbone = prepare_for_training(
             model, hp.gradient_checkpointing, self.lora_options, task_type="CAUSAL_LM"
         )
+        self.reference_policy.attach(self.backbone)
         self.build_extra_modules(self.backbone)
 
     def build_extra_modules(self, model) -> None:
@@ -317,11 +325,9 @@ class OnlineRLModule(BackboneModule):
             do_sample=do_sample,
         )
 
-    @torch.no_grad()
     def reference_token_logprobs(self, rollout: Rollout) -> torch.Tensor:
         """``[N, R]`` reference log-probs (LoRA disabled, or the frozen copy), no graph."""
-        with reference_view(self.backbone, self.reference_model) as model:
-            return token_logprobs_and_values(model, rollout, self.hparams.temperature)[0]
+        return self.reference_policy.token_logprobs(rollout, self.hparams.temperature)
 
     def policy_forward(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(log-probs [N, R], values [N, R] or None)`` of the current policy (grad if enabled)."""
