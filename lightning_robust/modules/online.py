@@ -458,14 +458,9 @@ class OnlineRLModule(BackboneModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        # The frozen reference equals the initial model, rebuilt by configure_model: not saved.
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("reference_model.")]:
-            del state[key]
+        self.reference_policy.drop_from_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.configure_model()
-        if self.reference_model is not None and "state_dict" in checkpoint:
-            for key, value in self.reference_model.state_dict().items():
-                checkpoint["state_dict"].setdefault(f"reference_model.{key}", value)
+        self.reference_policy.fill_checkpoint(checkpoint)

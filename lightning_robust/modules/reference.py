@@ -571,6 +571,22 @@ class ReferencePolicy:
             raise ValueError("reference='none': there is no reference model")
         return reference_view(self.policy, self.frozen)
 
+    #: where the owning module registers the frozen copy (its state_dict prefix)
+    STATE_PREFIX = "reference_model."
+
+    def drop_from_checkpoint(self, checkpoint: dict) -> None:
+        """The frozen copy equals the initial model, rebuilt by ``configure_model``: not saved."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(self.STATE_PREFIX)]:
+            del state[key]
+
+    def fill_checkpoint(self, checkpoint: dict) -> None:
+        """Put the rebuilt frozen copy's weights into a loaded checkpoint that lacks them, so a
+        strict ``load_state_dict`` of the owning module accepts it."""
+        if self.frozen is not None and "state_dict" in checkpoint:
+            for key, value in self.frozen.state_dict().items():
+                checkpoint["state_dict"].setdefault(f"{self.STATE_PREFIX}{key}", value)
+
     # ------------------------------------------------------------------ identity
     @property
     def fingerprinted(self) -> bool:
