@@ -216,7 +216,7 @@ class PreferenceDataModule(LightningDataModule):
     def tokenizer(self):
         """The loaded tokenizer (loaded on first use)."""
         if self._tokenizer is None:
-            from lightning_robust.models import load_tokenizer
+            from lightning_robust.models.loading import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer

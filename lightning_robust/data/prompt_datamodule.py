@@ -133,8 +133,7 @@ class PromptDataModule(LightningDataModule):
         """The tokenizer (loaded on first use, ``padding_side="left"``; the shared in-process tiny
         tokenizer is copied first, so other users keep their padding side)."""
         if self._tokenizer is None:
-            from lightning_robust.models.causal_lm import load_causal_tokenizer
-            from lightning_robust.models.tiny import TINY_MODEL_NAME
+            from lightning_robust.models.loading import TINY_MODEL_NAME, load_causal_tokenizer
 
             tokenizer = load_causal_tokenizer(self.tokenizer_name)
             if self.tokenizer_name == TINY_MODEL_NAME:

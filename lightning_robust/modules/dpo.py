@@ -22,7 +22,7 @@ e-DPO      ``loss_type="distill"`` with ``K > 1`` score columns (min over the en
 Dr.DPO     ``loss_type="dr_dpo"`` (+ ``beta_prime``; Wu et al. 2024a, a baseline, §3.5)
 =========  ===========================================================================
 
-Score columns come from :func:`lightning_robust.data.annotate.annotate_pairs`
+Score columns come from :func:`lightning_robust.annotate.annotate_pairs`
 (``python -m lightning_robust.annotate``); see docs/dpo.md.
 """
 

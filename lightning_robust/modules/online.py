@@ -42,6 +42,7 @@ from lightning_robust.modules.base import BackboneModule
 from lightning_robust.modules.metrics import FiniteMean
 from lightning_robust.modules.optim import Schedule, build_optimizer, validate_optimizer_options
 from lightning_robust.modules.reference import ReferencePolicy
+from lightning_robust.modules.reward_loading import load_reward_scorer
 from lightning_robust.objectives.rl import sequence_kl_k3
 
 log = logging.getLogger(__name__)
@@ -253,8 +254,6 @@ class OnlineRLModule(BackboneModule):
     def scorer(self, which: Literal["proxy", "gold"]):
         """The proxy or gold scorer, loaded on first use (``None`` when gold is not configured)."""
         if which not in self._scorers:
-            from lightning_robust.models.reward_loading import load_reward_scorer
-
             spec = self.hparams.reward_model if which == "proxy" else self.hparams.gold_reward_model
             self._scorers[which] = (
                 None

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from lightning_robust.models.lora import LoraOptions
-from lightning_robust.models.rollout import Rollout
+from lightning_robust.models.rollout import Rollout, token_logprobs_and_values
 from lightning_robust.modules.base import validate_step_options
 from lightning_robust.modules.online import LossAggregation, OnlineRLModule
 from lightning_robust.modules.optim import Schedule
@@ -179,8 +179,6 @@ class PPO(OnlineRLModule):
         return True
 
     def policy_forward(self, rollout: Rollout):
-        from lightning_robust.models.rollout import token_logprobs_and_values
-
         return token_logprobs_and_values(
             self.backbone, rollout, self.hparams.temperature, value_head=self.value_head
         )
