@@ -35,7 +35,8 @@ from typing import Literal
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
+from lightning_robust.models.causal_lm import load_causal_lm
+from lightning_robust.models.loading import load_causal_tokenizer
 from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options

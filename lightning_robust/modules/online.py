@@ -30,7 +30,8 @@ from typing import Literal
 
 import torch
 
-from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
+from lightning_robust.models.causal_lm import load_causal_lm
+from lightning_robust.models.loading import load_causal_tokenizer
 from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
 from lightning_robust.models.rollout import (
     Rollout,
@@ -38,6 +39,7 @@ from lightning_robust.models.rollout import (
     select_rows,
     token_logprobs_and_values,
 )
+from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
 from lightning_robust.modules.base import BackboneModule
 from lightning_robust.modules.metrics import FiniteMean
 from lightning_robust.modules.optim import Schedule, build_optimizer, validate_optimizer_options
@@ -296,8 +298,6 @@ class OnlineRLModule(BackboneModule):
     def vllm_engine(self):
         """The vLLM engine of ``rollout_backend="vllm"``, built on first use (untested path)."""
         if self._vllm_engine is None:
-            from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
-
             hp = self.hparams
             self._vllm_engine = VLLMRolloutEngine(
                 hp.model_name_or_path, dtype=hp.dtype or "bfloat16", seed=hp.init_seed
