@@ -35,13 +35,12 @@ from typing import Literal
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_robust.models.causal_lm import load_causal_lm
-from lightning_robust.models.loading import load_causal_tokenizer
+from lightning_robust.models.backbone import load_backbone
 from lightning_robust.models.logprobs import sequence_logprobs
-from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
+from lightning_robust.models.lora import LoraOptions, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
-from lightning_robust.modules.optim import Schedule, validate_optimizer_options
+from lightning_robust.modules.optim import Schedule
 from lightning_robust.modules.reference import KLSampleOptions, ReferencePolicy, ReferenceSamples
 from lightning_robust.objectives.dpo import (
     distillation_losses,
@@ -215,7 +214,6 @@ class DPO(BackboneModule):
             raise ValueError(f"unknown loss_type={loss_type!r}; expected one of {list(LOSS_TYPES)}")
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got beta={beta!r}")
-        validate_optimizer_options(learning_rate, lr_schedule)
         if loss_type == "dr_dpo":
             if not beta_prime > 0:
                 raise ValueError(f"beta_prime must be > 0, got {beta_prime!r}")
@@ -251,6 +249,7 @@ class DPO(BackboneModule):
             kl_num_samples, kl_sample_max_new_tokens, kl_sample_seed
         )
         self.save_hyperparameters(ignore=["weighting"])
+        self.check_options()
         self.hparams.reference = reference_policy.mode
         self.reference_policy = reference_policy
         self.weighting = weighting if weighting is not None else ERM()
@@ -271,21 +270,12 @@ class DPO(BackboneModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_causal_tokenizer(
-            hp.model_name_or_path, trust_remote_code=hp.trust_remote_code
-        )
-        model = load_causal_lm(
-            hp.model_name_or_path,
-            self.tokenizer,
-            tiny_config=hp.tiny_config,
-            dtype=hp.dtype,
+        self.tokenizer, model = load_backbone(
+            self.model_options,
+            "causal_lm",
             # WDPO's double backward rules out flash-attn: default to SDPA (run with the math kernel)
             attn_implementation=hp.attn_implementation or ("sdpa" if hp.wdpo_rho > 0 else None),
-            trust_remote_code=hp.trust_remote_code,
-            seed=hp.init_seed,
         )
-        if not hp.dropout:
-            disable_dropout(model)
         # the frozen copy (frozen_copy mode) before LoRA: get_peft_model edits in place
         self.reference_model = self.reference_policy.build(model)
         self.backbone = prepare_for_training(

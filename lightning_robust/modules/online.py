@@ -30,9 +30,8 @@ from typing import Literal
 
 import torch
 
-from lightning_robust.models.causal_lm import load_causal_lm
-from lightning_robust.models.loading import load_causal_tokenizer
-from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
+from lightning_robust.models.backbone import ModelOptions, load_backbone
+from lightning_robust.models.lora import LoraOptions, prepare_for_training
 from lightning_robust.models.rollout import (
     Rollout,
     generate_rollouts,
@@ -42,7 +41,7 @@ from lightning_robust.models.rollout import (
 from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
 from lightning_robust.modules.base import BackboneModule
 from lightning_robust.modules.metrics import FiniteMean
-from lightning_robust.modules.optim import Schedule, build_optimizer, validate_optimizer_options
+from lightning_robust.modules.optim import OptimizerOptions, Schedule, build_optimizer
 from lightning_robust.modules.reference import ReferencePolicy
 from lightning_robust.modules.reward_loading import load_reward_scorer
 from lightning_robust.objectives.rl import sequence_kl_k3
@@ -153,7 +152,12 @@ class OnlineRLModule(BackboneModule):
         init_seed: int,
     ):
         super().__init__()
-        validate_optimizer_options(learning_rate, lr_schedule)
+        # the grouped options, checked before any model is loaded
+        OptimizerOptions(learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio)
+        ModelOptions(
+            model_name_or_path, tiny_config, dtype, attn_implementation,
+            gradient_checkpointing, dropout, trust_remote_code, init_seed,
+        )
         checks = {
             "num_generations": num_generations >= 1,
             "max_new_tokens": max_new_tokens >= 1,
@@ -198,20 +202,7 @@ class OnlineRLModule(BackboneModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_causal_tokenizer(
-            hp.model_name_or_path, trust_remote_code=hp.trust_remote_code, padding_side="left"
-        )
-        model = load_causal_lm(
-            hp.model_name_or_path,
-            self.tokenizer,
-            tiny_config=hp.tiny_config,
-            dtype=hp.dtype,
-            attn_implementation=hp.attn_implementation,
-            trust_remote_code=hp.trust_remote_code,
-            seed=hp.init_seed,
-        )
-        if not hp.dropout:
-            disable_dropout(model)
+        self.tokenizer, model = load_backbone(self.model_options, "causal_lm", padding_side="left")
         # the frozen copy (no LoRA) before LoRA: get_peft_model edits in place
         self.reference_model = self.reference_policy.build(model)
         self.backbone = prepare_for_training(
@@ -244,12 +235,8 @@ class OnlineRLModule(BackboneModule):
             total = min(total, trainer.max_steps)
         return build_optimizer(
             self.trainable_parameters(),
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
+            self.optimizer_options,
             total_steps=int(total) if total != float("inf") else 10**9,
-            warmup_ratio=hp.warmup_ratio,
-            schedule=hp.lr_schedule,
-            min_lr_ratio=hp.min_lr_ratio,
         )
 
     # ------------------------------------------------------------------ scoring

@@ -13,16 +13,11 @@ from typing import Literal
 
 import torch
 
-from lightning_robust.models import load_sequence_classifier, load_tokenizer
-from lightning_robust.models.lora import (
-    LoraOptions,
-    disable_dropout,
-    freeze_parameters,
-    prepare_for_training,
-)
+from lightning_robust.models.backbone import load_backbone
+from lightning_robust.models.lora import LoraOptions, freeze_parameters, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import PairwiseMetrics
-from lightning_robust.modules.optim import Schedule, validate_optimizer_options
+from lightning_robust.modules.optim import Schedule
 from lightning_robust.objectives import (
     bradley_terry_losses,
     pairwise_correct,
@@ -93,8 +88,8 @@ class RewardModel(BackboneModule):
     ):
         super().__init__()
         validate_step_options(nonfinite, micro_batch_size)
-        validate_optimizer_options(learning_rate, lr_schedule)
         self.save_hyperparameters(ignore=["weighting"])
+        self.check_options()
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI hands nested dataclasses over as plain dicts
         self.lora_options = LoraOptions(**lora) if isinstance(lora, dict) else lora
@@ -113,18 +108,7 @@ class RewardModel(BackboneModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model_name_or_path, trust_remote_code=hp.trust_remote_code)
-        model = load_sequence_classifier(
-            hp.model_name_or_path,
-            self.tokenizer,
-            tiny_config=hp.tiny_config,
-            dtype=hp.dtype,
-            attn_implementation=hp.attn_implementation,
-            trust_remote_code=hp.trust_remote_code,
-            seed=hp.init_seed,
-        )
-        if not hp.dropout:
-            disable_dropout(model)
+        self.tokenizer, model = load_backbone(self.model_options, "sequence_classifier")
         if self.lora_options is None and hp.frozen_parameters:
             freeze_parameters(model, hp.frozen_parameters)
         self.backbone = prepare_for_training(

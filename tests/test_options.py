@@ -1,0 +1,62 @@
+"""Grouped options: ModelOptions / OptimizerOptions checks, the shared backbone loader and the
+optimiser built from the options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_robust.models.backbone import ModelOptions, load_backbone
+from lightning_robust.modules import DPO, GRPO, RewardModel
+from lightning_robust.modules.optim import OptimizerOptions, build_optimizer
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"warmup_ratio": 1.5}, "warmup_ratio"),
+        ({"min_lr_ratio": 2.0}, "min_lr_ratio"),
+        ({"name": "AdamQ"}, "unknown optimizer='AdamQ'"),
+        ({"kwargs": {"lr": 1.0}}, "must not set 'lr'"),
+    ],
+)
+def test_optimizer_options_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OptimizerOptions(**kwargs)
+
+
+def test_model_options_are_checked_by_every_module():
+    with pytest.raises(ValueError, match="unknown dtype='fp8'"):
+        ModelOptions(dtype="fp8")
+    for cls in (DPO, RewardModel, GRPO):
+        with pytest.raises(ValueError, match="unknown dtype"):
+            cls(dtype="fp8")
+        with pytest.raises(ValueError, match="warmup_ratio"):
+            cls(warmup_ratio=-0.5)
+    assert DPO(init_seed=3).model_options == ModelOptions(init_seed=3)
+
+
+def test_one_loader_for_both_kinds():
+    tok, lm = load_backbone(ModelOptions(init_seed=1), "causal_lm", padding_side="left")
+    assert tok.padding_side == "left" and lm.config.pad_token_id == tok.pad_token_id
+    assert all(m.p == 0 for m in lm.modules() if isinstance(m, torch.nn.Dropout))
+    _, again = load_backbone(ModelOptions(init_seed=1), "causal_lm")
+    assert all(torch.equal(a, b) for a, b in zip(lm.state_dict().values(), again.state_dict().values(), strict=True))
+    _, rm = load_backbone(ModelOptions(), "sequence_classifier")
+    assert rm.config.num_labels == 1
+    with pytest.raises(ValueError, match="unknown backbone kind"):
+        load_backbone(ModelOptions(), "encoder")
+
+
+def test_any_torch_optimizer_by_name_with_its_arguments():
+    model = torch.nn.Linear(3, 2)
+    options = OptimizerOptions(learning_rate=0.1, name="SGD", kwargs={"momentum": 0.9}, warmup_ratio=0.0)
+    built = build_optimizer(model.parameters(), options, total_steps=10)
+    opt = built["optimizer"]
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["lr"] == 0.1
+    adamw = build_optimizer(model.parameters(), OptimizerOptions(kwargs={"betas": (0.9, 0.95)}), 10)["optimizer"]
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.9, 0.95)
