@@ -8,7 +8,7 @@ import torch
 
 from lightning_robust.models.backbone import ModelOptions, load_backbone
 from lightning_robust.modules import DPO, GRPO, RewardModel
-from lightning_robust.modules.optim import OptimizerOptions, build_optimizer
+from lightning_robust.modules.optim import OptimizerOptions, build_optimizer, no_weight_decay_ids
 
 
 @pytest.mark.parametrize(
@@ -60,3 +60,35 @@ def test_any_torch_optimizer_by_name_with_its_arguments():
     assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["lr"] == 0.1
     adamw = build_optimizer(model.parameters(), OptimizerOptions(kwargs={"betas": (0.9, 0.95)}), 10)["optimizer"]
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_weight_decay_spares_biases_and_norm_weights():
+    """Behaviour change (issue 15 item 8): as HF Trainer / TRL, biases and normalisation weights
+    take no weight decay. Checked by effect: one AdamW step with zero gradients moves a weight
+    only by its decay, ``p <- p (1 - lr wd)``."""
+    model = RewardModel(weight_decay=0.1, learning_rate=0.5, warmup_ratio=0.0, lr_schedule="constant")
+    model.configure_model()
+    named = dict(model.backbone.named_parameters())
+    before = {k: v.detach().clone() for k, v in named.items()}
+    optimizer = build_optimizer(
+        model.backbone.parameters(), model.optimizer_options, 10,
+        no_decay=no_weight_decay_ids(model),
+    )["optimizer"]
+    for p in named.values():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    norms = [k for k in named if "norm" in k]
+    decayed = [k for k in named if "norm" not in k and not k.endswith("bias")]
+    assert norms and decayed
+    for k in norms:
+        torch.testing.assert_close(named[k].detach(), before[k], rtol=0, atol=0)
+    for k in decayed:
+        torch.testing.assert_close(named[k].detach(), before[k] * (1 - 0.5 * 0.1))
+    # weight_decay 0: a single group, exactly as before
+    assert len(build_optimizer(model.backbone.parameters(), OptimizerOptions(), 10, {1})["optimizer"].param_groups) == 1
+
+
+def test_no_decay_set_names_biases_and_norm_layers():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 1, bias=False))
+    ids = no_weight_decay_ids(model)
+    assert ids == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}

@@ -25,7 +25,7 @@ from lightning import LightningModule
 from lightning_robust.models.backbone import ModelOptions
 from lightning_robust.models.lora import export_pretrained
 from lightning_robust.modules.checkpoint_io import install_atomic_checkpoint_io
-from lightning_robust.modules.optim import OptimizerOptions, build_optimizer
+from lightning_robust.modules.optim import OptimizerOptions, build_optimizer, no_weight_decay_ids
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +424,7 @@ class BackboneModule(LightningModule):
             self.backbone.parameters(),
             self.optimizer_options,
             total_steps=int(self.trainer.estimated_stepping_batches),
+            no_decay=no_weight_decay_ids(self),
         )
 
     def export(self, path: str | os.PathLike, merge_lora: bool = True) -> str:

@@ -41,7 +41,12 @@ from lightning_robust.models.rollout import (
 from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
 from lightning_robust.modules.base import BackboneModule
 from lightning_robust.modules.metrics import FiniteMean
-from lightning_robust.modules.optim import OptimizerOptions, Schedule, build_optimizer
+from lightning_robust.modules.optim import (
+    OptimizerOptions,
+    Schedule,
+    build_optimizer,
+    no_weight_decay_ids,
+)
 from lightning_robust.modules.reference import ReferencePolicy
 from lightning_robust.modules.reward_loading import load_reward_scorer
 from lightning_robust.objectives.rl import sequence_kl_k3
@@ -237,6 +242,7 @@ class OnlineRLModule(BackboneModule):
             self.trainable_parameters(),
             self.optimizer_options,
             total_steps=int(total) if total != float("inf") else 10**9,
+            no_decay=no_weight_decay_ids(self),
         )
 
     # ------------------------------------------------------------------ scoring

@@ -99,12 +99,41 @@ def lr_lambda(step: int, total_steps: int, warmup_steps: int, schedule: Schedule
     return min_lr_ratio + (1.0 - min_lr_ratio) * decay
 
 
-def build_optimizer(parameters, options: OptimizerOptions, total_steps: int):
+def no_weight_decay_ids(module: torch.nn.Module) -> set[int]:
+    """``id``s of the parameters that take no weight decay, as Hugging Face's ``Trainer`` and
+    TRL exclude them: every bias, and every parameter of a normalisation layer (a module whose
+    class name contains ``Norm``: ``LayerNorm``, ``LlamaRMSNorm``, ``RMSNorm``, ...)."""
+    ids = set()
+    for sub in module.modules():
+        norm = "Norm" in type(sub).__name__
+        for name, p in sub.named_parameters(recurse=False):
+            if norm or name == "bias" or name.endswith("_bias"):
+                ids.add(id(p))
+    return ids
+
+
+def parameter_groups(params: list, weight_decay: float, no_decay: set[int]) -> list[dict]:
+    """One group when ``weight_decay`` is 0 (nothing to exclude), else the decayed parameters
+    and the others (``weight_decay=0``), empty groups left out."""
+    if not weight_decay or not no_decay:
+        return [{"params": params}]
+    groups = [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(parameters, options: OptimizerOptions, total_steps: int, no_decay: set[int] | None = None):
     """The optimiser of ``options`` over the trainable parameters and a per-step LambdaLR
-    (warmup, then the schedule), in Lightning's dict form."""
+    (warmup, then the schedule), in Lightning's dict form. ``no_decay``: ids of parameters that
+    take no weight decay (:func:`no_weight_decay_ids`: biases and norm weights)."""
     params = [p for p in parameters if p.requires_grad]
     optimizer = optimizer_class(options.name)(
-        params, lr=options.learning_rate, weight_decay=options.weight_decay, **options.kwargs
+        parameter_groups(params, options.weight_decay, no_decay or set()),
+        lr=options.learning_rate,
+        weight_decay=options.weight_decay,
+        **options.kwargs,
     )
     warmup = int(math.ceil(options.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
