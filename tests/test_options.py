@@ -92,3 +92,44 @@ def test_no_decay_set_names_biases_and_norm_layers():
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 1, bias=False))
     ids = no_weight_decay_ids(model)
     assert ids == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}
+
+
+def test_lora_options_pass_peft_arguments_through():
+    from lightning_robust.models.lora import LoraOptions
+
+    plain = LoraOptions(r=4, alpha=8, dropout=0.0).peft_config("CAUSAL_LM")
+    assert plain.r == 4 and plain.lora_alpha == 8 and not plain.use_dora and not plain.use_rslora
+    rich = LoraOptions(
+        r=4, alpha=8, dropout=0.0, use_dora=True, use_rslora=True, bias="lora_only",
+        rank_pattern={"q_proj": 2}, extra={"fan_in_fan_out": False},
+    ).peft_config("SEQ_CLS")
+    assert rich.use_dora and rich.use_rslora and rich.bias == "lora_only" and rich.rank_pattern == {"q_proj": 2}
+    with pytest.raises(ValueError, match="not peft.LoraConfig arguments"):
+        LoraOptions(extra={"rank": 3})
+    with pytest.raises(ValueError, match="use the LoraOptions fields"):
+        LoraOptions(extra={"use_dora": True})
+    with pytest.raises(ValueError, match="lora.r"):
+        LoraOptions(r=0)
+    with pytest.raises(ValueError, match="unknown lora.bias"):
+        LoraOptions(bias="some")
+
+
+def test_dora_module_trains_its_magnitude_vectors():
+    model = DPO(lora={"r": 4, "alpha": 8, "dropout": 0.0, "use_dora": True})  # the CLI's plain dict
+    model.configure_model()
+    names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert any("lora_magnitude_vector" in n for n in names)
+    assert model.reference_model is None  # still the adapters-disabled reference
+
+
+def test_qlora_without_bitsandbytes_is_a_clear_error():
+    import importlib.util
+
+    from lightning_robust.models.lora import LoraOptions
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    with pytest.raises(ValueError, match="needs bitsandbytes"):
+        LoraOptions(load_in_4bit=True)
+    with pytest.raises(ValueError, match="needs bitsandbytes"):
+        DPO(lora={"r": 4, "load_in_4bit": True})

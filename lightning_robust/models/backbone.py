@@ -61,10 +61,12 @@ def load_backbone(
     kind: BackboneKind,
     padding_side: str = "right",
     attn_implementation: str | None = None,
+    quantization_config=None,
 ):
     """``(tokenizer, model)`` for ``options``: the tokenizer (pad token guaranteed), the causal
     LM or scalar sequence classifier, and the dropout policy applied. ``attn_implementation``
-    overrides ``options.attn_implementation`` (a module's own requirement, e.g. WDPO's SDPA)."""
+    overrides ``options.attn_implementation`` (a module's own requirement, e.g. WDPO's SDPA);
+    ``quantization_config`` is QLoRA's 4-bit ``BitsAndBytesConfig`` (``LoraOptions``)."""
     attn = attn_implementation or options.attn_implementation
     if kind == "causal_lm":
         tokenizer = load_causal_tokenizer(
@@ -86,6 +88,7 @@ def load_backbone(
         attn_implementation=attn,
         trust_remote_code=options.trust_remote_code,
         seed=options.init_seed,
+        quantization_config=quantization_config,
     )
     if not options.dropout:
         disable_dropout(model)

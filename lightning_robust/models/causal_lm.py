@@ -40,12 +40,16 @@ def load_causal_lm(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     seed: int | None = None,
+    quantization_config=None,
 ):
     """A causal LM for ``name_or_path`` (see the module docstring); ``config.pad_token_id`` is set
-    from the tokenizer. ``seed`` seeds the tiny model's random initialisation."""
+    from the tokenizer. ``seed`` seeds the tiny model's random initialisation;
+    ``quantization_config`` (a ``BitsAndBytesConfig``, QLoRA) goes to ``from_pretrained``."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     if name_or_path == TINY_MODEL_NAME:
+        if quantization_config is not None:
+            raise ValueError("4-bit loading (lora.load_in_4bit) needs a pretrained model, not 'tiny'")
         config = tiny_llama_config(len(tokenizer), tokenizer.pad_token_id, **(tiny_config or {}))
         if seed is not None:
             torch.manual_seed(seed)
@@ -57,6 +61,8 @@ def load_causal_lm(
             raise ValueError("tiny_config is only used with model_name_or_path='tiny'")
         base, gguf_file = split_gguf(name_or_path)
         kwargs = {"trust_remote_code": trust_remote_code}
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
         if gguf_file is not None:
             kwargs["gguf_file"] = gguf_file
             kwargs["dtype"] = torch_dtype(dtype) if dtype is not None else torch.float32

@@ -156,6 +156,7 @@ def load_sequence_classifier(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     seed: int | None = None,
+    quantization_config=None,
 ):
     """A scalar-output sequence classifier (reward model backbone plus score head).
 
@@ -166,6 +167,8 @@ def load_sequence_classifier(
     from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
 
     if name_or_path == TINY_MODEL_NAME:
+        if quantization_config is not None:
+            raise ValueError("4-bit loading (lora.load_in_4bit) needs a pretrained model, not 'tiny'")
         config = tiny_llama_config(len(tokenizer), tokenizer.pad_token_id, **(tiny_config or {}))
         config.num_labels = 1
         if seed is not None:
@@ -175,6 +178,8 @@ def load_sequence_classifier(
         if tiny_config:
             raise ValueError("tiny_config is only used with name_or_path='tiny'")
         kwargs = {"num_labels": 1, "trust_remote_code": trust_remote_code}
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
         if dtype is not None:
             kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         model = from_pretrained_with_attention(

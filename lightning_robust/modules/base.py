@@ -413,6 +413,11 @@ class BackboneModule(LightningModule):
             min_lr_ratio=hp.min_lr_ratio,
         )
 
+    def _quantization(self):
+        """QLoRA's ``BitsAndBytesConfig`` when ``lora.load_in_4bit``, else ``None``."""
+        lora = getattr(self, "lora_options", None)
+        return lora.quantization_config() if lora is not None else None
+
     def check_options(self) -> None:
         """Build the grouped options once at construction, so a bad value is a named error
         before any model is loaded."""

@@ -254,7 +254,7 @@ class DPO(BackboneModule):
         self.reference_policy = reference_policy
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI stores the config's plain dict in hparams: keep the dataclass here
-        self.lora_options = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.lora_options = LoraOptions.coerce(lora)
         self.backbone = None
         self.reference_model = None
         self.tokenizer = None
@@ -275,6 +275,7 @@ class DPO(BackboneModule):
             "causal_lm",
             # WDPO's double backward rules out flash-attn: default to SDPA (run with the math kernel)
             attn_implementation=hp.attn_implementation or ("sdpa" if hp.wdpo_rho > 0 else None),
+            quantization_config=self._quantization(),
         )
         # the frozen copy (frozen_copy mode) before LoRA: get_peft_model edits in place
         self.reference_model = self.reference_policy.build(model)

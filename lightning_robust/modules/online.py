@@ -184,7 +184,7 @@ class OnlineRLModule(BackboneModule):
         self.automatic_optimization = False
         self.weighting = weighting
         # LightningCLI stores the config's plain dict in hparams: keep the dataclass here
-        self.lora_options = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.lora_options = LoraOptions.coerce(lora)
         # the reference: the LoRA policy with its adapters disabled, else a frozen initial copy
         self.reference_policy = ReferencePolicy(
             None,
@@ -207,7 +207,10 @@ class OnlineRLModule(BackboneModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.tokenizer, model = load_backbone(self.model_options, "causal_lm", padding_side="left")
+        self.tokenizer, model = load_backbone(
+            self.model_options, "causal_lm", padding_side="left",
+            quantization_config=self._quantization(),
+        )
         # the frozen copy (no LoRA) before LoRA: get_peft_model edits in place
         self.reference_model = self.reference_policy.build(model)
         self.backbone = prepare_for_training(

@@ -92,7 +92,7 @@ class RewardModel(BackboneModule):
         self.check_options()
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI hands nested dataclasses over as plain dicts
-        self.lora_options = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.lora_options = LoraOptions.coerce(lora)
         self.backbone = None
         self.tokenizer = None
         self.train_metrics = None
@@ -108,7 +108,9 @@ class RewardModel(BackboneModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.tokenizer, model = load_backbone(self.model_options, "sequence_classifier")
+        self.tokenizer, model = load_backbone(
+            self.model_options, "sequence_classifier", quantization_config=self._quantization()
+        )
         if self.lora_options is None and hp.frozen_parameters:
             freeze_parameters(model, hp.frozen_parameters)
         self.backbone = prepare_for_training(
