@@ -133,3 +133,25 @@ def test_qlora_without_bitsandbytes_is_a_clear_error():
         LoraOptions(load_in_4bit=True)
     with pytest.raises(ValueError, match="needs bitsandbytes"):
         DPO(lora={"r": 4, "load_in_4bit": True})
+
+
+def test_optimizer_choice_from_the_command_line(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from lightning_robust.cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    cli = build_cli(
+        ["--config", str(config), "--model.init_args.optimizer={name: SGD, kwargs: {momentum: 0.9}}"], run=False
+    )
+    options = cli.model.optimizer_options
+    assert options.name == "SGD" and options.kwargs == {"momentum": 0.9}
+    cli.model.configure_model()
+    opt = build_optimizer(cli.model.backbone.parameters(), options, 10)["optimizer"]
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="unknown optimizer='Adamm'"):
+        GRPO(optimizer={"name": "Adamm"})
+    betas = DPO(optimizer={"kwargs": {"betas": [0.9, 0.95]}}).optimizer_options.kwargs["betas"]
+    assert betas == (0.9, 0.95)
+    assert DPO().optimizer_options.name == "AdamW"  # the default stays AdamW

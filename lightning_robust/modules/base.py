@@ -25,7 +25,12 @@ from lightning import LightningModule
 from lightning_robust.models.backbone import ModelOptions
 from lightning_robust.models.lora import export_pretrained
 from lightning_robust.modules.checkpoint_io import install_atomic_checkpoint_io
-from lightning_robust.modules.optim import OptimizerOptions, build_optimizer, no_weight_decay_ids
+from lightning_robust.modules.optim import (
+    OptimizerOptions,
+    TorchOptimizer,
+    build_optimizer,
+    no_weight_decay_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -403,14 +408,18 @@ class BackboneModule(LightningModule):
 
     @property
     def optimizer_options(self) -> OptimizerOptions:
-        """The optimiser hparams as one checked :class:`OptimizerOptions`."""
+        """The optimiser hparams (``learning_rate`` ... ``min_lr_ratio`` and the ``optimizer``
+        choice) as one checked :class:`OptimizerOptions`."""
         hp = self.hparams
+        choice = TorchOptimizer.coerce(hp.get("optimizer"))
         return OptimizerOptions(
             learning_rate=hp.learning_rate,
             weight_decay=hp.weight_decay,
             warmup_ratio=hp.warmup_ratio,
             lr_schedule=hp.lr_schedule,
             min_lr_ratio=hp.min_lr_ratio,
+            name=choice.name,
+            kwargs=dict(choice.kwargs or {}),
         )
 
     def _quantization(self):

@@ -40,7 +40,7 @@ from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import LoraOptions, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
-from lightning_robust.modules.optim import Schedule
+from lightning_robust.modules.optim import Schedule, TorchOptimizer
 from lightning_robust.modules.reference import KLSampleOptions, ReferencePolicy, ReferenceSamples
 from lightning_robust.objectives.dpo import (
     distillation_losses,
@@ -138,6 +138,9 @@ class DPO(BackboneModule):
         lora: LoRA options (S000: r=32, alpha=64, dropout 0.05); ``None`` trains all weights.
         learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and the
             per-step schedule (defaults of DR-DPO, S000 Table 13: 1e-5, 0, 0.03, cosine).
+        optimizer: the ``torch.optim`` class and its extra arguments
+            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
+            decay skips biases and normalisation weights (as HF Trainer / TRL).
         wdpo_rho: WDPO radius (0 disables; seed README 0.01, code default 1.0). The penalty is
             added to the (weighted) loss unweighted (``mean`` over the batch in the seed form).
         wdpo_form: ``seed`` (per pair ``rho ||grad_E l||^2``, default) or ``sqrt`` (the paper's
@@ -187,6 +190,7 @@ class DPO(BackboneModule):
         warmup_ratio: float = 0.03,
         lr_schedule: Schedule = "cosine",
         min_lr_ratio: float = 0.0,
+        optimizer: TorchOptimizer | None = None,
         wdpo_rho: float = 0.0,
         wdpo_form: Literal["seed", "sqrt"] = "seed",
         kl_gamma_start: float = 0.0,

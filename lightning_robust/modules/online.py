@@ -25,6 +25,7 @@ generator (seeded from ``init_seed`` and the step) and so never shifts the train
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from typing import Literal
 
@@ -44,6 +45,7 @@ from lightning_robust.modules.metrics import FiniteMean
 from lightning_robust.modules.optim import (
     OptimizerOptions,
     Schedule,
+    TorchOptimizer,
     build_optimizer,
     no_weight_decay_ids,
 )
@@ -110,6 +112,9 @@ class OnlineRLModule(BackboneModule):
         lora: LoRA options; ``None`` trains every weight (reference = frozen copy).
         learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and its
             per-update schedule.
+        optimizer: the ``torch.optim`` class and its extra arguments
+            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
+            decay skips biases and normalisation weights (as HF Trainer / TRL).
         max_grad_norm: gradient-norm clip of each update (``None``: off).
         reward_batch_size, reward_max_length: batching and truncation of the reward scorers.
         val_do_sample: validation completions sampled at ``temperature`` (default: the KL
@@ -143,6 +148,7 @@ class OnlineRLModule(BackboneModule):
         warmup_ratio: float,
         lr_schedule: Schedule,
         min_lr_ratio: float,
+        optimizer,
         max_grad_norm: float | None,
         reward_batch_size: int,
         reward_max_length: int,
@@ -158,7 +164,11 @@ class OnlineRLModule(BackboneModule):
     ):
         super().__init__()
         # the grouped options, checked before any model is loaded
-        OptimizerOptions(learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio)
+        choice = TorchOptimizer.coerce(optimizer)
+        OptimizerOptions(
+            learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio,
+            choice.name, dict(choice.kwargs or {}),
+        )
         ModelOptions(
             model_name_or_path, tiny_config, dtype, attn_implementation,
             gradient_checkpointing, dropout, trust_remote_code, init_seed,
@@ -199,6 +209,14 @@ class OnlineRLModule(BackboneModule):
         self._val_names: list[str] = []
         self._scorers: dict[str, object] = {}
         self._vllm_engine = None
+
+    @classmethod
+    def common_args(cls, values: dict) -> dict:
+        """The arguments of :class:`OnlineRLModule` taken from a subclass's ``locals()``: the
+        subclass lists them in its own signature (for its defaults and LightningCLI's help) and
+        hands them on with ``super().__init__(**OnlineRLModule.common_args(locals()))``."""
+        names = [n for n in inspect.signature(OnlineRLModule.__init__).parameters if n != "self"]
+        return {n: values[n] for n in names}
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:

@@ -45,6 +45,33 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
 
 
 @dataclass(frozen=True)
+class TorchOptimizer:
+    """Which ``torch.optim`` class a module trains with (the ``optimizer`` option of every
+    module): ``name`` (default ``AdamW``) and its further constructor arguments ``kwargs``, e.g.
+    ``{betas: [0.9, 0.95], eps: 1.0e-6, fused: true}`` (fused AdamW needs the parameters on a
+    CUDA device) or ``{name: SGD, kwargs: {momentum: 0.9}}``. The learning rate, weight decay
+    and schedule stay the module's ``learning_rate``, ``weight_decay``, ``warmup_ratio``,
+    ``lr_schedule`` and ``min_lr_ratio``."""
+
+    name: str = "AdamW"
+    kwargs: dict | None = None
+
+    def __post_init__(self):
+        OptimizerOptions(name=self.name, kwargs=dict(self.kwargs or {}))  # the same checks
+
+    @classmethod
+    def coerce(cls, value) -> TorchOptimizer:
+        """``None`` (AdamW), a ``TorchOptimizer`` or the plain dict LightningCLI hands over."""
+        if value is None:
+            return cls()
+        return cls(**value) if isinstance(value, dict) else value
+
+
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([TorchOptimizer])
+
+
+@dataclass(frozen=True)
 class OptimizerOptions:
     """Every optimiser setting of a module, checked on construction.
 
@@ -77,6 +104,8 @@ class OptimizerOptions:
             if not ok:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}")
         optimizer_class(self.name)
+        if "betas" in self.kwargs and isinstance(self.kwargs["betas"], list):  # YAML lists
+            object.__setattr__(self, "kwargs", {**self.kwargs, "betas": tuple(self.kwargs["betas"])})
         for reserved in ("lr", "weight_decay", "params"):
             if reserved in self.kwargs:
                 raise ValueError(

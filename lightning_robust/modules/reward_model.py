@@ -17,7 +17,7 @@ from lightning_robust.models.backbone import load_backbone
 from lightning_robust.models.lora import LoraOptions, freeze_parameters, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import PairwiseMetrics
-from lightning_robust.modules.optim import Schedule
+from lightning_robust.modules.optim import Schedule, TorchOptimizer
 from lightning_robust.objectives import (
     bradley_terry_losses,
     pairwise_correct,
@@ -39,6 +39,9 @@ class RewardModel(BackboneModule):
         lora: LoRA options (paper: r=32, alpha=64, dropout 0.05); ``None`` trains all weights.
         learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and the
             per-step schedule (paper: 1e-5, 0, 0.03, cosine).
+        optimizer: the ``torch.optim`` class and its extra arguments
+            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
+            decay skips biases and normalisation weights (as HF Trainer / TRL).
         use_margin: subtract a per-pair ``margin`` column from the reward difference (TRL).
         center_rewards_coefficient: weight of ``mean((r+ + r-)^2)`` (TRL); ``None`` disables.
         tiny_config: overrides of the tiny Llama config (``model_name_or_path="tiny"`` only).
@@ -72,6 +75,7 @@ class RewardModel(BackboneModule):
         warmup_ratio: float = 0.03,
         lr_schedule: Schedule = "cosine",
         min_lr_ratio: float = 0.0,
+        optimizer: TorchOptimizer | None = None,
         use_margin: bool = False,
         center_rewards_coefficient: float | None = None,
         tiny_config: dict | None = None,
