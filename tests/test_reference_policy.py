@@ -69,3 +69,12 @@ def test_implicit_reward_scorer_takes_the_reference_policy(lora):
             module.backbone, tok, reference="lora_disabled", beta=0.5, max_length=64
         )
         torch.testing.assert_close(by_string.score(PROMPTS, RESPONSES), got)
+
+
+def test_precomputed_full_weight_reference_has_no_model_to_score_with():
+    module = DPO(reference="precomputed")
+    module.configure_model()
+    with pytest.raises(ValueError, match="keeps no reference model"):
+        DPOImplicitRewardScorer(module.backbone, module.tokenizer, reference=module.reference_policy).score(
+            PROMPTS, RESPONSES
+        )

@@ -569,6 +569,12 @@ class ReferencePolicy:
         LoRA policy with its adapters disabled)."""
         if self.mode == "none":
             raise ValueError("reference='none': there is no reference model")
+        if self.frozen is None and not self.lora:
+            raise ValueError(
+                f"reference={self.mode!r} without LoRA keeps no reference model, only its cached "
+                "log-probs of the data module's rows: use LoRA or reference='frozen_copy' to "
+                "score other text against the reference"
+            )
         return reference_view(self.policy, self.frozen)
 
     #: where the owning module registers the frozen copy (its state_dict prefix)
