@@ -309,7 +309,7 @@ def annotate_pairs(
 
 # ---------------------------------------------------------------- command
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lightning_robust.annotate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lightning_robust.annotate", description="Score preference pairs with reward models for d-/dp-/e-DPO (ALGORITHMS.md §3.4).")
     parser.add_argument("--data", required=True, help="hub id, local .json/.jsonl/.parquet file or synthetic[:split]")
     parser.add_argument("--split", default="train", help="split of a hub dataset or directory")
     parser.add_argument("--name", default=None, help="hub configuration name")
