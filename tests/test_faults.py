@@ -132,7 +132,7 @@ def test_nan_mid_run_under_skip_drops_that_step_only(tmp_path):
 
 
 def test_grpo_reward_model_returning_nan_is_one_line(tmp_path, capsys, monkeypatch):
-    from lightning_robust.models import reward_loading
+    from lightning_robust.modules import online, reward_loading
 
     real = reward_loading.load_reward_scorer
 
@@ -149,7 +149,7 @@ def test_grpo_reward_model_returning_nan_is_one_line(tmp_path, capsys, monkeypat
         scorer = real(spec, *args, **kwargs)
         return NaNOnSecondCall(scorer) if spec == "synthetic:proxy" else scorer
 
-    monkeypatch.setattr(reward_loading, "load_reward_scorer", load)
+    monkeypatch.setattr(online, "load_reward_scorer", load)  # the name the online module calls
     args = ["fit", "--config", str(ROOT / "configs" / "grpo" / "tiny_grpo.yaml"),
             "--trainer.max_steps=3", "--trainer.logger=false", "--trainer.callbacks=null",
             "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}",
