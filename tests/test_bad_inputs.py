@@ -502,6 +502,12 @@ CLI_CASES = {
     "all rows identical under skip": (lambda t, e: ["--data.init_args.train=" + write_jsonl(t / "same.jsonl", [
         {"prompt": "q", "chosen": "a", "rejected": "a"}] * 2), "--data.init_args.on_bad_row=skip"],
         r"same\.jsonl\): no usable rows: all 2 row\(s\) dropped \(identical=2\)$"),
+    "unknown source field in eval_sets": (lambda t, e: ["--config", _yaml(t, {"data": {"init_args": {
+        "eval_sets": {"x": {"path": "a.jsonl", "schem": "hhh"}}}}})],
+        r"Parser key \"eval_sets\": .*class_path 'lightning_robust\.data\.DataSource': Option 'schem' is not accepted"),
+    "weighting class_path not a weighting": (lambda t, e: ["--model.init_args.weighting=os.system"],
+                                             r"Parser key \"weighting\": .*os\.system.* does not correspond to a subclass of RobustWeighting$"),
+    "missing config file": (lambda t, e: ["--config", str(t / "nope.yaml")], r"nope\.yaml"),
     "batch_size 0": (lambda t, e: ["--data.init_args.batch_size=0"], r"^error: batch_size must be a positive integer, got 0$"),
     "max_length 0": (lambda t, e: ["--data.init_args.max_length=0"], r"^error: max_length must be a positive integer, got 0$"),
     "val_fraction 1": (lambda t, e: ["--data.init_args.val_fraction=1.0"], r"val_fraction must be in \[0, 1\), got 1\.0"),
