@@ -116,3 +116,10 @@ def test_preference_and_prompt_datamodules_read_filtered_mixtures(files):
     assert len(pm.datasets["train"]) == n_train
     with pytest.raises(ValueError, match="include_sources removed every row"):
         PromptDataModule(train={"path": files["x"], "include_sources": ["nope"]}, val=files["y"]).setup("fit")
+
+
+def test_a_filter_value_that_never_occurs_is_logged(files, caplog):
+    with caplog.at_level("WARNING", logger="lightning_robust.data.source"):
+        rows = load_rows(DataSource(files["x"], exclude_sources=["a", "hh-rlhf"]))
+    assert len(rows) == 20
+    assert "exclude_sources values ['hh-rlhf'] never occur" in caplog.text

@@ -24,11 +24,14 @@ Selection and mixing (preference and prompt data alike; applied by :func:`load_r
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 MIX = "mix"
@@ -170,6 +173,14 @@ def select_rows(ds, source: DataSource):
                 f"exclude_sources) is not a column; columns: {ds.column_names}"
             )
         values = ds[column]
+        present = set(values)
+        for option, listed in (("include_sources", source.include_sources), ("exclude_sources", source.exclude_sources)):
+            missing = sorted(set(listed or ()) - present)
+            if missing:
+                log.warning(
+                    "%s: %s values %s never occur in column %r (values: %s)",
+                    source.describe(), option, missing, column, sorted(map(str, present))[:20],
+                )
         include = None if source.include_sources is None else set(source.include_sources)
         exclude = set(source.exclude_sources or ())
         keep = [

@@ -394,6 +394,7 @@ class BackboneModule(LightningModule):
             warmup_ratio=hp.warmup_ratio,
             schedule=hp.lr_schedule,
             min_lr_ratio=hp.min_lr_ratio,
+            betas=tuple(hp.get("adam_betas") or (0.9, 0.999)),
         )
 
     def export(self, path: str | os.PathLike, merge_lora: bool = True) -> str:

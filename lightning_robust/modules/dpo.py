@@ -151,6 +151,7 @@ class DPO(BackboneModule):
         lora: LoRA options (S000: r=32, alpha=64, dropout 0.05); ``None`` trains all weights.
         learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and the
             per-step schedule (defaults of DR-DPO, S000 Table 13: 1e-5, 0, 0.03, cosine).
+        adam_betas: AdamW ``(beta1, beta2)`` (torch default; S002's LLaMA runs: ``(0.9, 0.95)``).
         wdpo_rho: WDPO radius (0 disables; seed README 0.01, code default 1.0). The penalty is
             added to the (weighted) loss unweighted (``mean`` over the batch in the seed form).
         wdpo_form: ``seed`` (per pair ``rho ||grad_E l||^2``, default) or ``sqrt`` (the paper's
@@ -200,6 +201,7 @@ class DPO(BackboneModule):
         warmup_ratio: float = 0.03,
         lr_schedule: Schedule = "cosine",
         min_lr_ratio: float = 0.0,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
         wdpo_rho: float = 0.0,
         wdpo_form: Literal["seed", "sqrt"] = "seed",
         kl_gamma_start: float = 0.0,

@@ -49,10 +49,18 @@ def build_optimizer(
     warmup_ratio: float,
     schedule: Schedule,
     min_lr_ratio: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
 ):
-    """AdamW over trainable parameters and a per-step LambdaLR, in Lightning's dict form."""
+    """AdamW over trainable parameters and a per-step LambdaLR, in Lightning's dict form.
+
+    ``betas``: AdamW's ``(beta1, beta2)`` (torch default ``(0.9, 0.999)``; S002's LLaMA runs
+    use ``(0.9, 0.95)``).
+    """
     params = [p for p in parameters if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    betas = tuple(float(b) for b in betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"adam_betas must be two numbers in [0, 1), got {list(betas)}")
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, betas=betas)
     warmup = int(math.ceil(warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, total_steps, warmup, schedule, min_lr_ratio)
