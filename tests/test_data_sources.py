@@ -123,3 +123,22 @@ def test_a_filter_value_that_never_occurs_is_logged(files, caplog):
         rows = load_rows(DataSource(files["x"], exclude_sources=["a", "hh-rlhf"]))
     assert len(rows) == 20
     assert "exclude_sources values ['hh-rlhf'] never occur" in caplog.text
+
+
+def test_a_mixture_parses_from_a_cli_config(tmp_path, files, monkeypatch):
+    from lightning_robust.cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "mix.yaml"
+    config.write_text(
+        "model: {class_path: lightning_robust.modules.RewardModel}\n"
+        "data:\n  class_path: lightning_robust.data.PreferenceDataModule\n  init_args:\n    train:\n"
+        f"      path: mix\n      mix:\n        - {{path: {files['x']}, exclude_sources: [c]}}\n"
+        f"        - {{path: {files['y']}, max_rows: 5, seed: 1}}\n"
+        "      mix_weights: [0.3, 0.7]\n      stopping_strategy: all_exhausted\n"
+    )
+    cli = build_cli(["--config", str(config), "--trainer.accelerator=cpu"], run=False)
+    src = cli.datamodule.train_source
+    assert src.is_mix and src.mix[0].exclude_sources == ["c"] and src.mix[1].max_rows == 5
+    assert src.mix_weights == [0.3, 0.7] and src.stopping_strategy == "all_exhausted"
+    assert cli.datamodule.hparams["train"]["mix"][1]["max_rows"] == 5  # saved as plain data
