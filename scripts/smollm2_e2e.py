@@ -115,6 +115,16 @@ def heldout_margins(module, datamodule, split: str = "val") -> list[float]:
     return out
 
 
+def cap_benchmark_rows(callback, max_rows: int) -> None:
+    """Keep the first ``max_rows`` rows of every benchmark subset (a quick, documented subset)."""
+    for bench in callback.benchmarks:
+        rows = bench.rows()
+        if isinstance(rows, dict):
+            bench._rows = {k: list(v)[:max_rows] for k, v in rows.items()}
+        else:
+            bench._rows = list(rows)[:max_rows]
+
+
 def benchmark_figures(module, callback) -> dict:
     """Accuracy and Wilson CI of each benchmark under ``LikelihoodScorer`` (pi(y+|x) > pi(y-|x))."""
     from lightning_robust.models.scorers import LikelihoodScorer
@@ -137,7 +147,8 @@ def benchmark_figures(module, callback) -> dict:
     return figures
 
 
-def run(config: str, overrides: list[str], output_dir: str | None = None, export: bool = True) -> dict:
+def run(config: str, overrides: list[str], output_dir: str | None = None, export: bool = True,
+        benchmarks: bool = True, bench_max_rows: int | None = None) -> dict:
     import torch
 
     from lightning_robust.callbacks import BenchmarkCallback
@@ -150,6 +161,10 @@ def run(config: str, overrides: list[str], output_dir: str | None = None, export
     bench_cb = callbacks[0] if callbacks else None
     if bench_cb is not None:  # the script measures before and after itself
         trainer.callbacks.remove(bench_cb)
+    if not benchmarks:
+        bench_cb = None
+    if bench_cb is not None and bench_max_rows is not None:
+        cap_benchmark_rows(bench_cb, bench_max_rows)
     output_dir = output_dir or trainer.default_root_dir
     os.makedirs(output_dir, exist_ok=True)
     t0 = time.perf_counter()
@@ -166,11 +181,15 @@ def run(config: str, overrides: list[str], output_dir: str | None = None, export
     report["benchmarks_after"] = benchmark_figures(module, bench_cb)
     report["heldout"] = paired_margin_stats(before, after)
     report["train_loss_last"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
+    report["wall_s_before_export"] = round(time.perf_counter() - t0, 1)
+    path = os.path.join(output_dir, "e2e.json")
+    with open(path, "w", encoding="utf-8") as f:  # the figures first: an export failure keeps them
+        json.dump(report, f, indent=1)
     if export:
         report["export_dir"] = module.export(os.path.join(output_dir, "export"))
-    report["wall_s"] = round(time.perf_counter() - t0, 1)
-    with open(os.path.join(output_dir, "e2e.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+        report["wall_s"] = round(time.perf_counter() - t0, 1)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
     return report
 
 
@@ -179,9 +198,12 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--output-dir")
     p.add_argument("--no-export", action="store_true")
+    p.add_argument("--no-benchmarks", action="store_true", help="held-out pairs only (skip the benchmark callbacks)")
+    p.add_argument("--bench-max-rows", type=int, help="first N rows of every benchmark subset (quick runs)")
     p.add_argument("overrides", nargs="*", help="extra CLI flags, e.g. --trainer.max_steps=20")
     args, extra = p.parse_known_args(argv)
-    report = run(args.config, [*args.overrides, *extra], args.output_dir, export=not args.no_export)
+    report = run(args.config, [*args.overrides, *extra], args.output_dir, export=not args.no_export,
+                 benchmarks=not args.no_benchmarks, bench_max_rows=args.bench_max_rows)
     print(json.dumps(report, indent=1))
     return 0
 
