@@ -2,6 +2,6 @@
 
 from lightning_robust.callbacks.benchmark import BenchmarkCallback, plot_benchmark
 from lightning_robust.callbacks.frontier import RewardKLFrontier
-from lightning_robust.callbacks.metrics_table import MetricsTable
+from lightning_robust.callbacks.metrics_table import MetricsTable, RobustProgressBar
 
-__all__ = ["BenchmarkCallback", "MetricsTable", "RewardKLFrontier", "plot_benchmark"]
+__all__ = ["BenchmarkCallback", "MetricsTable", "RewardKLFrontier", "RobustProgressBar", "plot_benchmark"]

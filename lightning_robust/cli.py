@@ -1,17 +1,74 @@
-"""``lightning-robust fit|validate|test --config configs/...``: LightningCLI in subclass mode.
+"""``lightning-robust fit|validate|test|eval|annotate ...``: LightningCLI plus the project's commands.
 
-Any LightningModule / LightningDataModule can be named by ``class_path`` in the config. The
-model's ``model_name_or_path`` is linked to the data module's ``tokenizer`` so both always use
-the same vocabulary.
+Any LightningModule / LightningDataModule can be named by ``class_path`` in the config; the
+project's own classes also by their short names (``--model DPO``, ``--model.help DPO``,
+``--data PreferenceDataModule``, ``--model.weighting TVBall``), since the CLI imports them before
+parsing. The model's ``model_name_or_path`` is linked to the data module's ``tokenizer`` so both
+always use the same vocabulary.
+
+Commands beside Lightning's ``fit`` / ``validate`` / ``test`` / ``predict`` are listed in
+:data:`COMMANDS` (``name -> (module:function, help)``); each function takes the remaining
+arguments (``main(argv)``) and is imported only when its command runs.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import importlib.util
+import logging
 import os
+import sys
+import textwrap
 import warnings
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "lightning-robust: distributionally robust alignment of language models on PyTorch Lightning "
+    "(robust reward models, the DPO family -- DR-DPO, KLDPO, WDPO, d/p/e-DPO --, DR-PPO and "
+    "DRRO-GRPO). Train with `fit --config configs/<recipe>.yaml`; name the project's classes by "
+    "short name (`--model DPO`, `--model.help DPO`, `--data PreferenceDataModule`). The math of "
+    "every objective is in docs/ALGORITHMS.md."
+)
+
+# Commands beside fit/validate/test/predict: name -> ("module:function", one-line help).
+# A command whose module is not importable in this installation is left out of --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": (
+        "lightning_robust.evaluate:main",
+        "benchmark a hub id, Hugging Face directory or .ckpt (RewardBench, HHH, MT-Bench, pairs)",
+    ),
+    "annotate": (
+        "lightning_robust.annotate:main",
+        "score preference pairs with reward models (inputs of d-/dp-/e-DPO)",
+    ),
+    "build-pairs": (
+        "lightning_robust.pipelines.build_pairs:main",
+        "build preference pairs from prompts and scored completions",
+    ),
+}
+
+# The modules whose LightningModule / DataModule / weighting / callback classes the CLI can name
+# by short name (jsonargparse resolves a short name among the imported subclasses).
+REGISTERED_MODULES = (
+    "lightning_robust.modules",
+    "lightning_robust.data.datamodule",
+    "lightning_robust.data.prompt_datamodule",
+    "lightning_robust.weighting",
+    "lightning_robust.callbacks",
+    "lightning_robust.evals",
+)
+
+
+def register_classes() -> None:
+    """Import the project's classes so ``--model DPO`` and ``--help`` find them."""
+    for name in REGISTERED_MODULES:
+        importlib.import_module(name)
 
 
 class RobustCLI(LightningCLI):
@@ -20,18 +77,86 @@ class RobustCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
 
+    def _instantiate_trainer(self, config, callbacks):
+        add_console_callbacks(config)
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def add_console_callbacks(trainer_config: dict) -> None:
+    """Add the console callbacks a run lacks: :class:`RobustProgressBar` (unless the progress bar
+    is off or another is configured) and :class:`MetricsTable` (unless one is configured)."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from lightning_robust.callbacks import MetricsTable, RobustProgressBar
+
+    callbacks = trainer_config.get("callbacks")
+    callbacks = [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
+    if trainer_config.get("enable_progress_bar") is not False and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        callbacks.append(RobustProgressBar())
+    if not any(isinstance(c, MetricsTable) for c in callbacks):
+        callbacks.append(MetricsTable())
+    trainer_config["callbacks"] = callbacks
+
 
 def quiet_known_warnings() -> None:
-    """Silence library warnings that carry no information for users of this CLI."""
+    """Silence library messages that carry no information for users of this CLI."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # frozen reference models and metric modules are in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r".*modules? in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Lightning's "💡 Tip: ..." lines (litlogger / LitServe advertisements)
+    os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_TipFilter())
+
+
+class _TipFilter(logging.Filter):
+    """Drop Lightning's advertisement lines (``💡 Tip: ...``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.getMessage())
+
+
+def command_epilog() -> str:
+    """The ``--help`` lines of the available extra commands."""
+    lines = ["other commands (each has its own --help):"]
+    for name, (_target, text) in COMMANDS.items():
+        if command_available(name):
+            lines.append(f"  {name:<12} {text}")
+    lines.append("examples: fit --config configs/quickstart.yaml | fit --model.help DPO | eval --help")
+    return "\n".join(lines)
+
+
+def command_available(name: str) -> bool:
+    """Whether the module of command ``name`` can be imported here."""
+    module = COMMANDS[name][0].partition(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def run_command(name: str, argv: list[str]):
+    """Run the extra command ``name`` with the arguments after it."""
+    if not command_available(name):
+        raise SystemExit(f"lightning-robust: the command {name!r} is not available in this installation")
+    module, _, function = COMMANDS[name][0].partition(":")
+    return getattr(importlib.import_module(module), function)(argv)
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help formatter keeping the description's and epilog's line breaks."""
 
 
 def build_cli(args=None, run: bool = True) -> RobustCLI:
     """Build (and by default run) the CLI; ``args`` is a list as on the command line, or a dict."""
     quiet_known_warnings()
+    register_classes()
     return RobustCLI(
         LightningModule,
         LightningDataModule,
@@ -39,14 +164,23 @@ def build_cli(args=None, run: bool = True) -> RobustCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        parser_kwargs={
+            "description": textwrap.fill(DESCRIPTION, 88),
+            "epilog": command_epilog(),
+            "formatter_class": _HelpFormatter,
+        },
         args=args,
         run=run,
     )
 
 
-def main(args=None) -> None:
+def main(args=None):
     """Console-script entry point (``lightning-robust``)."""
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list | tuple) and argv and argv[0] in COMMANDS:
+        return run_command(argv[0], list(argv[1:]))
     build_cli(args)
+    return None
 
 
 if __name__ == "__main__":
