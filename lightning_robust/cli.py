@@ -49,7 +49,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "build-pairs": (
         "lightning_robust.pipelines.build_pairs:main",
-        "build preference pairs from prompts and scored completions",
+        "on-policy preference pairs: sample completions, score them, pair them",
+    ),
+    "gold-proxy": (
+        "lightning_robust.pipelines.gold_proxy:main",
+        "gold-labelled pairs, a proxy reward model and DRRO's pilot budget (S003 setup)",
     ),
 }
 
@@ -77,9 +81,57 @@ class RobustCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        apply_thread_policy(config)
+
     def _instantiate_trainer(self, config, callbacks):
         add_console_callbacks(config)
         return super()._instantiate_trainer(config, callbacks)
+
+
+SMALL_MODELS = ("tiny",)
+
+
+def apply_thread_policy(config) -> int | None:
+    """Torch threads for this run (returns the count set, or ``None`` when left alone).
+
+    ``LIGHTNING_ROBUST_THREADS=<n>`` sets ``n``; ``=off`` leaves torch alone. Otherwise, when
+    neither ``OMP_NUM_THREADS`` nor ``MKL_NUM_THREADS`` is set, a CPU run of a small model
+    (:data:`SMALL_MODELS`) uses one thread: its matrices are too small to gain from a second
+    one, and torch's default of one thread per core collapses when another process competes
+    for the cores (``benchmarks/threads.py``; README "Threads on a shared machine").
+    """
+    import torch
+
+    chosen = os.environ.get("LIGHTNING_ROBUST_THREADS")
+    if chosen is not None:
+        if chosen.strip().lower() == "off":
+            return None
+        try:
+            count = int(chosen)
+        except ValueError:
+            raise SystemExit(f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'") from None
+        if count < 1:
+            raise SystemExit(f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'")
+    elif "OMP_NUM_THREADS" in os.environ or "MKL_NUM_THREADS" in os.environ:
+        return None
+    else:
+        def get(key):
+            try:
+                return config.get(key)
+            except (AttributeError, KeyError, TypeError):
+                return None
+
+        accelerator = str(get("trainer.accelerator") or "auto")
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+        model = get("model.init_args.model_name_or_path")
+        if not (on_cpu and model in SMALL_MODELS):
+            return None
+        count = 1
+    torch.set_num_threads(count)
+    log.info("torch threads: %d (set LIGHTNING_ROBUST_THREADS or OMP_NUM_THREADS to choose)", count)
+    return count
 
 
 def add_console_callbacks(trainer_config: dict) -> None:
@@ -174,14 +226,16 @@ def build_cli(args=None, run: bool = True) -> RobustCLI:
     )
 
 
-def main(args=None):
-    """Console-script entry point (``lightning-robust``)."""
+def main(args=None) -> int | None:
+    """Console-script entry point (``lightning-robust``); returns an exit status for the console
+    script (a command's integer status, else ``None``: success)."""
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list | tuple) and argv and argv[0] in COMMANDS:
-        return run_command(argv[0], list(argv[1:]))
+        status = run_command(argv[0], list(argv[1:]))
+        return status if isinstance(status, int) and not isinstance(status, bool) else None
     build_cli(args)
     return None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

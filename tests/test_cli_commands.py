@@ -67,11 +67,15 @@ def test_eval_rejects_unknown_benchmarks_and_bad_sources():
 
 @needs_shared_data
 def test_eval_command_on_a_tiny_model(tmp_path, capsys):
+    from lightning_robust import evaluate
     from lightning_robust.evals import MTBenchHuman, RewardBench
     from lightning_robust.models.reward_loading import load_reward_scorer
 
-    results = cli.main(
-        ["eval", "--model", "tiny", "--benchmarks", "rewardbench,mt_bench", "--data", str(SHARED_DATA),
+    assert cli.main(["eval", "--model", "tiny", "--benchmarks", "mt_bench", "--data", str(SHARED_DATA),
+                     "--max-rows", "2", "--max-length", "96", "--output", str(tmp_path / "x"), "--no-plot"]) is None
+    capsys.readouterr()
+    results = evaluate.main(
+        ["--model", "tiny", "--benchmarks", "rewardbench,mt_bench", "--data", str(SHARED_DATA),
          "--max-rows", "6", "--max-length", "96", "--output", str(tmp_path)]
     )
     out = capsys.readouterr().out
@@ -133,3 +137,33 @@ def test_progress_bar_adds_the_module_figures(monkeypatch):
 def test_format_table_aligns_columns():
     text = format_table(["a", "bb"], [["xxx", "1"], ["y", "22"]])
     assert text.splitlines() == ["a    bb", "---  --", "xxx  1", "y    22"]
+
+
+@pytest.fixture
+def threads_restored(monkeypatch):
+    for key in ("LIGHTNING_ROBUST_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    before = torch.get_num_threads()
+    yield monkeypatch
+    torch.set_num_threads(before)
+
+
+def test_thread_policy(threads_restored):
+    monkeypatch = threads_restored
+    tiny_cpu = {"trainer.accelerator": "cpu", "model.init_args.model_name_or_path": "tiny"}
+    torch.set_num_threads(2)
+    assert cli.apply_thread_policy(tiny_cpu) == 1 and torch.get_num_threads() == 1
+    torch.set_num_threads(2)
+    # a real model, or a GPU run: left to torch
+    assert cli.apply_thread_policy({**tiny_cpu, "model.init_args.model_name_or_path": "google/gemma-2b-it"}) is None
+    assert cli.apply_thread_policy({**tiny_cpu, "trainer.accelerator": "gpu"}) is None
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
+    assert cli.apply_thread_policy(tiny_cpu) is None
+    monkeypatch.setenv("LIGHTNING_ROBUST_THREADS", "off")
+    assert cli.apply_thread_policy(tiny_cpu) is None
+    monkeypatch.setenv("LIGHTNING_ROBUST_THREADS", "2")
+    assert cli.apply_thread_policy({}) == 2
+    monkeypatch.setenv("LIGHTNING_ROBUST_THREADS", "many")
+    with pytest.raises(SystemExit, match="LIGHTNING_ROBUST_THREADS='many'"):
+        cli.apply_thread_policy({})
