@@ -50,6 +50,16 @@ def format_metrics_table(metrics: dict[str, float], keys: list[str] | None = Non
     return "\n".join(lines)
 
 
+def console_print(trainer, text: str) -> None:
+    """Print ``text`` above the progress bar (``tqdm.write`` through Lightning's bar when one is
+    active, so the bar is not broken), else plainly."""
+    bar = getattr(trainer, "progress_bar_callback", None)
+    if bar is not None and callable(getattr(bar, "print", None)):
+        bar.print(text)
+    else:
+        print(text, flush=True)
+
+
 def _number(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.4f}"
 
@@ -97,9 +107,9 @@ class MetricsTable(Callback):
             return title + "\n" + format_table(["metric", "first val", "last"], rows)
         return title + "\n" + format_table(["metric", "value"], [[k, _number(metrics[k])] for k in keys])
 
-    def _print(self, text: str) -> None:
+    def _print(self, trainer, text: str) -> None:
         self.last_text = text
-        print(text, flush=True)
+        console_print(trainer, text)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -110,7 +120,7 @@ class MetricsTable(Callback):
         for k, v in metrics.items():
             self.first.setdefault(k, v)
         if self.every_validation and trainer.state.fn == "fit":
-            self._print(self.table(metrics, f"== validation at step {trainer.global_step} (epoch {trainer.current_epoch}) =="))
+            self._print(trainer, self.table(metrics, f"== validation at step {trainer.global_step} (epoch {trainer.current_epoch}) =="))
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         # teardown runs after every callback's on_fit_end, so end-of-fit benchmark figures are in
@@ -119,7 +129,7 @@ class MetricsTable(Callback):
         metrics = self.select(trainer.callback_metrics)
         if metrics:
             title = f"== end of fit (step {trainer.global_step}): validation and benchmark figures =="
-            self._print(self.table(metrics, title, self.first or None))
+            self._print(trainer, self.table(metrics, title, self.first or None))
 
     def state_dict(self) -> dict:
         return {"first": dict(self.first)}

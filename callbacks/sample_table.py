@@ -23,7 +23,7 @@ import os
 import torch
 from lightning.pytorch import Callback
 
-from lightning_robust.callbacks.metrics_table import format_table
+from lightning_robust.callbacks.metrics_table import console_print, format_table
 from lightning_robust.callbacks.tracking import (
     log_histogram,
     log_image_file,
@@ -120,7 +120,7 @@ class SampleTable(Callback):
         self.last_text = text
         self.shown_nq += nq.tolist()
         if self.to_console:
-            print(text, flush=True)
+            console_print(trainer, text)
         log_table(trainer, "samples", columns, rows, step=step)
         log_histogram(trainer, "robust/nq", nq, step=step)
         folder = self._folder(trainer)

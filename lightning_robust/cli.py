@@ -152,26 +152,40 @@ def add_console_callbacks(trainer_config: dict) -> None:
     trainer_config["callbacks"] = callbacks
 
 
+# logger name -> message fragments dropped from it (advertisements and detection chatter)
+QUIET_LOG_MESSAGES = {
+    "lightning.pytorch.utilities.rank_zero": ("Tip:",),
+    "lightning.fabric.utilities.rank_zero": ("Tip:",),
+    "DeepSpeed": ("Setting accelerator to CPU",),  # deepspeed's accelerator probe on CPU machines
+}
+
+
 def quiet_known_warnings() -> None:
     """Silence library messages that carry no information for users of this CLI."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # frozen reference models and metric modules are in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*modules? in eval mode.*")
-    warnings.filterwarnings("ignore", message=r".*`max_epochs` was not set.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Lightning's "💡 Tip: ..." lines (litlogger / LitServe advertisements)
     os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_TipFilter())
+    for name, fragments in QUIET_LOG_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _MessageFilter) for f in logger.filters):
+            logger.addFilter(_MessageFilter(fragments))
 
 
-class _TipFilter(logging.Filter):
-    """Drop Lightning's advertisement lines (``💡 Tip: ...``)."""
+class _MessageFilter(logging.Filter):
+    """Drop log records whose message contains one of ``fragments``."""
+
+    def __init__(self, fragments: tuple[str, ...]):
+        super().__init__()
+        self.fragments = fragments
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.getMessage())
+        message = str(record.getMessage())
+        return not any(f in message for f in self.fragments)
 
 
 def command_epilog() -> str:

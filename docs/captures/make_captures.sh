@@ -14,8 +14,9 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFF
   python cli.py fit --config configs/dpo/tiny_dr_dpo_tv.yaml --trainer.max_steps 40 --trainer.val_check_interval 20 \
     --trainer.default_root_dir "$RUN/dpo" --trainer.logger false --trainer.enable_checkpointing false \
     --trainer.callbacks+=SampleTable --trainer.callbacks.every_n_steps=20 --trainer.callbacks.num_rows=6 \
-    --trainer.callbacks+=HFExport --trainer.callbacks.output_dir="$RUN/dpo/hf_model" \
-    | tr '\r' '\n' | grep -v -E '^(Validation|Sanity)' | grep -v -E '^\s*$'; } > $OUT/fit_dpo.txt 2>&1
+    --trainer.callbacks+=HFExport --trainer.callbacks.output_dir="$RUN/dpo/hf_model" 2>&1 \
+    | tr '\r' '\n' | grep -v -E '^(Validation|Sanity|Training:)|^\s*(\[A)?\s*$' \
+    | awk '!/^Epoch 0:/ || /\| (1|10|20|30|40)\/250 .*train\/loss/'; } > $OUT/fit_dpo.txt 2>&1
 cp "$RUN/dpo/hf_model/README.md" $OUT/model_card_dpo.md
 { echo "\$ lightning-robust eval --model tiny --benchmarks rewardbench,hhh,mt_bench,pairwise --data $DATA --max-rows 40 --max-length 256"
   python cli.py eval --model tiny --benchmarks rewardbench,hhh,mt_bench,pairwise --data "$DATA" --max-rows 40 \
