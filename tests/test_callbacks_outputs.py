@@ -160,3 +160,24 @@ def test_frontier_joins_points_in_step_order_and_marks_start_and_end(tmp_path):
     assert label_positions(11, 6) == [0, 2, 4, 6, 8, 10]
     paths = write_frontier(points, str(tmp_path))
     assert Path(paths["png"]).stat().st_size > 0
+
+
+def test_eval_command_on_the_fit_checkpoint(fitted, tmp_path, capsys):
+    import json
+
+    from lightning_robust import evaluate
+    from lightning_robust.evals import PairwiseAccuracy, RewardModelScorer
+
+    ckpt = next(Path(fitted.out).rglob("last.ckpt"))
+    rows = [{"prompt": f"alpha travel {k}", "chosen": "detail simple answer" * (k % 2 + 1),
+             "rejected": "simple"} for k in range(12)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    results = evaluate.main(["--model", str(ckpt), "--benchmarks", "pairwise", "--source", f"pairwise={data}",
+                             "--output", str(tmp_path / "out"), "--no-plot", "--max-length", "64"])
+    assert "(reward scorer)" in capsys.readouterr().out
+    module = fitted.module.eval()
+    direct = PairwiseAccuracy(source=str(data), split="train").evaluate(
+        RewardModelScorer(module.backbone, module.tokenizer, max_length=64)
+    )
+    assert results["in_distribution"]["metrics"] == pytest.approx(direct, abs=1e-5)
