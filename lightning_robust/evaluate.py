@@ -118,9 +118,19 @@ def _is_classifier(name_or_path: str) -> bool:
     return any("SequenceClassification" in a for a in (config.architectures or []))
 
 
+def reward_scorer_loader():
+    """``load_reward_scorer`` (in ``lightning_robust.modules`` since a ``.ckpt`` spec needs the
+    RewardModel class; in ``lightning_robust.models.reward_loading`` before that move)."""
+    try:
+        from lightning_robust.modules import load_reward_scorer
+    except ImportError:
+        from lightning_robust.models.reward_loading import load_reward_scorer
+    return load_reward_scorer
+
+
 def load_scorer(args: argparse.Namespace):
     """The scorer of ``args.model`` (module docstring) and the kind chosen."""
-    from lightning_robust.models.reward_loading import load_reward_scorer
+    load_reward_scorer = reward_scorer_loader()
 
     model, kind = args.model, args.kind
     if model.endswith(".ckpt"):

@@ -69,7 +69,6 @@ def test_eval_rejects_unknown_benchmarks_and_bad_sources():
 def test_eval_command_on_a_tiny_model(tmp_path, capsys):
     from lightning_robust import evaluate
     from lightning_robust.evals import MTBenchHuman, RewardBench
-    from lightning_robust.models.reward_loading import load_reward_scorer
 
     assert cli.main(["eval", "--model", "tiny", "--benchmarks", "mt_bench", "--data", str(SHARED_DATA),
                      "--max-rows", "2", "--max-length", "96", "--output", str(tmp_path / "x"), "--no-plot"]) is None
@@ -84,7 +83,7 @@ def test_eval_command_on_a_tiny_model(tmp_path, capsys):
     assert written["kind"] == "reward" and set(written["benchmarks"]) == {"rewardbench", "mt_bench"}
     assert (tmp_path / "rewardbench.png").stat().st_size > 0 and (tmp_path / "mt_bench.png").exists()
     # the same numbers as the evaluators called directly on the same tiny reward model
-    scorer = load_reward_scorer("tiny", max_length=96)
+    scorer = evaluate.reward_scorer_loader()("tiny", max_length=96)
     direct = RewardBench(
         source=str(SHARED_DATA / "rewardbench_llmbar/llmbar_rewardbench_format_shared.jsonl"),
         max_rows_per_subset=6,
