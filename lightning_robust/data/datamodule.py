@@ -30,7 +30,7 @@ from lightning_robust.data.schemas import get_schema
 from lightning_robust.data.source import DataSource, as_source, load_rows
 from lightning_robust.data.split import split_by_prompt
 from lightning_robust.data.synthetic import SyntheticShiftConfig, generate_split
-from lightning_robust.data.tokenize import encode_examples, encode_examples_cached
+from lightning_robust.data.tokenize import encode_examples
 
 log = logging.getLogger(__name__)
 
@@ -383,6 +383,8 @@ class PreferenceDataModule(LightningDataModule):
         self._group_ids = {name: k for k, name in enumerate(names)}
 
     def _tokenize(self, name, examples: Examples, source, skipped) -> TokenizedPreferenceDataset:
+        from lightning_robust.data.tokenize import encode_examples_cached
+
         options = {"chat_template": self.chat_template, "append_eos": self.append_eos}
         if self.tokenize_cache and not source.is_synthetic:
             encoded = encode_examples_cached(
