@@ -119,12 +119,9 @@ def _is_classifier(name_or_path: str) -> bool:
 
 
 def reward_scorer_loader():
-    """``load_reward_scorer`` (in ``lightning_robust.modules`` since a ``.ckpt`` spec needs the
-    RewardModel class; in ``lightning_robust.models.reward_loading`` before that move)."""
-    try:
-        from lightning_robust.modules import load_reward_scorer
-    except ImportError:
-        from lightning_robust.models.reward_loading import load_reward_scorer
+    """:func:`lightning_robust.modules.load_reward_scorer` (imported when a command needs it)."""
+    from lightning_robust.modules import load_reward_scorer
+
     return load_reward_scorer
 
 
