@@ -44,6 +44,7 @@ def test_cached_equals_direct_and_is_reused(tmp_path, monkeypatch):
     assert _plain(cached) == _plain(direct)
     assert any(isinstance(e, BadRow) for e in direct)
     assert len(list(tmp_path.glob("pairs-*"))) == 1
+    assert encode_examples_cached([], tokenizer, 32, cache_dir=str(tmp_path)) == []
     _forbid_map(monkeypatch)
     again = encode_examples_cached(examples, tokenizer, 32, append_eos=True, cache_dir=str(tmp_path))
     assert _plain(again) == _plain(direct)

@@ -281,6 +281,8 @@ def encode_examples_cached(
             raise ValueError("append_eos=True but the tokenizer has no eos token")
         eos_id = tokenizer.eos_token_id
     prefix = _special_prefix(tokenizer) if mode == CONCAT else []
+    if not examples:  # nothing to cache (an empty Arrow table does not round-trip)
+        return []
     root = cache_dir or os.path.join(config.HF_DATASETS_CACHE, "lightning_robust_tokenized")
     key = tokenized_fingerprint(examples, tokenizer, max_length, chat_template, append_eos)
     path = os.path.join(root, f"pairs-{key}")
@@ -299,14 +301,22 @@ def encode_examples_cached(
                        "eos_id": eos_id, "prefix": prefix},
         )
         partial = f"{path}.{uuid.uuid4().hex}.partial"  # atomic: a reader never sees half a set
-        data.save_to_disk(partial)
         try:
-            os.replace(partial, path)
-        except OSError:  # another rank or launch finished first: use its copy
-            import shutil
+            data.save_to_disk(partial)
+        except OSError as err:  # read-only or full cache: keep the result in memory, say so
+            import logging
 
-            shutil.rmtree(partial, ignore_errors=True)
-        data = load_from_disk(path)
+            logging.getLogger(__name__).warning(
+                "could not cache the tokenised pairs in %s (%s): later launches tokenise again", root, err
+            )
+        else:
+            try:
+                os.replace(partial, path)
+            except OSError:  # another rank or launch finished first: use its copy
+                import shutil
+
+                shutil.rmtree(partial, ignore_errors=True)
+            data = load_from_disk(path)
     columns = data[:]  # one Arrow -> Python conversion per column
     out: list[EncodedPair | BadRow] = []
     for k in range(len(data)):
