@@ -76,3 +76,15 @@ def test_datamodule_tokenises_in_prepare_data(tmp_path, monkeypatch):
     uncached = PreferenceDataModule(train=str(path), cache_dir=str(cache), max_length=32, tokenize_cache=False)
     uncached.setup("fit")
     assert len(uncached.datasets["train"]) == len(first.datasets["train"])
+
+
+def test_unwritable_cache_keeps_the_result(tmp_path, monkeypatch, caplog):
+    def refuse(self, path, **kwargs):
+        raise PermissionError(13, "read-only file system", path)
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", refuse)
+    tokenizer = load_tokenizer("tiny")
+    examples = _examples()
+    out = encode_examples_cached(examples, tokenizer, 32, cache_dir=str(tmp_path))
+    assert _plain(out) == _plain(encode_examples(examples, tokenizer, 32))
+    assert "could not cache the tokenised pairs" in caplog.text
