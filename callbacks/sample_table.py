@@ -6,7 +6,8 @@ weighting saw and the factor ``n q_i`` each one received (1 = the ERM weight; AL
 (:class:`~lightning_robust.weighting.RobustWeighting` is an ``nn.Module`` whose output carries
 ``weights`` and the per-example losses it was given), so no module code changes and a step
 costs nothing extra between tables. Shown rows: the examples the worst case up-weights most and
-least. Pair data (reward model, DPO family) show prompt, chosen and rejected; prompt data
+least. Pair data (reward model, DPO family) show prompt, chosen and rejected (a reward model
+also the two rewards of that step's forward, from one extra no-grad forward); prompt data
 (GRPO, PPO) show the prompt and, for GRPO, the prompt's mean proxy reward (minus the loss the
 weighting saw).
 
@@ -79,6 +80,7 @@ class SampleTable(Callback):
         self._due = False
         self._batches = 0
         self._handle = None
+        self._rewards = None
 
     # ------------------------------------------------------------------ capture
     def _hook(self, module, inputs, output) -> None:
@@ -100,6 +102,13 @@ class SampleTable(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._due = self._batches % self.every_n_steps == 0
         self._batches += 1
+        self._rewards = None
+        if self._due and trainer.is_global_zero and callable(getattr(pl_module, "pair_rewards", None)):
+            # a reward model: the rewards of this step's forward (same weights, before the update),
+            # one extra no-grad forward every ``every_n_steps`` batches
+            with torch.no_grad():
+                chosen, rejected = pl_module.pair_rewards(batch)
+            self._rewards = (chosen.detach().float().cpu(), rejected.detach().float().cpu())
 
     # ------------------------------------------------------------------ table
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -136,10 +145,13 @@ class SampleTable(Callback):
             ("loss", 1.0),
         )
         texts = self._texts(pl_module, trainer, batch, n)
-        columns = ["#", *(texts[0] if texts else []), name, "n*q"]
+        rewards = self._rewards if self._rewards is not None and self._rewards[0].numel() == n else None
+        columns = ["#", *(texts[0] if texts else []), *(["r chosen", "r rejected"] if rewards else []), name, "n*q"]
         rows = []
         for i in pick_rows(nq, self.num_rows):
             cells = [_clip(t, self.max_chars) for t in texts[1][i]] if texts else []
+            if rewards:
+                cells += [round(float(rewards[0][i]), 4), round(float(rewards[1][i]), 4)]
             value = sign * float(losses[i]) if losses.numel() == n else math.nan
             rows.append([i, *cells, round(value, 4), round(float(nq[i]), 3)])
         return columns, rows

@@ -69,6 +69,12 @@ def test_sample_table_shows_the_tv_ball_weights(fitted):
     assert float(rows[0][-1]) == pytest.approx(7.4) and float(rows[-1][-1]) == pytest.approx(0.0)
     # the up-weighted example is the one with the largest loss among those shown
     assert float(rows[0][-2]) == max(float(r[-2]) for r in rows)
+    # the reward columns are the step's: its Bradley-Terry loss is -log sigmoid(r_chosen - r_rejected)
+    assert "r chosen" in lines[1]
+    for r in rows:
+        chosen, rejected, loss = float(r[-4]), float(r[-3]), float(r[-2])
+        expected = -torch.nn.functional.logsigmoid(torch.tensor(chosen - rejected, dtype=torch.float64))
+        assert loss == pytest.approx(float(expected), abs=2e-4)  # cells are rounded to 4 decimals
     log_dir = Path(fitted.trainer.log_dir)
     assert (log_dir / "samples.md").read_text().count("## step") == 2
     assert (log_dir / "robust_weights.png").stat().st_size > 0
