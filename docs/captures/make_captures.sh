@@ -18,6 +18,12 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFF
     | tr '\r' '\n' | grep -v -E '^(Validation|Sanity|Training:)|^\s*(\[A)?\s*$' \
     | awk '!/^Epoch 0:/ || /\| (1|10|20|30|40)\/250 .*train\/loss/'; } > $OUT/fit_dpo.txt 2>&1
 cp "$RUN/dpo/hf_model/README.md" $OUT/model_card_dpo.md
+# the quickstart's DR reward model: the sample table with both rewards of each pair
+{ echo '$ lightning-robust fit --config configs/quickstart.yaml --trainer.max_steps 21 --trainer.callbacks+=SampleTable --trainer.callbacks.every_n_steps=10 ...'
+  python cli.py fit --config configs/quickstart.yaml --trainer.max_steps 21 --trainer.default_root_dir "$RUN/rm" \
+    --trainer.logger false --trainer.enable_progress_bar false \
+    --trainer.callbacks+=SampleTable --trainer.callbacks.every_n_steps=10 --trainer.callbacks.num_rows=6 \
+    --trainer.callbacks.max_chars=36 2>&1; } > $OUT/fit_reward_samples.txt 2>&1
 { echo "\$ lightning-robust eval --model tiny --benchmarks rewardbench,hhh,mt_bench,pairwise --data $DATA --max-rows 40 --max-length 256"
   python cli.py eval --model tiny --benchmarks rewardbench,hhh,mt_bench,pairwise --data "$DATA" --max-rows 40 \
     --max-length 256 --output "$RUN/eval"; ls "$RUN/eval"; } > $OUT/eval_tiny.txt 2>&1
