@@ -24,7 +24,9 @@ import warnings
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_robust import cli_errors
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,20 @@ class RobustCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        cli_errors.add_checkpoint_arguments(parser)
+
+    # checkpoint checks and runs that would do nothing: lightning_robust/cli_errors.py
+    def parse_arguments(self, parser, args) -> None:
+        self._given_args = args if args is not None else sys.argv[1:]
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        cli_errors.check_before_run(self, self._given_args, super()._parse_ckpt_path)
+
+    def init_parser(self, **kwargs):
+        if self.parser_class is LightningArgumentParser:
+            self.parser_class = cli_errors.one_line_parser_class()
+        return super().init_parser(**kwargs)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
@@ -241,13 +257,14 @@ def build_cli(args=None, run: bool = True) -> RobustCLI:
 
 
 def main(args=None) -> int | None:
-    """Console-script entry point (``lightning-robust``); returns an exit status for the console
-    script (a command's integer status, else ``None``: success)."""
+    """Console-script entry point (``lightning-robust``): an extra command's integer exit status,
+    else ``None`` (success). A user error ends with one line ``error: ...`` and exit status 2
+    (``LIGHTNING_ROBUST_DEBUG=1``: the traceback)."""
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, list | tuple) and argv and argv[0] in COMMANDS:
-        status = run_command(argv[0], list(argv[1:]))
+        status = cli_errors.run_reporting_user_errors(lambda: run_command(argv[0], list(argv[1:])))
         return status if isinstance(status, int) and not isinstance(status, bool) else None
-    build_cli(args)
+    cli_errors.run_reporting_user_errors(lambda: build_cli(args))
     return None
 
 

@@ -23,8 +23,14 @@ from torch.utils.data import DataLoader, SequentialSampler
 from lightning_robust.data.collator import PreferenceCollator
 from lightning_robust.data.dataset import TokenizedPreferenceDataset
 from lightning_robust.data.example import BadRow
-from lightning_robust.data.reading import Examples, adapt_rows, bad_row_error
-from lightning_robust.data.resumable import ResumableDataLoader, ResumableSampler
+from lightning_robust.data.reading import (
+    Examples,
+    adapt_rows,
+    bad_row_error,
+    first_bad_json_line,
+    no_usable_rows_error,
+)
+from lightning_robust.data.resumable import ResumableTrainData
 from lightning_robust.data.sampler import LengthGroupedSampler
 from lightning_robust.data.schemas import get_schema
 from lightning_robust.data.source import DataSource, as_source, load_rows
@@ -81,7 +87,7 @@ def source_option(option: str, value) -> DataSource:
         ) from None
 
 
-class PreferenceDataModule(LightningDataModule):
+class PreferenceDataModule(ResumableTrainData, LightningDataModule):
     """Preference pairs from the hub, local files or the synthetic generator.
 
     Args:
@@ -285,16 +291,24 @@ class PreferenceDataModule(LightningDataModule):
         from datasets.exceptions import DatasetGenerationError
 
         where = self._where(source)
+        json_log = logging.getLogger("datasets.packaged_modules.json.json")
+        level = json_log.level
+        json_log.setLevel(logging.CRITICAL)  # its traceback of a bad line: reported below instead
         try:
             return load_rows(source, self.max_rows, self.cache_dir)
         except StopIteration:  # the json builder's way of saying the file is empty
             raise ValueError(f"{where}: the data source has no rows (empty dataset)") from None
         except DatasetGenerationError as err:
             cause = err.__cause__ or err.__context__ or err
+            bad_line = first_bad_json_line(source.path) if source.local_builder == "json" else None
+            if bad_line is not None:
+                raise ValueError(f"{bad_line}; expected valid JSON lines, JSON or Parquet") from err
             raise ValueError(
                 f"{where}: cannot read the data ({type(cause).__name__}: {cause}); "
                 "expected valid JSON lines, JSON or Parquet"
             ) from err
+        finally:
+            json_log.setLevel(level)
 
     def _group_column(self, source, default, columns, is_train, where) -> str | None:
         if source.group_column is not None:
@@ -402,7 +416,7 @@ class PreferenceDataModule(LightningDataModule):
             else:
                 keep.append(pos)
         if not keep:
-            raise ValueError(f"{name} ({self._where(source)}): no usable rows")
+            raise ValueError(no_usable_rows_error(name, self._where(source), len(examples), skipped.get(name)))
         return TokenizedPreferenceDataset(
             [encoded[p] for p in keep],
             [self._group_ids.get(examples.examples[p].group, -1) for p in keep],
@@ -490,12 +504,14 @@ class PreferenceDataModule(LightningDataModule):
                 rank=rank,
             )
             return self._loader(dataset, self.batch_size, sampler)
-        # resumable mid-epoch: the order of epoch e depends on (seed, e) only, and the position
-        # is saved with the fit loop (exact resume in one process; data/resumable.py)
-        return ResumableDataLoader(
+        # resumable mid-epoch: the order of epoch e depends on (seed, e) only; the position is
+        # saved with this module's state_dict and restored whenever the loader is built
+        # (data/resumable.py); the sampler shards itself by rank, so Lightning does not wrap it
+        return self.resumable_train_loader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=ResumableSampler(dataset, seed=self.seed, shuffle=self.shuffle),
+            self.batch_size,
+            seed=self.seed,
+            shuffle=self.shuffle,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -102,6 +102,11 @@ def load_rows(source: DataSource, max_rows: int | None = None, cache_dir: str | 
             raise FileNotFoundError(f"data file not found: {source.path}")
         ds = load_dataset(builder, data_files=source.path, split="train", cache_dir=cache_dir)
     else:
+        if os.path.isfile(source.path):
+            raise ValueError(
+                f"{source.path}: not a supported data file (expected .json, .jsonl or .parquet, "
+                "a dataset directory or a hub id)"
+            )
         kwargs = {"data_dir": source.data_dir} if source.data_dir else {}
         ds = load_dataset(source.path, source.name, split=source.split, cache_dir=cache_dir, **kwargs)
     if max_rows is not None and len(ds) > max_rows:
