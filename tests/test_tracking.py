@@ -17,7 +17,7 @@ GPU_RECIPES = [
 ]
 
 
-@pytest.mark.parametrize("name,expected", [("tensorboard", "TensorBoardLogger"), ("csv", "CSVLogger")])
+@pytest.mark.parametrize("name,expected", [("tensorboard", "TensorBoardLogger"), ("csv", "ResumableCSVLogger")])
 def test_logger_overlay_applies(name, expected, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(
