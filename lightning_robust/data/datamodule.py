@@ -10,6 +10,7 @@ Works with a Trainer and LightningCLI, and in a notebook without one::
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, fields, is_dataclass
@@ -132,6 +133,13 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
         megabatch_factor: batches per length-sorted megabatch (``None``: transformers' rule
             ``min(n // (4 x global batch), 50)``); only with ``group_by_length``.
         cache_dir: ``datasets`` cache directory (default: the ``datasets`` default).
+        tokenize_cache: tokenise files and hub data with ``Dataset.map`` once and keep the
+            token ids in ``<cache_dir>/lightning_robust_tokenized`` (keyed by tokenizer,
+            options and text), so every rank and later launch loads them
+            (:func:`~lightning_robust.data.tokenize.encode_examples_cached`); with a Trainer the
+            work happens in ``prepare_data``. Synthetic data is always tokenised in memory.
+        tokenize_num_proc: processes of that ``Dataset.map`` (``None``: one; more pays off on
+            large data with idle cores, see ``benchmarks/tokenize_speed.py``).
 
     After :meth:`setup`: ``datasets`` (split name -> :class:`TokenizedPreferenceDataset`),
     ``val_set_names`` (``"val"`` first when present, then the eval sets, in order; one
@@ -163,6 +171,8 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
         cache_dir: str | None = None,
         group_by_length: bool = False,
         megabatch_factor: int | None = None,
+        tokenize_cache: bool = True,
+        tokenize_num_proc: int | None = None,
     ):
         super().__init__()
         if on_bad_row not in ("error", "skip"):
@@ -212,6 +222,8 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
         self.cache_dir = cache_dir
         self.group_by_length = group_by_length
         self.megabatch_factor = megabatch_factor
+        self.tokenize_cache = tokenize_cache
+        self.tokenize_num_proc = tokenize_num_proc
         self._tokenizer = None
         self.datasets: dict[str, TokenizedPreferenceDataset] = {}
         self.val_set_names: list[str] = []
@@ -316,10 +328,15 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
 
     # ------------------------------------------------------------ setup
     def prepare_data(self) -> None:
-        """Download hub datasets into the cache (local files and synthetic data need nothing)."""
-        for source in [self.train_source, *[s for s in self._sources().values() if s]]:
+        """Download hub datasets into the cache (local files and synthetic data need nothing);
+        with ``tokenize_cache``, also tokenise once here (Lightning calls this on one process
+        per node before ``setup``), so every rank's ``setup`` loads the cached token ids."""
+        sources = [self.train_source, *[s for s in self._sources().values() if s]]
+        for source in sources:
             if not source.is_synthetic and source.local_builder is None:
                 load_rows(source, None, self.cache_dir)
+        if self.tokenize_cache and any(not s.is_synthetic for s in sources):
+            self.setup()
 
     def setup(self, stage: str | None = None) -> None:
         """Read, adapt, split and tokenise every split once (later calls do nothing)."""
@@ -379,13 +396,17 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
         self._group_ids = {name: k for k, name in enumerate(names)}
 
     def _tokenize(self, name, examples: Examples, source, skipped) -> TokenizedPreferenceDataset:
-        encoded = encode_examples(
-            examples.examples,
-            self.tokenizer,
-            self.max_length,
-            chat_template=self.chat_template,
-            append_eos=self.append_eos,
-        )
+        from lightning_robust.data.tokenize import encode_examples_cached
+
+        options = {"chat_template": self.chat_template, "append_eos": self.append_eos}
+        if self.tokenize_cache and not source.is_synthetic:
+            encoded = encode_examples_cached(
+                examples.examples, self.tokenizer, self.max_length, **options,
+                cache_dir=None if self.cache_dir is None else os.path.join(self.cache_dir, "lightning_robust_tokenized"),
+                num_proc=self.tokenize_num_proc,
+            )
+        else:
+            encoded = encode_examples(examples.examples, self.tokenizer, self.max_length, **options)
         keep = []
         for pos, enc in enumerate(encoded):
             if isinstance(enc, BadRow):
