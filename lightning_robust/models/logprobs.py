@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from lightning_robust.models.logsoftmax_gather import logsoftmax_gather
+
 
 def response_mask(attention_mask: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
     """Bool ``[B, L]``: True at response-token positions (``t >= prompt_len`` and not padding)."""
@@ -23,9 +25,11 @@ def response_mask(attention_mask: torch.Tensor, prompt_len: torch.Tensor) -> tor
 
 
 def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[target]`` per row, computed in float32 (``[N, V]``, ``[N]`` -> ``[N]``)."""
-    logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    """``log softmax(logits)[target]`` per row, computed in float32 (``[N, V]``, ``[N]`` -> ``[N]``;
+    float64 logits stay float64). Row-chunked with a direct backward
+    (:func:`~lightning_robust.models.logsoftmax_gather.logsoftmax_gather`): no ``[N, V]``
+    log-softmax or zero-filled gather gradient is materialised."""
+    return logsoftmax_gather(logits, targets)
 
 
 def _plain_lm_head(model) -> bool:
@@ -80,7 +84,7 @@ def sequence_logprobs(
         logits = lm.get_output_embeddings()(hidden[rows, cols - 1])
     else:
         logits = model(**inputs).logits[rows, cols - 1]
-    token_logps = logprobs_from_logits(logits, targets)
+    token_logps = logprobs_from_logits(logits, targets).float()
     batch = input_ids.shape[0]
     logps = torch.zeros(batch, dtype=torch.float32, device=input_ids.device).index_add(0, rows, token_logps)
     counts = torch.zeros(batch, dtype=torch.long, device=input_ids.device).index_add(
