@@ -844,12 +844,13 @@ class DPO(BackboneModule):
         values = self._pair_metrics(policy, ref, per_example, self.hparams.beta)
         if self.train_group_metrics is not None and groups is not None:
             self.train_group_metrics.update(values, groups)
-        logged = {f"train/{k}": v.float().mean() for k, v in values.items() if k != "loss"}
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
-        self.log_dict(logged, batch_size=n)
-        self.log_dict({f"train/{k}": v.float() for k, v in stats.items()}, batch_size=n)
+        logged = {"train/loss": loss.detach()}
+        logged |= {f"train/{k}": v.float().mean() for k, v in values.items() if k != "loss"}
+        logged |= {f"train/{k}": v.float() for k, v in stats.items()}
+        self.log_train_window(logged, batch_size=n)  # means logged every log_every_n_steps
 
     def on_train_epoch_end(self) -> None:
+        self.flush_train_window()
         if self.train_group_metrics is not None:
             self.log_dict(self.train_group_metrics.compute("train/"))
             self.train_group_metrics.reset()

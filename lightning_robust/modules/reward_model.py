@@ -198,21 +198,20 @@ class RewardModel(BackboneModule):
         losses = terms.losses.detach()
         correct = pairwise_correct(chosen, rejected)
         batch_size = losses.shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         both = torch.cat([chosen, rejected])
-        self.log_dict(
-            {
-                "train/accuracy": correct.mean(),
-                "train/margin": (chosen - rejected).mean(),
-                "train/reward_mean": both.mean(),
-                "train/reward_std": both.std(),
-            },
-            batch_size=batch_size,
-        )
-        self.log_dict({f"train/robust/{k}": v for k, v in out.stats.items()}, batch_size=batch_size)
+        logged = {
+            "train/loss": loss.detach(),
+            "train/accuracy": correct.mean(),
+            "train/margin": (chosen - rejected).mean(),
+            "train/reward_mean": both.mean(),
+            "train/reward_std": both.std(),
+        }
+        logged |= {f"train/robust/{k}": v for k, v in out.stats.items()}
+        self.log_train_window(logged, batch_size=batch_size)  # means every log_every_n_steps
         self.train_metrics.update(losses, correct, chosen, rejected, terms.aux.get("group"))
 
     def on_train_epoch_end(self) -> None:
+        self.flush_train_window()
         if self.train_metrics is not None and self.train_metrics.group_names:
             values = self.train_metrics.compute("train/epoch_")
             self.log_dict({k: v for k, v in values.items() if "/group/" in k})
