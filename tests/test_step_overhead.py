@@ -70,3 +70,24 @@ def test_step_window_means():
     means = window.flush()
     assert means["a"].item() == 2.0 and means["b"].item() == 4.0
     assert window.steps == 0 and window.flush() == {}
+
+
+def test_dpo_prompt_shared_rows_equal_two_rows_policy_and_reference():
+    """DPO's concatenated log-probs (policy and frozen reference) from the packed pair rows that
+    ``on_before_batch_transfer`` adds equal those of the two-row forward."""
+    from lightning_robust.data.collator import pack_shared_prompts
+    from lightning_robust.modules import DPO
+    from tests.test_logprobs import _pair_batch
+
+    model = DPO(tiny_config=TINY)
+    model.configure_model()
+    with torch.no_grad():  # policy != reference, so the two are told apart
+        for p in model.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = _pair_batch()
+    policy, ref, _ = model.concatenated_logps(batch)
+    packed = pack_shared_prompts(batch)
+    policy_packed, ref_packed, _ = model.concatenated_logps({**batch, **packed})
+    torch.testing.assert_close(policy_packed, policy, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ref_packed, ref, rtol=0, atol=1e-4)
+    assert not torch.allclose(policy, ref, atol=1e-3)

@@ -37,8 +37,9 @@ from typing import Literal
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lightning_robust.data.collator import pack_shared_prompts
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
-from lightning_robust.models.logprobs import sequence_logprobs
+from lightning_robust.models.logprobs import pair_logprobs, sequence_logprobs, supports_pair_rows
 from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
@@ -53,6 +54,7 @@ from lightning_robust.modules.reference import (
     load_or_compute,
     model_fingerprint,
     reference_logps,
+    reference_view,
     samples_reference_logps,
 )
 from lightning_robust.objectives.dpo import (
@@ -630,6 +632,9 @@ class DPO(BackboneModule):
         )
 
     def _reference_logps(self, batch: dict, split: str, ids, mask, plen) -> torch.Tensor:
+        if self.hparams.reference != "precomputed" and "pair_input_ids" in batch:
+            with torch.no_grad(), reference_view(self.backbone, self.reference_model) as model:
+                return self._pair_logps(model, batch)
         if self.hparams.reference == "precomputed":
             table = self._ref_tables.get(split)
             if table is None:
@@ -641,6 +646,36 @@ class DPO(BackboneModule):
         )
 
     # ------------------------------------------------------------------ forward
+    #: run each pair as one ``[prompt | chosen | rejected]`` row when the pair's prompts are equal
+    #: and the attention takes a 4-D mask (exact: tests/test_logprobs.py); ``False``: two rows
+    share_prompt: bool = True
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Add the prompt-shared pair rows (:func:`pack_shared_prompts`) on the host, before the
+        batch moves to the device, when this module will use them."""
+        if (
+            self.share_prompt
+            and isinstance(batch, dict)
+            and "chosen_input_ids" in batch
+            and not self.hparams.wdpo_rho > 0
+            and self._trainer is not None
+            and supports_pair_rows(self.backbone)
+        ):
+            packed = pack_shared_prompts(batch)
+            if packed is not None:
+                batch = {**batch, **packed}
+        return batch
+
+    def _pair_logps(self, model, batch: dict) -> torch.Tensor:
+        return pair_logprobs(
+            model,
+            batch["pair_input_ids"],
+            batch["chosen_prompt_len"],
+            batch["pair_chosen_end"],
+            batch["pair_length"],
+            fast_head=self.hparams.fast_head,
+        )[0]
+
     def concatenated_logps(self, batch: dict, split: str = "train", embeddings: bool = False):
         """Policy and reference log-probs of chosen and rejected from one ``[2B, L]`` forward.
 
@@ -650,6 +685,10 @@ class DPO(BackboneModule):
         mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
         plen = torch.cat([batch["chosen_prompt_len"], batch["rejected_prompt_len"]])
         embeds = None
+        if not embeddings and "pair_input_ids" in batch:  # one row per pair, prompt run once
+            policy = self._pair_logps(self.backbone, batch)
+            ref = self._reference_logps(batch, split, ids, mask, plen)
+            return policy, ref.to(policy.dtype), None
         context = contextlib.nullcontext()
         if embeddings:
             embeds = self.backbone.get_input_embeddings()(ids)
