@@ -41,7 +41,12 @@ from lightning_robust.data.collator import pack_shared_prompts
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
 from lightning_robust.models.logprobs import pair_logprobs, sequence_logprobs, supports_pair_rows
 from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
-from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
+from lightning_robust.modules.base import (
+    BackboneModule,
+    StepTerms,
+    split_batch,
+    validate_step_options,
+)
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
 from lightning_robust.modules.optim import Schedule, validate_optimizer_options
 from lightning_robust.modules.reference import (
@@ -58,16 +63,14 @@ from lightning_robust.modules.reference import (
     samples_reference_logps,
 )
 from lightning_robust.objectives.dpo import (
-    distillation_losses,
     dr_dpo_loss,
-    ensemble_distillation_loss,
     forward_kl_estimate,
     implicit_rewards,
+    objective_losses,
     pessimism_gamma,
-    preference_losses,
     preference_margin,
 )
-from lightning_robust.objectives.wdpo import embedding_gradient_penalty, wdpo_penalty
+from lightning_robust.objectives.regularizers import ForwardKLPessimism, WassersteinPenalty
 from lightning_robust.weighting import ERM, RobustWeighting
 
 log = logging.getLogger(__name__)
@@ -721,36 +724,22 @@ class DPO(BackboneModule):
         return pessimism_gamma(self.global_step, self._total_steps, hp.kl_gamma_start, end)
 
     def _losses(self, batch: dict, policy: torch.Tensor, ref: torch.Tensor):
-        """Per-example losses ``[B]`` (or ``None`` for e-DPO) and a scalar extra term, with stats."""
+        """Per-example losses ``[B]`` (or ``None`` for e-DPO) and a scalar extra term, with stats:
+        the ``loss_type`` dispatch (:func:`~lightning_robust.objectives.dpo.objective_losses`)
+        plus the forward-KL pessimism regulariser (p-/dp-/e-DPO)."""
         hp = self.hparams
         pc, pr = policy.chunk(2)
         rc, rr = ref.chunk(2)
         h = preference_margin(pc, pr, rc, rr)
-        stats: dict[str, torch.Tensor] = {}
-        scalar = None
-        has_scores = "chosen_scores" in batch and "rejected_scores" in batch
-        if hp.loss_type == "distill" and not has_scores and not self.training:
-            # evaluation sets without reward scores: report the DPO loss of the margins
-            losses = preference_losses("dpo", h, hp.beta)
-        elif hp.loss_type == "dr_dpo":  # per-example DPO losses; Dr.DPO aggregates them
-            losses = preference_losses("dpo", h, hp.beta)
-        elif hp.loss_type == "distill":
-            if not has_scores:
-                raise KeyError(
-                    "loss_type='distill' needs 'chosen_scores' and 'rejected_scores' in the batch"
-                )
-            s1 = batch["chosen_scores"].to(h.dtype)
-            s2 = batch["rejected_scores"].to(h.dtype)
-            if s1.dim() == 1 or s1.shape[1] == 1:
-                losses = distillation_losses(s1.reshape(-1), s2.reshape(-1), h, hp.beta)
-            else:
-                losses = None
-                scalar, selected = ensemble_distillation_loss(
-                    s1.T, s2.T, h, hp.beta, reduction="batch"
-                )
-                stats["ensemble/selected"] = selected.float()
-        else:
-            losses = preference_losses(hp.loss_type, h, hp.beta, hp.label_smoothing)
+        losses, scalar, stats = objective_losses(
+            hp.loss_type,
+            h,
+            hp.beta,
+            hp.label_smoothing,
+            batch.get("chosen_scores"),
+            batch.get("rejected_scores"),
+            training=self.training,
+        )
         gamma = self.kl_gamma() if self._uses_kl() else 0.0
         if gamma and hp.kl_samples == "reference" and not self.training:
             gamma = 0.0  # reference samples exist for the training split only (see kl_samples)
@@ -761,13 +750,55 @@ class DPO(BackboneModule):
             else:
                 prompt = torch.arange(n, device=h.device).repeat(2)
                 kl = forward_kl_estimate(ref, policy, prompt_index=prompt, num_prompts=n)
-            stats["kl/forward"] = kl.detach().mean()
-            stats["kl/gamma"] = torch.tensor(gamma)
-            if losses is not None:
-                losses = losses + gamma * kl
-            else:
-                scalar = scalar + gamma * kl.mean()
+            losses, scalar, kl_stats = ForwardKLPessimism(gamma).add_to(losses, scalar, kl)
+            stats |= kl_stats
         return losses, scalar, stats
+
+    #: pairs per chunk of WDPO's chunked double backward (one process; seed form); ``None``: off
+    wdpo_chunk_pairs: int | None = 2
+
+    def _regularized_forward(self, batch: dict):
+        """The training forward: ``(policy [2B], ref [2B], losses [B] or None, scalar, stats,
+        extra)`` where ``extra`` is the WDPO penalty (added unweighted) or ``None``.
+
+        WDPO's regulariser (:class:`~lightning_robust.objectives.regularizers.WassersteinPenalty`)
+        has its one call site here: the seed form in one process runs in chunks of
+        ``wdpo_chunk_pairs`` pairs (bounded second-order memory; same gradient), other cases on
+        the whole batch."""
+        hp = self.hparams
+        if not (hp.wdpo_rho > 0 and torch.is_grad_enabled()):
+            policy, ref, _ = self.concatenated_logps(batch, "train")
+            return (policy, ref, *self._losses(batch, policy, ref), None)
+        penalty = WassersteinPenalty(hp.wdpo_rho, hp.wdpo_form, self.wdpo_chunk_pairs)
+        n = batch["chosen_input_ids"].shape[0]
+        single = self._trainer is None or self.trainer.world_size == 1
+        if penalty.chunkable and single and n > penalty.chunk_pairs:
+            pieces = []
+
+            def chunks():
+                for chunk in split_batch(batch, penalty.chunk_pairs):
+                    p, r, embeds = self.concatenated_logps(chunk, "train", embeddings=True)
+                    losses, _, st = self._losses(chunk, p, r)
+                    if losses is None:
+                        raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
+                    pieces.append((p, r, st, losses.shape[0]))
+                    yield losses, embeds
+
+            parts, term = penalty.accumulate(chunks(), n, list(self.backbone.parameters()))
+            losses = torch.cat(parts)
+            policy = torch.cat([p[:k] for p, _, _, k in pieces] + [p[k:] for p, _, _, k in pieces])
+            ref = torch.cat([r[:k] for _, r, _, k in pieces] + [r[k:] for _, r, _, k in pieces])
+            stats = {
+                key: sum(st[key].float() * (k / n) for _, _, st, k in pieces) for key in pieces[0][2]
+            }
+            scalar = None
+        else:
+            policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=True)
+            losses, scalar, stats = self._losses(batch, policy, ref)
+            if losses is None:
+                raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
+            term = penalty(losses, embeds)
+        return policy, ref, losses, scalar, stats | term.stats, term.scalar
 
     @staticmethod
     def _pair_metrics(policy, ref, losses, beta) -> dict[str, torch.Tensor]:
@@ -811,17 +842,7 @@ class DPO(BackboneModule):
     def step_terms(self, batch: dict) -> StepTerms:
         """Per-pair losses (DPO/IPO/cDPO/rDPO/d-DPO, plus gamma * KL for p-/dp-DPO), the WDPO
         penalty as the unweighted extra term, and the tensors logged by :meth:`log_step`."""
-        hp = self.hparams
-        wdpo = hp.wdpo_rho > 0 and torch.is_grad_enabled()
-        policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=wdpo)
-        losses, _, stats = self._losses(batch, policy, ref)
-        extra = None
-        if wdpo:
-            sq = embedding_gradient_penalty(losses, embeds)
-            penalty = wdpo_penalty(sq, hp.wdpo_rho, hp.wdpo_form)
-            extra = penalty.mean() if hp.wdpo_form == "seed" else penalty
-            stats["wdpo/penalty"] = extra.detach()
-            stats["wdpo/grad_sq_norm"] = sq.detach().mean()
+        policy, ref, losses, _, stats, extra = self._regularized_forward(batch)
         groups = batch.get("group")
         pc, pr = policy.detach().chunk(2)
         rc, rr = ref.detach().chunk(2)
@@ -850,28 +871,19 @@ class DPO(BackboneModule):
     def _self_aggregated_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Dr.DPO (log-mean-exp of the batch losses) and e-DPO (minimum over the ensemble)."""
         hp = self.hparams
-        wdpo = hp.wdpo_rho > 0
-        policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=wdpo)
-        losses, scalar, stats = self._losses(batch, policy, ref)
-        if losses is not None:  # Dr.DPO
-            if not isinstance(self.weighting, ERM):
-                raise ValueError("Dr.DPO aggregates the batch itself: use weighting=None")
-            loss = dr_dpo_loss(losses, hp.beta_prime)
-        else:
-            if not isinstance(self.weighting, ERM):
-                raise ValueError(
-                    "e-DPO (K > 1 reward scores) takes the minimum per batch: use weighting=None"
-                )
-            if wdpo:
-                raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
-            loss = scalar
-        if wdpo:
-            sq = embedding_gradient_penalty(losses, embeds)
-            penalty = wdpo_penalty(sq, hp.wdpo_rho, hp.wdpo_form)
-            penalty = penalty.mean() if hp.wdpo_form == "seed" else penalty
-            loss = loss + penalty
-            stats["wdpo/penalty"] = penalty.detach()
-            stats["wdpo/grad_sq_norm"] = sq.detach().mean()
+        ensemble = hp.loss_type != "dr_dpo"  # else Dr.DPO
+        if not isinstance(self.weighting, ERM):
+            raise ValueError(
+                "e-DPO (K > 1 reward scores) takes the minimum per batch: use weighting=None"
+                if ensemble
+                else "Dr.DPO aggregates the batch itself: use weighting=None"
+            )
+        if ensemble and hp.wdpo_rho > 0:
+            raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
+        policy, ref, losses, scalar, stats, extra = self._regularized_forward(batch)
+        loss = dr_dpo_loss(losses, hp.beta_prime) if losses is not None else scalar
+        if extra is not None:
+            loss = loss + extra
         self._screen_loss(loss, batch_idx)
         n = policy.shape[0] // 2
         per_example = losses if losses is not None else scalar.detach().expand(n)
