@@ -91,3 +91,26 @@ def test_dpo_prompt_shared_rows_equal_two_rows_policy_and_reference():
     torch.testing.assert_close(policy_packed, policy, rtol=0, atol=1e-4)
     torch.testing.assert_close(ref_packed, ref, rtol=0, atol=1e-4)
     assert not torch.allclose(policy, ref, atol=1e-3)
+
+
+def test_reward_model_prompt_shared_rows_equal_two_rows():
+    """Rewards read at each answer's last token of the packed row equal the classifier's
+    two-row rewards (full fine-tuning and LoRA)."""
+    from lightning_robust.data.collator import pack_shared_prompts
+    from lightning_robust.models.lora import LoraOptions
+    from tests.test_logprobs import _pair_batch
+
+    batch = _pair_batch()
+    packed = {**batch, **pack_shared_prompts(batch)}
+    for lora in (None, LoraOptions(r=4, dropout=0.0)):
+        torch.manual_seed(0)
+        model = RewardModel(tiny_config=TINY, lora=lora)
+        model.configure_model()
+        with torch.no_grad():
+            for p in model.backbone.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        assert model.uses_pair_rows()
+        chosen, rejected = model.pair_rewards(batch)
+        chosen_p, rejected_p = model.pair_rewards(packed)
+        torch.testing.assert_close(chosen_p, chosen, rtol=0, atol=1e-5)
+        torch.testing.assert_close(rejected_p, rejected, rtol=0, atol=1e-5)

@@ -179,3 +179,39 @@ def pair_logprobs(
         0, slot, torch.ones_like(slot)
     )
     return logps, counts
+
+
+def _sequence_classifier_parts(model):
+    """``(decoder, score_head)`` of a decoder-only ``*ForSequenceClassification`` (possibly
+    peft-wrapped) whose attention takes a 4-D mask, else ``None``."""
+    base = _causal_lm(model)
+    decoder, head = getattr(base, "model", None), getattr(base, "score", None)
+    config = getattr(base, "config", None)
+    if decoder is None or head is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    if getattr(config, "_attn_implementation", None) not in PAIR_ATTENTION:
+        return None
+    if not type(base).__name__.endswith("ForSequenceClassification"):
+        return None
+    return decoder, head
+
+
+def supports_pair_scores(model) -> bool:
+    """Whether :func:`pair_scores` applies (a decoder-only sequence classifier, eager/sdpa)."""
+    return _sequence_classifier_parts(model) is not None
+
+
+def pair_scores(model, pair_ids, prompt_len, chosen_end, length) -> torch.Tensor:
+    """Rewards ``[2B]`` (chosen rows first; float32) of a decoder-only sequence classifier from
+    one ``[prompt | chosen | rejected]`` row per pair (:func:`pair_layout`): the score head is
+    read at each answer's last token (``chosen_end - 1`` and ``length - 1``), the position the
+    classifier pools in the two-row computation (its last non-pad token)."""
+    decoder, head = _sequence_classifier_parts(model)
+    batch, width = pair_ids.shape
+    attn = _causal_lm(model).config._attn_implementation
+    dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
+    mask, positions = pair_layout(prompt_len, chosen_end, length, width, dtype, attn)
+    hidden = decoder(input_ids=pair_ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    rows = torch.arange(batch, device=pair_ids.device).repeat(2)
+    last = torch.cat([chosen_end, length]) - 1
+    return head(hidden[rows, last])[:, 0].float()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from lightning import LightningModule
 
+from lightning_robust.data.collator import pack_shared_prompts
 from lightning_robust.models.lora import export_pretrained
 from lightning_robust.modules.checkpoint_io import install_atomic_checkpoint_io
 from lightning_robust.modules.metrics import StepWindow
@@ -445,6 +446,30 @@ class BackboneModule(LightningModule):
             self.log("train/loss", means.pop("train/loss"), prog_bar=True, batch_size=batch_size)
         if means:
             self.log_dict(means, batch_size=batch_size)
+
+    # ------------------------------------------------------------------ prompt-shared rows
+    #: run each pair as one ``[prompt | chosen | rejected]`` row when the pair's prompts are equal
+    #: and the subclass's model supports it (:meth:`uses_pair_rows`); exact (tests/test_logprobs.py)
+    share_prompt: bool = True
+
+    def uses_pair_rows(self) -> bool:
+        """Whether this module computes with prompt-shared pair rows (subclasses say)."""
+        return False
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Add the prompt-shared pair rows (:func:`~lightning_robust.data.collator.
+        pack_shared_prompts`) on the host, before the batch moves to the device."""
+        if (
+            self.share_prompt
+            and isinstance(batch, dict)
+            and "chosen_input_ids" in batch
+            and "pair_input_ids" not in batch
+            and self.uses_pair_rows()
+        ):
+            packed = pack_shared_prompts(batch)
+            if packed is not None:
+                batch = {**batch, **packed}
+        return batch
 
     # ------------------------------------------------------------------ fit plumbing
     def configure_callbacks(self):

@@ -37,7 +37,6 @@ from typing import Literal
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_robust.data.collator import pack_shared_prompts
 from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
 from lightning_robust.models.logprobs import pair_logprobs, sequence_logprobs, supports_pair_rows
 from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
@@ -653,21 +652,11 @@ class DPO(BackboneModule):
     #: and the attention takes a 4-D mask (exact: tests/test_logprobs.py); ``False``: two rows
     share_prompt: bool = True
 
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Add the prompt-shared pair rows (:func:`pack_shared_prompts`) on the host, before the
-        batch moves to the device, when this module will use them."""
-        if (
-            self.share_prompt
-            and isinstance(batch, dict)
-            and "chosen_input_ids" in batch
-            and not self.hparams.wdpo_rho > 0
-            and self._trainer is not None
-            and supports_pair_rows(self.backbone)
-        ):
-            packed = pack_shared_prompts(batch)
-            if packed is not None:
-                batch = {**batch, **packed}
-        return batch
+    def uses_pair_rows(self) -> bool:
+        """Prompt-shared pair rows (:meth:`BackboneModule.on_before_batch_transfer`): not with
+        WDPO (its penalty differentiates the two rows' embeddings) and only where the attention
+        takes a 4-D mask."""
+        return not self.hparams.wdpo_rho > 0 and supports_pair_rows(self.backbone)
 
     def _pair_logps(self, model, batch: dict) -> torch.Tensor:
         return pair_logprobs(

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from lightning_robust.models import load_sequence_classifier, load_tokenizer
+from lightning_robust.models.logprobs import pair_scores, supports_pair_scores
 from lightning_robust.models.lora import (
     LoraOptions,
     disable_dropout,
@@ -149,8 +150,25 @@ class RewardModel(BackboneModule):
         """Scalar reward per sequence, shape ``[batch]`` (float32)."""
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
+    def uses_pair_rows(self) -> bool:
+        """Prompt-shared pair rows for decoder-only classifiers with eager/sdpa attention. The
+        packed path calls the decoder and the score head, not the classifier's ``forward``: a
+        backbone with forward hooks (which expect that call) keeps two rows."""
+        hooked = self.backbone._forward_hooks or self.backbone._forward_pre_hooks
+        return not hooked and supports_pair_scores(self.backbone)
+
     def pair_rewards(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards of chosen and rejected sequences in one forward pass of ``[2B, L]``."""
+        """Rewards of chosen and rejected sequences in one forward pass: one prompt-shared row per
+        pair when the batch has them (:func:`~lightning_robust.models.logprobs.pair_scores`),
+        else ``[2B, L]``."""
+        if "pair_input_ids" in batch:
+            return pair_scores(
+                self.backbone,
+                batch["pair_input_ids"],
+                batch["chosen_prompt_len"],
+                batch["pair_chosen_end"],
+                batch["pair_length"],
+            ).chunk(2)
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
         mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
         return self(ids, mask).chunk(2)
