@@ -1,7 +1,8 @@
 """DPO training speed, ours vs TRL's ``DPOTrainer``, on one fixed anchor shape.
 
     pip install trl==1.16.0 --no-deps     # only for this benchmark (torch/transformers unchanged)
-    OMP_NUM_THREADS=1 python benchmarks/dpo_vs_trl.py [--rounds 3] [--steps 30] [--smollm2]
+    OMP_NUM_THREADS=1 python benchmarks/dpo_vs_trl.py [--rounds 3] [--steps 30] [--breakdown]
+    OMP_NUM_THREADS=1 python benchmarks/dpo_vs_trl.py --skip-anchor --smollm2 [--smollm2-steps 8]
 
 Anchor (ENVIRONMENT.md "Speed reference"; issue 14): random-init Llama (hidden 128, MLP 256,
 2 layers, vocab 2048; identical initial weights on both sides), 64 prompt tokens + 64 response
@@ -191,7 +192,12 @@ def worker_trl(spec: dict, data_path: str) -> dict:
         from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
 
         tok = load_causal_tokenizer("smollm2")
-        model = load_causal_lm("smollm2")
+        model = load_causal_lm("smollm2", tok)
+        # the GGUF weights are dequantized to float on load (ours trains them as they are); the
+        # leftover quantizer flag would make transformers' Trainer refuse full fine-tuning
+        model.hf_quantizer = None
+        if not isinstance(getattr(type(model), "is_quantized", None), property):
+            model.is_quantized = False
     else:
         tok = tiny_tokenizer()
         torch.manual_seed(0)
@@ -267,6 +273,8 @@ def main():
     p.add_argument("--breakdown", action="store_true", help="also the rows that undo one choice of ours")
     p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (batch 2, --smollm2-steps)")
     p.add_argument("--smollm2-steps", type=int, default=8)
+    p.add_argument("--smollm2-rounds", type=int, default=2)
+    p.add_argument("--skip-anchor", action="store_true", help="only the SmolLM2 table")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -307,11 +315,13 @@ def main():
         f"TRL {trl.__version__}; machine shared with other jobs (load {os.getloadavg()[0]:.1f})",
         flush=True,
     )
-    results = {r["name"]: [] for r in runs}
-    for _ in range(a.rounds):
-        for spec in runs:
-            results[spec["name"]].append(run_worker(spec, data_path, a.threads))
-    lines = table("", runs, results, "TRL DPOTrainer (default)", a.rounds)
+    lines = []
+    if not a.skip_anchor:
+        results = {r["name"]: [] for r in runs}
+        for _ in range(a.rounds):
+            for spec in runs:
+                results[spec["name"]].append(run_worker(spec, data_path, a.threads))
+        lines = table("", runs, results, "TRL DPOTrainer (default)", a.rounds)
     if a.smollm2:
         sm = dict(common, steps=a.smollm2_steps + 2, warmup=2, batch_size=2, model="smollm2")
         sruns = [
@@ -319,12 +329,12 @@ def main():
             dict(sm, name="SmolLM2 ours (frozen reference copy)", impl="ours"),
         ]
         sres = {r["name"]: [] for r in sruns}
-        for _ in range(max(1, a.rounds - 1)):
+        for _ in range(a.smollm2_rounds):
             for spec in sruns:
                 sres[spec["name"]].append(run_worker(spec, data_path, a.threads))
         lines += [""] + table(
             f"SmolLM2-135M-Instruct full fine-tune, batch 2, {a.smollm2_steps} timed steps",
-            sruns, sres, "SmolLM2 TRL DPOTrainer (default)", max(1, a.rounds - 1),
+            sruns, sres, "SmolLM2 TRL DPOTrainer (default)", a.smollm2_rounds,
         )
     print("\n".join(lines))
 

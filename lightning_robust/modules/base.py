@@ -142,12 +142,14 @@ class BackboneModule(LightningModule):
       fetched yet. Constraints (checked): ``trainer.accumulate_grad_batches == 1`` and no
       ``gradient_clip_val`` (Lightning's manual optimisation rejects both).
 
-    Non-finite policy (``nonfinite``): per-example losses and ``checked`` values are tested
-    before the weighting (one host sync), the gradients before each optimiser step (one sync;
-    skipped under fp16 loss scaling, whose scaler already skips inf steps, and under DeepSpeed,
-    whose engine owns the gradients). ``"error"`` raises :class:`NonFiniteError` naming the
-    global step and the positions or parameters; ``"skip"`` feeds the weighting zeros in place
-    of the bad losses (so every rank still joins its collectives), then drops every gradient
+    Non-finite policy (``nonfinite``): per-example losses and ``checked`` values get on-device
+    finiteness flags before the weighting (which receives zeros in place of bad losses, so every
+    rank still joins its collectives), and before each optimiser step those flags, the total
+    loss and the total gradient norm are read in one host sync (the gradient part is skipped
+    under fp16 loss scaling, whose scaler already skips inf steps, and under DeepSpeed, whose
+    engine owns the gradients); gradient clipping by norm reuses that total norm. ``"error"``
+    raises :class:`NonFiniteError` naming the global step and the positions or parameters;
+    ``"skip"`` drops every gradient
     before the optimiser runs: parameters and optimiser state (AdamW moments and step count)
     stay untouched, the learning-rate schedule and ``global_step`` advance, as with a step that
     ``torch.amp.GradScaler`` skips. The decision is OR-reduced over ranks. Weightings with
