@@ -189,7 +189,8 @@ def worker_trl(spec: dict, data_path: str) -> dict:
             return loss
 
     if spec.get("model") == "smollm2":
-        from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
+        from lightning_robust.models.causal_lm import load_causal_lm
+        from lightning_robust.models.loading import load_causal_tokenizer
 
         tok = load_causal_tokenizer("smollm2")
         model = load_causal_lm("smollm2", tok)
@@ -309,7 +310,8 @@ def main():
         ]
     runs = [dict(common, **r) for r in runs]
     print(
-        f"DPO on the anchor shape: random-init Llama {ANCHOR}, {PROMPT_WORDS}+{PROMPT_WORDS} tokens, "
+        ("(anchor table skipped) " if a.skip_anchor else "")
+        + f"DPO on the anchor shape: random-init Llama {ANCHOR}, {PROMPT_WORDS}+{PROMPT_WORDS} tokens, "
         f"batch {a.batch_size}, fp32 CPU, {a.steps} timed steps after {a.warmup} warm-up, "
         f"{a.threads} thread(s) per run, each run its own process, {a.rounds} interleaved rounds; "
         f"TRL {trl.__version__}; machine shared with other jobs (load {os.getloadavg()[0]:.1f})",
