@@ -91,7 +91,8 @@ def test_chunked_logsoftmax_gather_equals_the_plain_path_values_and_gradients():
         rtol=0,
         atol=1e-12,
     )
-    assert torch.autograd.gradgradcheck(lambda x: logsoftmax_gather(x, targets, 8), (z,))
+    small = z.detach()[:6, :7].clone().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x: logsoftmax_gather(x, targets[:6] % 7, 4), (small,))
     # low precision: float32 results and a gradient in the logits' dtype
     zb = z.detach().bfloat16().requires_grad_()
     out = logsoftmax_gather(zb, targets, chunk_rows=8)
