@@ -389,10 +389,6 @@ class DPO(BackboneModule):
         return policy.pair_logps(batch, split, ids, mask, plen)
 
     # ------------------------------------------------------------------ forward
-    #: run each pair as one ``[prompt | chosen | rejected]`` row when the pair's prompts are equal
-    #: and the attention takes a 4-D mask (exact: tests/test_logprobs.py); ``False``: two rows
-    share_prompt: bool = True
-
     def uses_pair_rows(self) -> bool:
         """Prompt-shared pair rows (:meth:`BackboneModule.on_before_batch_transfer`): not with
         WDPO (its penalty differentiates the two rows' embeddings) and only where the attention
