@@ -387,10 +387,9 @@ class BackboneModule(LightningModule):
             self._grad_norm = None
             self._skipped_steps = self.skipped_steps + 1
             log.warning("skipped the optimiser step at %s: non-finite %s", where, reason)
-        if bad_step or not getattr(self, "_logged_skipped", False):
-            # logged when it changes (and once at the start): callback_metrics keep the value
-            self._logged_skipped = True
-            self.log("train/skipped_steps", float(self.skipped_steps))
+        # a host-side count (no device sync); logged every step so that a resumed run writes
+        # exactly the rows of the uninterrupted one
+        self.log("train/skipped_steps", float(self.skipped_steps))
 
     def _gradient_reason(self, params: list) -> str:
         """Name the parameters whose gradient is not finite (the failure path only)."""
