@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     SHARED_DATA,
     command_line,
@@ -587,7 +587,7 @@ def parse_args(argv=None):
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0], help="label-noise temperatures T")
     parser.add_argument("--long-epochs", type=int, default=None, help="long training (default 5; quick 2)")
     parser.add_argument("--length-pair-share", type=float, default=0.25)
-    parser.add_argument("--results-md", type=Path, default=RESULTS_MD)
+    parser.add_argument("--results-md", type=Path, default=OLD_RESULTS_MD)
     parser.add_argument("--plots-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--json", type=Path, default=None, help="also write all records as JSON")
     parser.add_argument(
