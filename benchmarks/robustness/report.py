@@ -27,6 +27,8 @@ OLD_PROTOCOL_MD = "results_old_protocol.md"
 # (experiment name = JSON file stem, module with render(payload))
 EXPERIMENTS = (
     ("exp1_synthetic", "benchmarks.robustness.exp1_synthetic"),
+    ("exp1b_real", "benchmarks.robustness.exp1b_real"),
+    ("exp4b_simplex", "benchmarks.robustness.exp4b_simplex"),
 )
 
 INTRO = """\
@@ -79,8 +81,9 @@ def load_payloads(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict | Non
 def summary_table(claims: list[dict]) -> str:
     header = ["claim", "regime", "method vs baseline", "effect (mean Δ)", "95 % CI", "p", "wins/seeds", "verdict"]
     rows = [
-        [c["claim"], c["regime"], c["comparison"], fmt(c["mean"], sign=True),
-         f"[{fmt(c['lo'], sign=True)}, {fmt(c['hi'], sign=True)}]", fmt_p(c["p"]), f"{c['wins']}/{c['n']}",
+        [c["claim"], c["regime"], c["comparison"], fmt(c["mean"], c.get("digits", 3), sign=True),
+         f"[{fmt(c['lo'], c.get('digits', 3), sign=True)}, {fmt(c['hi'], c.get('digits', 3), sign=True)}]",
+         fmt_p(c["p"]), f"{c['wins']}/{c['n']}",
          f"**{c['verdict']}**"]
         for c in claims if c.get("summary", True)
     ]
@@ -115,9 +118,10 @@ def readme_block(claims: list[dict]) -> str:
     for c in claims:
         if not c.get("summary", True):
             continue
+        d = c.get("digits", 3)
         lines.append(
-            f"- {c['comparison']}, {c['regime']}: {c['metric_label']} {fmt(c['mean'], sign=True)} "
-            f"(95 % CI [{fmt(c['lo'], sign=True)}, {fmt(c['hi'], sign=True)}], p {fmt_p(c['p'])}, "
+            f"- {c['comparison']}, {c['regime']}: {c['metric_label']} {fmt(c['mean'], d, sign=True)} "
+            f"(95 % CI [{fmt(c['lo'], d, sign=True)}, {fmt(c['hi'], d, sign=True)}], p {fmt_p(c['p'])}, "
             f"{c['n']} seeds) — **{c['verdict']}**"
         )
     return "\n".join(lines)

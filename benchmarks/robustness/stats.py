@@ -25,7 +25,6 @@ when it lies on the other side, otherwise "not shown".
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from collections.abc import Sequence
 
@@ -127,14 +126,31 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 
 def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 10_000, seed: int = 0, level: float = LEVEL,
                       ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement)."""
-    values = [float(v) for v in values]
-    if not values:
+    """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement;
+    numpy ``default_rng(seed)``, ``n_boot`` resamples, linear-interpolation percentiles)."""
+    import numpy as np
+
+    x = np.asarray([float(v) for v in values], dtype=np.float64)
+    if x.size == 0:
         return math.nan, math.nan
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(statistics.fmean(rng.choices(values, k=n)) for _ in range(n_boot))
-    return _percentile(means, (1 - level) / 2), _percentile(means, (1 + level) / 2)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, 1000):
+        stop = min(start + 1000, n_boot)
+        means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
+    means.sort()
+    return _percentile(means.tolist(), (1 - level) / 2), _percentile(means.tolist(), (1 + level) / 2)
+
+
+def paired_bootstrap_mean(x: Sequence[float], y: Sequence[float], n_boot: int = 10_000, seed: int = 0,
+                          level: float = LEVEL) -> dict:
+    """Item-level paired comparison: mean of ``x_i - y_i`` with the percentile bootstrap
+    interval over items (both resampled with the same indices)."""
+    d = [float(a) - float(b) for a, b in zip(x, y, strict=True)]
+    if not d:
+        return {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan}
+    lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed, level=level)
+    return {"n": len(d), "mean": statistics.fmean(d), "lo": lo, "hi": hi}
 
 
 def binomial_cdf(k: int, n: int, p: float = 0.5) -> float:
@@ -158,11 +174,8 @@ def paired_bootstrap_accuracy(first_correct: Sequence[bool], second_correct: Seq
                               seed: int = 0, level: float = LEVEL) -> dict:
     """Accuracy difference (first − second) on the same items, with the percentile bootstrap
     interval over items (both methods resampled with the same indices)."""
-    d = [float(bool(f)) - float(bool(s)) for f, s in zip(first_correct, second_correct, strict=True)]
-    if not d:
-        return {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan}
-    lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed, level=level)
-    return {"n": len(d), "mean": statistics.fmean(d), "lo": lo, "hi": hi}
+    return paired_bootstrap_mean([float(bool(f)) for f in first_correct], [float(bool(s)) for s in second_correct],
+                                 n_boot=n_boot, seed=seed, level=level)
 
 
 def verdict(lo: float, hi: float, direction: int = 1) -> str:
