@@ -109,8 +109,11 @@ def test_exp1b_real_quick_learns_through_the_project_weightings(tmp_path, monkey
     picked = [r for r in payload["records"] if "hhh" in r]
     assert len(picked) == len(exp1b_real.QUICK_METHODS) * len(exp1b_real.QUICK_SEEDS)
     assert all(0.0 <= r[m] <= 1.0 for r in picked for m in exp1b_real.TEST_METRICS)
+    for r in picked:  # the item-level rule reproduces the evaluators' aggregates
+        for m in ("hhh", "mt_bench"):
+            assert r["items"][m].count("1") / len(r["items"][m]) == pytest.approx(r[m])
     md, claims = exp1b_real.render(payload)
-    assert len(claims) == 1 and "held-out topic" in md
+    assert len(claims) == 1 and "held-out topic" in md and "McNemar" in md
 
 
 def test_exp1b_real_skips_with_a_reason_without_shared_data(tmp_path):

@@ -58,6 +58,7 @@ QUICK_EPOCHS = (1, 2)
 FULL_SEEDS = tuple(range(10))
 QUICK_SEEDS = (0, 1)
 TEST_METRICS = ("minority", "hhh", "mt_bench", "rb_llmbar")
+ITEM_METRICS = ("hhh", "mt_bench", "rb_llmbar")
 METRIC_LABELS = {"val": "in-dist (val)", "minority": "held-out topic", "hhh": "HHH", "mt_bench": "MT-Bench human",
                  "rb_llmbar": "LLMBar (RewardBench rows)"}
 
@@ -125,6 +126,33 @@ class ResponseHeadScorer:
     def score(self, prompts, responses) -> torch.Tensor:
         with torch.no_grad():
             return self.head((self.embed(list(responses)) - self.mean) / self.std).squeeze(-1).float()
+
+
+def item_correct(name: str, evaluator, scorer) -> list[bool]:
+    """Per-item correctness on a benchmark, by the evaluator's own rule (strict: ties wrong):
+    HHH (the labelled best choice above every other), MT-Bench human (agreement with the
+    majority label, ties excluded), RewardBench rows (chosen above rejected, every row pooled)."""
+    from lightning_robust.evals import pairwise_scores, strict_correct
+
+    if name == "hhh":
+        out = []
+        for examples in evaluator.rows().values():
+            for prompt, choices, best in examples:
+                s = scorer.score([prompt] * len(choices), list(choices))
+                out.append(bool((s[best] > torch.cat([s[:best], s[best + 1 :]])).all()))
+        return out
+    if name == "mt_bench":
+        out = []
+        for _, pa, ra, pb, rb, side in evaluator.rows():
+            a, b = scorer.score([pa, pb], [ra, rb]).tolist()
+            out.append(a > b if side == "a" else b > a if side == "b" else a == b)
+        return out
+    if name == "rb_llmbar":
+        flat = [r for rows in evaluator.rows().values() for r in rows]
+        chosen, rejected = pairwise_scores(scorer, [r["prompt"] for r in flat], [r["chosen"] for r in flat],
+                                           [r["rejected"] for r in flat])
+        return strict_correct(chosen, rejected).tolist()
+    raise ValueError(f"no item rule for {name!r}")
 
 
 def first_human_turn(prompt: str) -> str:
@@ -228,8 +256,11 @@ def run(exp: Experiment, data_dir: Path, quick: bool, progress) -> list[dict] | 
         for (name, _), record in picked.items():
             head = trained[(name, json.dumps(record["config"], sort_keys=True))][record["epoch"]]
             scorer = ResponseHeadScorer(embed, head, mean, std)
+            record["items"] = {}
             for metric, (evaluator, k) in evaluators.items():
                 record[metric] = float(evaluator.evaluate(scorer)[k])
+                items = item_correct(metric, evaluator, scorer)
+                record["items"][metric] = "".join("1" if c else "0" for c in items)
         progress(records)
     embed.save()
     return records
@@ -278,7 +309,7 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     from benchmarks.robustness.common import fmt_mean_std, markdown_table
     from benchmarks.robustness.protocol import select
     from benchmarks.robustness.report import fmt, fmt_p
-    from benchmarks.robustness.stats import paired_t, verdict
+    from benchmarks.robustness.stats import mcnemar_exact, paired_bootstrap_mean, paired_t, verdict
 
     proto = payload["protocol"]
     methods = proto["methods"]
@@ -330,4 +361,32 @@ def render(payload: dict) -> tuple[str, list[dict]]:
               "wins/seeds (held-out topic)", "verdict (held-out topic > 0)"]
     lines += [f"### Paired against {base} (per seed; benchmarks are fixed item sets, seeds vary split and init)",
               markdown_table(header, rows)]
+    item_rows = []
+    for m in methods:
+        if m["name"] == base:
+            continue
+        seeds = sorted(s for (name, s) in chosen if name == m["name"] and (base, s) in chosen
+                       and "items" in chosen[(name, s)] and "items" in chosen[(base, s)])
+        if not seeds:
+            continue
+        cells = []
+        for x in ITEM_METRICS:
+            a = [[c == "1" for c in chosen[(m["name"], s)]["items"][x]] for s in seeds]
+            b = [[c == "1" for c in chosen[(base, s)]["items"][x]] for s in seeds]
+            n_items = len(a[0])
+            mean_a = [sum(run[i] for run in a) / len(seeds) for i in range(n_items)]
+            mean_b = [sum(run[i] for run in b) / len(seeds) for i in range(n_items)]
+            boot = paired_bootstrap_mean(mean_a, mean_b)
+            mc = mcnemar_exact([v > 0.5 for v in mean_a], [v > 0.5 for v in mean_b])
+            cells.append(f"{fmt(boot['mean'], sign=True)} [{fmt(boot['lo'], sign=True)}, {fmt(boot['hi'], sign=True)}]"
+                         f"; McNemar {mc['b']}/{mc['c']} p {fmt_p(mc['p'])} ({n_items} items)")
+        item_rows.append([f"{m['name']} − {base}", *cells, len(seeds)])
+    if item_rows:
+        lines += [
+            "### Item level on the benchmarks (fixed items): accuracy difference of the per-item correctness "
+            "averaged over seeds, 95 % bootstrap interval over items; exact McNemar test on the per-item "
+            "majority over seeds (b = items only the method gets right, c = only the baseline; RewardBench "
+            "rows pooled, not section-weighted)",
+            markdown_table(["paired difference", *(METRIC_LABELS[x] for x in ITEM_METRICS), "seeds"], item_rows),
+        ]
     return "\n\n".join(lines), claims
