@@ -201,16 +201,10 @@ def regime_label(conflict: float, label_noise: float) -> str:
     return f"{shift}, label noise T={label_noise:g}"
 
 
-def _config_label(config: dict) -> str:
-    return ", ".join(f"{'lr' if k == 'learning_rate' else k}={v:g}" for k, v in sorted(config.items())) or "—"
-
-
 def render(payload: dict) -> tuple[str, list[dict]]:
     """Markdown of the section and the claim rows, from the raw records only."""
-    from collections import Counter
-
     from benchmarks.robustness.common import fmt_mean_std, markdown_table
-    from benchmarks.robustness.protocol import select
+    from benchmarks.robustness.protocol import select, selection_summary
     from benchmarks.robustness.report import fmt, fmt_p
     from benchmarks.robustness.stats import paired_t, verdict
 
@@ -246,9 +240,8 @@ def render(payload: dict) -> tuple[str, list[dict]]:
             picks = [chosen[k] for k in sorted(chosen) if k[:2] == g and k[2] == m["name"]]
             if not picks:
                 continue
-            configs = Counter(f"{_config_label(p['config'])}, ep {p['epoch']}" for p in picks)
             body.append([regime_label(*g), m["name"], *(fmt_mean_std([p[x] for p in picks]) for x in METRICS),
-                         "; ".join(f"{c} ×{n}" for c, n in configs.most_common()), len(picks)])
+                         selection_summary(picks), len(picks)])
     lines += ["### Accuracy at the validation-selected point (mean ± sample sd over seeds)",
               markdown_table(header, body)]
     claims, rows = [], []

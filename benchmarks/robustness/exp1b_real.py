@@ -304,10 +304,8 @@ SUMMARY_METHODS = ("DR-TV", "DR-χ²")
 
 def render(payload: dict) -> tuple[str, list[dict]]:
     """Markdown of the section and the claim rows, from the raw records only."""
-    from collections import Counter
-
     from benchmarks.robustness.common import fmt_mean_std, markdown_table
-    from benchmarks.robustness.protocol import select
+    from benchmarks.robustness.protocol import select, selection_summary
     from benchmarks.robustness.report import fmt, fmt_p
     from benchmarks.robustness.stats import mcnemar_exact, paired_bootstrap_mean, paired_t, verdict
 
@@ -337,9 +335,8 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     body = []
     for m in methods:
         picks = [chosen[k] for k in sorted(chosen) if k[0] == m["name"]]
-        configs = Counter(", ".join(f"{k}={v:g}" for k, v in p["config"].items()) + f", ep {p['epoch']}" for p in picks)
-        body.append([m["name"], *(fmt_mean_std([p[x] for p in picks]) for x in metrics),
-                     "; ".join(f"{c} ×{n}" for c, n in configs.most_common()), len(picks)])
+        body.append([m["name"], *(fmt_mean_std([p[x] for p in picks]) for x in metrics), selection_summary(picks),
+                     len(picks)])
     lines += ["### Accuracy at the validation-selected point (mean ± sample sd over seeds)", markdown_table(header, body)]
     claims, rows = [], []
     for m in methods:

@@ -127,10 +127,8 @@ def main(argv=None) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def render(payload: dict) -> tuple[str, list[dict]]:
-    from collections import Counter
-
     from benchmarks.robustness.common import fmt_mean_std, markdown_table
-    from benchmarks.robustness.protocol import select
+    from benchmarks.robustness.protocol import select, selection_summary
     from benchmarks.robustness.report import fmt, fmt_p
     from benchmarks.robustness.stats import paired_bootstrap_mean, paired_t, verdict
 
@@ -156,9 +154,8 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     for sigma in sigmas:
         for m in methods:
             picks = [chosen[k] for k in sorted(chosen) if k[0] == sigma and k[1] == m["name"]]
-            configs = Counter(", ".join(f"{k}={v:g}" for k, v in p["config"].items()) or "—" for p in picks)
             body.append([f"{sigma[0]} σ={sigma[1]:g}", m["name"], fmt_mean_std([p["test"] for p in picks]),
-                         "; ".join(f"{c} ×{n}" for c, n in configs.most_common()), len(picks)])
+                         selection_summary(picks), len(picks)])
     lines += ["### Test gold at the validation-selected point", markdown_table(header, body)]
     comparisons = [("DRRO", base), ("DRRO", "DRO"), ("DRRO", "greedy"), ("DRO", base)]
     claims, rows = [], []

@@ -139,3 +139,18 @@ def run_experiment(exp: Experiment, body: Callable[[Callable[[list], None]], lis
     payload["complete"] = True
     progress(records)
     return payload
+
+
+def selection_summary(picks: Sequence[dict]) -> str:
+    """How often each grid point and each epoch was selected: ``"rho=0.2 ×7, rho=0.4 ×3 · ep 3 ×10"``."""
+    from collections import Counter
+
+    def label(config: dict) -> str:
+        return ", ".join(f"{'lr' if k == 'learning_rate' else k}={v:g}" for k, v in sorted(config.items())) or "—"
+
+    configs = Counter(label(p["config"]) for p in picks)
+    text = ", ".join(f"{c} ×{n}" for c, n in configs.most_common())
+    epochs = Counter(p["epoch"] for p in picks if "epoch" in p)
+    if epochs:
+        text += " · " + ", ".join(f"ep {e} ×{n}" for e, n in sorted(epochs.items()))
+    return text
