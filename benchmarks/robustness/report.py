@@ -108,6 +108,21 @@ def generate(results_dir: Path = RESULTS_DIR) -> tuple[str, str]:
     return text, readme_block(claims)
 
 
+def all_claims(results_dir: Path = RESULTS_DIR) -> str:
+    """Every claim (summary or not) as a markdown table with the command that reproduces it."""
+    header = ["comparison", "regime", "effect", "95 % CI", "p", "seeds", "verdict", "command"]
+    rows = []
+    for _, payload, module in load_payloads(results_dir):
+        if payload is None:
+            continue
+        for c in module.render(payload)[1]:
+            d = c.get("digits", 3)
+            rows.append([c["comparison"], c["regime"], fmt(c["mean"], d, sign=True),
+                         f"[{fmt(c['lo'], d, sign=True)}, {fmt(c['hi'], d, sign=True)}]", fmt_p(c["p"]), c["n"],
+                         c["verdict"], f"`{c['command']}`"])
+    return markdown_table(header, rows)
+
+
 def readme_block(claims: list[dict]) -> str:
     """The README's generated paragraph: one line per claim of the summary."""
     lines = [
