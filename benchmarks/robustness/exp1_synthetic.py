@@ -53,8 +53,8 @@ QUICK_METHODS = (
     Method("DR-TV", "tv", {"rho": [0.4]}),
     Method("group DRO", "group_dro", {"eta": [0.3]}),
 )
-REGIMES = ({"conflict": 0.0, "label_noise": 0.0}, {"conflict": 0.0, "label_noise": 0.5},
-           {"conflict": 1.0, "label_noise": 0.0}, {"conflict": 1.0, "label_noise": 0.5})
+REGIMES = ({"conflict": 0.0, "label_noise": 0.0}, {"conflict": 1.0, "label_noise": 0.0},
+           {"conflict": 1.0, "label_noise": 0.5}, {"conflict": 0.0, "label_noise": 0.5})
 QUICK_REGIMES = ({"conflict": 1.0, "label_noise": 0.0},)
 FULL_SEEDS = tuple(range(10))
 QUICK_SEEDS = (0, 1)
@@ -157,10 +157,14 @@ def experiment(quick: bool, seeds) -> Experiment:
     )
 
 
-def run(exp: Experiment, workers: int, progress=None) -> list[dict]:
-    """All runs of one regime at a time (``progress(records)`` after each regime)."""
-    records: list[dict] = []
+def run(exp: Experiment, workers: int, progress=None, done: list[dict] | None = None) -> list[dict]:
+    """All runs of one regime at a time (``progress(records)`` after each regime); regimes with
+    records in ``done`` (a resumed run of the same declaration) are kept, not rerun."""
+    records: list[dict] = list(done or [])
+    finished = {(r["conflict"], r["label_noise"]) for r in records}
     for regime in exp.regimes:
+        if (regime["conflict"], regime["label_noise"]) in finished:
+            continue
         jobs = [
             Job(m.name, m.family, tuple(sorted(cfg.items())), regime["conflict"], regime["label_noise"], seed,
                 **exp.settings)
@@ -173,16 +177,46 @@ def run(exp: Experiment, workers: int, progress=None) -> list[dict]:
     return records
 
 
+def resumable_records(exp: Experiment, args) -> list[dict]:
+    """Records of complete regimes in the existing JSON, when its declaration matches ``exp``
+    (methods, seeds, settings); otherwise a clear error."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.robustness.protocol import results_path
+
+    path = Path(args.out) if args.out else results_path(exp.name)
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    mine = exp.declaration()
+    for key in ("methods", "seeds", "settings"):
+        if saved["protocol"][key] != mine[key]:
+            raise SystemExit(f"--resume: {path} was run with other {key}; rerun without --resume")
+    per_regime = len(exp.seeds) * sum(len(m.grid_points()) for m in exp.methods) * exp.settings["epochs"]
+    counts: dict = {}
+    for r in saved["records"]:
+        counts[(r["conflict"], r["label_noise"])] = counts.get((r["conflict"], r["label_noise"]), 0) + 1
+    complete = {k for k, n in counts.items() if n == per_regime}
+    return [r for r in saved["records"] if (r["conflict"], r["label_noise"]) in complete]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=TITLE)
     parser.add_argument("--quick", action="store_true", help="CI smoke form (small data, 3 methods, 1 regime)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)")
     parser.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
     parser.add_argument("--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished regimes of the existing JSON (same methods, seeds, settings)")
     args = parser.parse_args(argv)
     exp = experiment(args.quick, args.seeds)
+    done = resumable_records(exp, args) if args.resume else None
     started = time.perf_counter()
-    return run_experiment(exp, lambda progress: run(exp, args.workers, progress), args, argv, started,
+    import sys
+
+    command_argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]  # same result
+    return run_experiment(exp, lambda progress: run(exp, args.workers, progress, done), args, command_argv, started,
                           extra={"grid_size": GRID_SIZE, "job_fields": list(asdict(Job("", "", (), 0, 0, 0, 0, 0, 0, 0)))})
 
 
