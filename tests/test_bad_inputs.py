@@ -331,7 +331,7 @@ def test_missing_checkpoint_on_resume(tmp_path):
 
 
 def test_corrupt_reward_checkpoint(tmp_path):
-    from lightning_robust.models.reward_loading import load_reward_scorer
+    from lightning_robust.modules.reward_loading import load_reward_scorer
 
     bad = tmp_path / "rm.ckpt"
     bad.write_bytes(b"not a checkpoint")

@@ -11,8 +11,8 @@ import pytest
 import torch
 from lightning import Trainer
 
+from lightning_robust.annotate import META_SUFFIX, annotate_pairs, read_examples
 from lightning_robust.data import PreferenceDataModule
-from lightning_robust.data.annotate import META_SUFFIX, annotate_pairs, read_examples
 from lightning_robust.models import tiny_llama_config, tiny_tokenizer
 from lightning_robust.models.scorers import RewardModelScorer
 from lightning_robust.modules import DPO
@@ -132,7 +132,7 @@ def test_bad_arguments_are_named(tmp_path, tokenizer, reward_models):
 
 
 def test_command_with_saved_reward_model_dirs(tmp_path, tokenizer, reward_models):
-    pytest.importorskip("lightning_robust.models.reward_loading")
+    pytest.importorskip("lightning_robust.modules.reward_loading")
     from lightning_robust.annotate import main
 
     (m0, p0), (_, p1) = reward_models

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning import Trainer
 
-import lightning_robust.modules.dpo as dpo_module
+import lightning_robust.modules.reference as reference_module
 from lightning_robust.data import PreferenceDataModule, PreferenceExample, encode_examples
 from lightning_robust.data.synthetic import SyntheticShiftConfig
 from lightning_robust.models.lora import LoraOptions
@@ -40,9 +40,9 @@ def _model(tmp_path, **kw):
 
 def _count_builds(monkeypatch):
     calls = []
-    original = dpo_module.generate_reference_samples
+    original = reference_module.generate_reference_samples
     monkeypatch.setattr(
-        dpo_module, "generate_reference_samples", lambda *a, **k: calls.append(1) or original(*a, **k)
+        reference_module, "generate_reference_samples", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
     return calls
 
@@ -133,7 +133,7 @@ def test_ref_samples_column_gives_the_direct_kl_estimate(tmp_path, caplog):
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    with caplog.at_level(logging.INFO, logger="lightning_robust.modules.dpo"):
+    with caplog.at_level(logging.INFO, logger="lightning_robust.modules.reference"):
         samples = model.prepare_reference_samples(dm)
     assert "'ref_samples' column" in caplog.text and samples.source == "column"
     assert len(samples) == sum(len(r["ref_samples"]) for r in rows)
@@ -187,7 +187,7 @@ def test_fit_with_generated_reference_samples_lowers_the_loss(tmp_path, caplog):
         num_sanity_val_steps=0, limit_val_batches=1, log_every_n_steps=1,
     )
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]
-    with caplog.at_level(logging.INFO, logger="lightning_robust.modules.dpo"):
+    with caplog.at_level(logging.INFO, logger="lightning_robust.modules.reference"):
         trainer.fit(model, datamodule=dm)
     assert "generated from the reference" in caplog.text
     assert torch.isfinite(trainer.callback_metrics["train/kl/forward"])

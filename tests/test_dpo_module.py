@@ -80,12 +80,12 @@ def test_lora_disabled_reference_equals_frozen_copy():
 
 
 def test_precomputed_cache_matches_live_and_is_invalidated(tmp_path, monkeypatch):
-    import lightning_robust.modules.dpo as dpo_module
+    import lightning_robust.modules.reference as reference_module
 
     calls = []
-    original = dpo_module.compute_split_logps
+    original = reference_module.compute_split_logps
     monkeypatch.setattr(
-        dpo_module, "compute_split_logps", lambda *a, **k: calls.append(1) or original(*a, **k)
+        reference_module, "compute_split_logps", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
     dm = _dm()
     dm.setup("fit")

@@ -10,8 +10,9 @@ from lightning_robust.data.synthetic_prompts import (
     SyntheticProxyReward,
     gold_reward,
 )
-from lightning_robust.models import load_reward_scorer, load_tokenizer, tiny_llama_config
+from lightning_robust.models import load_tokenizer, tiny_llama_config
 from lightning_robust.models.scorers import RewardModelScorer, Scorer
+from lightning_robust.modules import load_reward_scorer
 
 PROMPTS = ["please give me a cooking list", [{"role": "user", "content": "a music list"}]]
 RESPONSES = ["apple tea rice", "song song"]

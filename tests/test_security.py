@@ -236,7 +236,7 @@ def test_resume_refuses_a_pickle_payload(poisoned_checkpoint, tmp_path):
 
 
 def test_reward_scorer_refuses_a_pickle_payload(poisoned_checkpoint):
-    from lightning_robust.models.reward_loading import load_reward_scorer
+    from lightning_robust.modules.reward_loading import load_reward_scorer
 
     with pytest.raises(ValueError, match="holds objects that weights_only=True refuses"):
         load_reward_scorer(str(poisoned_checkpoint))

@@ -30,6 +30,7 @@ from lightning_robust.data.source import DataSource, as_source, load_rows
 from lightning_robust.data.split import split_by_prompt
 from lightning_robust.data.synthetic import SyntheticShiftConfig, generate_split
 from lightning_robust.data.tokenize import encode_examples
+from lightning_robust.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,6 @@ class PreferenceDataModule(LightningDataModule):
     def tokenizer(self):
         """The loaded tokenizer (loaded on first use)."""
         if self._tokenizer is None:
-            from lightning_robust.models import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer
 

@@ -32,6 +32,7 @@ from lightning_robust.data.reading import bad_row_error
 from lightning_robust.data.source import DataSource, as_source, load_rows
 from lightning_robust.data.split import split_by_prompt
 from lightning_robust.data.synthetic_prompts import SyntheticPromptConfig, generate_prompts
+from lightning_robust.models.loading import TINY_MODEL_NAME, load_causal_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,6 @@ class PromptDataModule(LightningDataModule):
         """The tokenizer (loaded on first use, ``padding_side="left"``; the shared in-process tiny
         tokenizer is copied first, so other users keep their padding side)."""
         if self._tokenizer is None:
-            from lightning_robust.models.causal_lm import load_causal_tokenizer
-            from lightning_robust.models.tiny import TINY_MODEL_NAME
-
             tokenizer = load_causal_tokenizer(self.tokenizer_name)
             if self.tokenizer_name == TINY_MODEL_NAME:
                 tokenizer = copy.deepcopy(tokenizer)

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_robust.models.tiny import TINY_WORDS
+from lightning_robust.data.synthetic import TINY_WORDS
 
 # topic name -> its on-topic words (all in TINY_WORDS; chosen here)
 TOPICS: dict[str, tuple[str, ...]] = {

@@ -7,7 +7,6 @@ from lightning_robust.models.loading import (
     minilm_path,
     resolve_name,
 )
-from lightning_robust.models.reward_loading import load_reward_scorer
 from lightning_robust.models.tiny import (
     TINY_MODEL_NAME,
     TINY_WORDS,
@@ -19,7 +18,6 @@ __all__ = [
     "TINY_MODEL_NAME",
     "TINY_WORDS",
     "attention_implementation",
-    "load_reward_scorer",
     "load_sequence_classifier",
     "load_tokenizer",
     "minilm_path",
@@ -27,3 +25,12 @@ __all__ = [
     "tiny_llama_config",
     "tiny_tokenizer",
 ]
+
+
+def __getattr__(name: str):
+    if name == "load_reward_scorer":  # moved up: one of its specs is a RewardModel checkpoint
+        raise AttributeError(
+            "load_reward_scorer moved to lightning_robust.modules (from lightning_robust.modules "
+            "import load_reward_scorer): a .ckpt spec needs the RewardModel LightningModule"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

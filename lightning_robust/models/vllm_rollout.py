@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_robust.models.lora import is_peft_model
 from lightning_robust.models.rollout import Rollout, first_eos_mask
 
 MISSING_VLLM = (
@@ -110,8 +111,6 @@ class VLLMRolloutEngine:
     @torch.no_grad()
     def push_weights(self, policy) -> None:
         """Load the policy's current weights into the engine (LoRA merged, adapters kept)."""
-        from lightning_robust.models.lora import is_peft_model
-
         merged = is_peft_model(policy)
         if merged:
             policy.merge_adapter()

@@ -22,9 +22,15 @@ from dataclasses import dataclass, field
 import torch
 from lightning import LightningModule
 
+from lightning_robust.models.backbone import ModelOptions
 from lightning_robust.models.lora import export_pretrained
 from lightning_robust.modules.checkpoint_io import install_atomic_checkpoint_io
-from lightning_robust.modules.optim import build_optimizer
+from lightning_robust.modules.optim import (
+    OptimizerOptions,
+    TorchOptimizer,
+    build_optimizer,
+    no_weight_decay_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -384,16 +390,55 @@ class BackboneModule(LightningModule):
             self.log_dict(metrics.compute(prefix), add_dataloader_idx=False)
             metrics.reset()
 
-    def configure_optimizers(self):
+    # ------------------------------------------------------------------ grouped options
+    @property
+    def model_options(self) -> ModelOptions:
+        """The backbone-loading hparams as one checked :class:`ModelOptions`."""
         hp = self.hparams
-        return build_optimizer(
-            self.backbone.parameters(),
+        return ModelOptions(
+            name_or_path=hp.model_name_or_path,
+            tiny_config=hp.tiny_config,
+            dtype=hp.dtype,
+            attn_implementation=hp.attn_implementation,
+            gradient_checkpointing=hp.gradient_checkpointing,
+            dropout=hp.dropout,
+            trust_remote_code=hp.trust_remote_code,
+            init_seed=hp.init_seed,
+        )
+
+    @property
+    def optimizer_options(self) -> OptimizerOptions:
+        """The optimiser hparams (``learning_rate`` ... ``min_lr_ratio`` and the ``optimizer``
+        choice) as one checked :class:`OptimizerOptions`."""
+        hp = self.hparams
+        choice = TorchOptimizer.coerce(hp.get("optimizer"))
+        return OptimizerOptions(
             learning_rate=hp.learning_rate,
             weight_decay=hp.weight_decay,
-            total_steps=int(self.trainer.estimated_stepping_batches),
             warmup_ratio=hp.warmup_ratio,
-            schedule=hp.lr_schedule,
+            lr_schedule=hp.lr_schedule,
             min_lr_ratio=hp.min_lr_ratio,
+            name=choice.name,
+            kwargs=dict(choice.kwargs or {}),
+        )
+
+    def _quantization(self):
+        """QLoRA's ``BitsAndBytesConfig`` when ``lora.load_in_4bit``, else ``None``."""
+        lora = getattr(self, "lora_options", None)
+        return lora.quantization_config() if lora is not None else None
+
+    def check_options(self) -> None:
+        """Build the grouped options once at construction, so a bad value is a named error
+        before any model is loaded."""
+        self.model_options  # noqa: B018
+        self.optimizer_options  # noqa: B018
+
+    def configure_optimizers(self):
+        return build_optimizer(
+            self.backbone.parameters(),
+            self.optimizer_options,
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            no_decay=no_weight_decay_ids(self),
         )
 
     def export(self, path: str | os.PathLike, merge_lora: bool = True) -> str:

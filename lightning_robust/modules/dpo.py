@@ -22,39 +22,26 @@ e-DPO      ``loss_type="distill"`` with ``K > 1`` score columns (min over the en
 Dr.DPO     ``loss_type="dr_dpo"`` (+ ``beta_prime``; Wu et al. 2024a, a baseline, §3.5)
 =========  ===========================================================================
 
-Score columns come from :func:`lightning_robust.data.annotate.annotate_pairs`
+Score columns come from :func:`lightning_robust.annotate.annotate_pairs`
 (``python -m lightning_robust.annotate``); see docs/dpo.md.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 from typing import Literal
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
+from lightning_robust.models.backbone import load_backbone
 from lightning_robust.models.logprobs import sequence_logprobs
-from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
+from lightning_robust.models.lora import LoraOptions, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
-from lightning_robust.modules.optim import Schedule, validate_optimizer_options
-from lightning_robust.modules.reference import (
-    REFERENCE_MODES,
-    ReferenceSamples,
-    compute_split_logps,
-    frozen_copy,
-    generate_reference_samples,
-    load_or_build_samples,
-    load_or_compute,
-    model_fingerprint,
-    reference_logps,
-    samples_reference_logps,
-)
+from lightning_robust.modules.optim import Schedule, TorchOptimizer
+from lightning_robust.modules.reference import KLSampleOptions, ReferencePolicy, ReferenceSamples
 from lightning_robust.objectives.dpo import (
     distillation_losses,
     dr_dpo_loss,
@@ -151,6 +138,9 @@ class DPO(BackboneModule):
         lora: LoRA options (S000: r=32, alpha=64, dropout 0.05); ``None`` trains all weights.
         learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and the
             per-step schedule (defaults of DR-DPO, S000 Table 13: 1e-5, 0, 0.03, cosine).
+        optimizer: the ``torch.optim`` class and its extra arguments
+            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
+            decay skips biases and normalisation weights (as HF Trainer / TRL).
         wdpo_rho: WDPO radius (0 disables; seed README 0.01, code default 1.0). The penalty is
             added to the (weighted) loss unweighted (``mean`` over the batch in the seed form).
         wdpo_form: ``seed`` (per pair ``rho ||grad_E l||^2``, default) or ``sqrt`` (the paper's
@@ -200,6 +190,7 @@ class DPO(BackboneModule):
         warmup_ratio: float = 0.03,
         lr_schedule: Schedule = "cosine",
         min_lr_ratio: float = 0.0,
+        optimizer: TorchOptimizer | None = None,
         wdpo_rho: float = 0.0,
         wdpo_form: Literal["seed", "sqrt"] = "seed",
         kl_gamma_start: float = 0.0,
@@ -227,7 +218,6 @@ class DPO(BackboneModule):
             raise ValueError(f"unknown loss_type={loss_type!r}; expected one of {list(LOSS_TYPES)}")
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got beta={beta!r}")
-        validate_optimizer_options(learning_rate, lr_schedule)
         if loss_type == "dr_dpo":
             if not beta_prime > 0:
                 raise ValueError(f"beta_prime must be > 0, got {beta_prime!r}")
@@ -235,16 +225,13 @@ class DPO(BackboneModule):
                 raise ValueError(
                     "loss_type='dr_dpo' is its own (optimistic) weighting: use weighting=None"
                 )
-        if reference is None:
-            reference = "lora_disabled" if lora is not None else "frozen_copy"
-        if reference not in REFERENCE_MODES:
-            raise ValueError(
-                f"unknown reference={reference!r}; expected one of {list(REFERENCE_MODES)}"
-            )
-        if reference == "lora_disabled" and lora is None:
-            raise ValueError(
-                "reference='lora_disabled' needs `lora` (the base model is the reference)"
-            )
+        reference_policy = ReferencePolicy(
+            reference,
+            lora=lora is not None,
+            name=f"{model_name_or_path}|{dtype}",
+            cache_dir=reference_cache_dir,
+            fast_head=fast_head,
+        )
         if wdpo_rho < 0:
             raise ValueError(f"wdpo_rho must be >= 0, got {wdpo_rho}")
         if wdpo_rho > 0 and attn_implementation == "flash_attention_2":
@@ -262,26 +249,23 @@ class DPO(BackboneModule):
             raise ValueError(
                 f"unknown kl_samples={kl_samples!r}; expected one of {list(KL_SAMPLES)}"
             )
-        if kl_num_samples < 1 or kl_sample_max_new_tokens < 1:
-            raise ValueError(
-                "kl_num_samples and kl_sample_max_new_tokens must be >= 1, got "
-                f"{kl_num_samples} and {kl_sample_max_new_tokens}"
-            )
+        self.kl_sample_options = KLSampleOptions(
+            kl_num_samples, kl_sample_max_new_tokens, kl_sample_seed
+        )
         self.save_hyperparameters(ignore=["weighting"])
-        self.hparams.reference = reference
+        self.check_options()
+        self.hparams.reference = reference_policy.mode
+        self.reference_policy = reference_policy
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI stores the config's plain dict in hparams: keep the dataclass here
-        self.lora_options = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.lora_options = LoraOptions.coerce(lora)
         self.backbone = None
         self.reference_model = None
         self.tokenizer = None
         self.val_metrics = torch.nn.ModuleDict()
         self._val_names: list[str] = []
-        self._ref_tables: dict[str, torch.Tensor] = {}
-        self._ref_model_fp: str | None = None
         self._total_steps: int | None = None
         self._kl_warned = False
-        self._ref_samples: dict[str, ReferenceSamples] = {}
         self.train_group_metrics: TrainGroupMetrics | None = None
 
     # ------------------------------------------------------------------ model
@@ -290,26 +274,19 @@ class DPO(BackboneModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_causal_tokenizer(
-            hp.model_name_or_path, trust_remote_code=hp.trust_remote_code
-        )
-        model = load_causal_lm(
-            hp.model_name_or_path,
-            self.tokenizer,
-            tiny_config=hp.tiny_config,
-            dtype=hp.dtype,
+        self.tokenizer, model = load_backbone(
+            self.model_options,
+            "causal_lm",
             # WDPO's double backward rules out flash-attn: default to SDPA (run with the math kernel)
             attn_implementation=hp.attn_implementation or ("sdpa" if hp.wdpo_rho > 0 else None),
-            trust_remote_code=hp.trust_remote_code,
-            seed=hp.init_seed,
+            quantization_config=self._quantization(),
         )
-        if not hp.dropout:
-            disable_dropout(model)
-        if hp.reference == "frozen_copy":
-            self.reference_model = frozen_copy(model)  # before LoRA: get_peft_model edits in place
+        # the frozen copy (frozen_copy mode) before LoRA: get_peft_model edits in place
+        self.reference_model = self.reference_policy.build(model)
         self.backbone = prepare_for_training(
             model, hp.gradient_checkpointing, self.lora_options, task_type="CAUSAL_LM"
         )
+        self.reference_policy.attach(self.backbone)
 
     def setup(self, stage: str) -> None:
         self.configure_model()
@@ -320,7 +297,8 @@ class DPO(BackboneModule):
             if name not in self.val_metrics:
                 self.val_metrics[name] = DPOMetrics(group_names)
         self._val_names = names
-        untrained = self._ref_model_fp is None  # no fingerprint yet: the policy is the initial one
+        # no fingerprint yet: the policy is the initial one
+        untrained = not self.reference_policy.fingerprinted
         if group_names and stage == "fit" and self.train_group_metrics is None:
             self.train_group_metrics = TrainGroupMetrics(group_names)
         if self.hparams.reference == "precomputed":
@@ -344,11 +322,19 @@ class DPO(BackboneModule):
             self._kl_warned = True
 
     # ------------------------------------------------------------------ reference
+    # The reference lives in ``self.reference_policy`` (modules/reference.py); these are the
+    # module-level entry points, with the trainer's device, precision and ranks filled in.
+    def _reference_device(self, device):
+        if device is not None:
+            return device
+        return self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
+
     def reference_cache_dir(self) -> str:
-        if self.hparams.reference_cache_dir:
-            return self.hparams.reference_cache_dir
-        root = self.trainer.default_root_dir if self._trainer else "."
-        return os.path.join(root, "reference_cache")
+        return self.reference_policy.cache_directory(self._trainer)
+
+    @property
+    def _ref_tables(self) -> dict[str, torch.Tensor]:
+        return self.reference_policy.tables
 
     def precompute_reference(self, datamodule, device=None) -> dict[str, torch.Tensor]:
         """Fill the reference log-prob tables of every split of ``datamodule`` from the disk cache,
@@ -359,286 +345,35 @@ class DPO(BackboneModule):
                 "reference='precomputed' needs a PreferenceDataModule (its tokenised splits)"
             )
         self.configure_model()
-        trainer = self._trainer
-        if device is None:
-            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        self.backbone.to(device)
-        policy = self.backbone
-        # The identity of the reference is taken once, from the initial weights (setup runs before
-        # a checkpoint is restored); later calls (validate/test after fit) reuse it, and a
-        # full-weight policy, trained since, may then only read the cache, never fill it.
-        first = self._ref_model_fp is None
-        if first:
-            self._ref_model_fp = model_fingerprint(
-                policy, f"{self.hparams.model_name_or_path}|{self.hparams.dtype}"
-            )
-        model_fp = self._ref_model_fp
-        can_compute = first or self.hparams.lora is not None
-        is_writer = trainer is None or trainer.is_global_zero
-
-        def context():
-            if trainer is not None:
-                return trainer.precision_plugin.forward_context()
-            return contextlib.nullcontext()
-
-        batch_size = getattr(datamodule, "eval_batch_size", None) or 16
-        was_training = policy.training
-        policy.eval()
-        frozen = None if self.hparams.lora is not None else policy  # None: adapters disabled
-
-        def compute_for(split, dataset):
-            def compute():
-                if not can_compute:
-                    raise RuntimeError(
-                        f"reference log-probs of split {split!r} are not in the cache and the "
-                        "full-weight policy has been trained since the reference was fingerprinted: "
-                        "precompute them before training (same data module), or use LoRA"
-                    )
-                with context():
-                    return compute_split_logps(
-                        policy,
-                        frozen,
-                        dataset,
-                        datamodule.collator,
-                        batch_size,
-                        device,
-                        fast_head=self.hparams.fast_head,
-                    )
-
-            return compute
-
-        try:
-            for split, dataset in datamodule.datasets.items():
-                if is_writer:  # always through the disk key: the split's data may have changed
-                    self._ref_tables[split], _ = load_or_compute(
-                        self.reference_cache_dir(),
-                        split,
-                        dataset,
-                        model_fp,
-                        compute_for(split, dataset),
-                    )
-            if trainer is not None and trainer.world_size > 1:
-                trainer.strategy.barrier("reference_cache")  # rank 0 has written every split
-            if not is_writer:
-                for split, dataset in datamodule.datasets.items():
-                    self._ref_tables[split], _ = load_or_compute(
-                        self.reference_cache_dir(),
-                        split,
-                        dataset,
-                        model_fp,
-                        compute_for(split, dataset),
-                        is_writer=False,
-                    )
-        finally:
-            policy.train(was_training)
-        return self._ref_tables
-
-    # ------------------------------------------------------------------ reference samples (KL)
-    def _reference_identity(self) -> str:
-        """Fingerprint of the reference: the frozen copy when there is one, else the policy's base
-        weights (LoRA adapters skipped), taken once, before training."""
-        if self._ref_model_fp is None:
-            model = self.reference_model if self.reference_model is not None else self.backbone
-            self._ref_model_fp = model_fingerprint(
-                model, f"{self.hparams.model_name_or_path}|{self.hparams.dtype}"
-            )
-        return self._ref_model_fp
-
-    def _column_samples(self, datamodule, dataset):
-        """``(sequences, prompt lengths, rows)`` from the training source's ``ref_samples``
-        column, tokenised as the data module renders answers; ``None`` without that column."""
-        source = getattr(datamodule, "train_source", None)
-        if source is None or source.is_synthetic or dataset.examples is None:
-            return None
-        from lightning_robust.data.example import BadRow, PreferenceExample
-        from lightning_robust.data.source import load_rows
-        from lightning_robust.data.tokenize import encode_examples
-
-        rows = load_rows(source, datamodule.max_rows, datamodule.cache_dir)
-        if "ref_samples" not in rows.column_names:
-            return None
-        column = rows["ref_samples"]
-        examples, owners = [], []
-        for i, src in enumerate(dataset.source_index):
-            value = column[src]
-            value = [value] if isinstance(value, str) else value
-            if (
-                not isinstance(value, list)
-                or not value
-                or not all(isinstance(v, str) and v.strip() for v in value)
-            ):
-                raise ValueError(
-                    f"{source.describe()}, row {src}: 'ref_samples' must be a non-empty list of "
-                    f"non-empty response strings, got {value!r}"
-                )
-            for text in value:
-                examples.append(PreferenceExample(dataset.examples[i].prompt, text, text))
-                owners.append(i)
-        encoded = encode_examples(
-            examples,
-            datamodule.tokenizer,
-            datamodule.max_length,
-            chat_template=datamodule.chat_template,
-            append_eos=datamodule.append_eos,
+        return self.reference_policy.precompute(
+            datamodule, self._reference_device(device), self._trainer
         )
-        seqs, plens = [], []
-        for enc, i in zip(encoded, owners, strict=True):
-            if isinstance(enc, BadRow):
-                raise ValueError(
-                    f"{source.describe()}, row {dataset.source_index[i]}: a 'ref_samples' entry "
-                    f"cannot be encoded: {enc}"
-                )
-            seqs.append(list(enc.chosen_input_ids))
-            plens.append(int(enc.chosen_prompt_len))
-        return seqs, plens, owners
 
     def prepare_reference_samples(
         self, datamodule, device=None, untrained: bool | None = None
     ) -> ReferenceSamples:
         """Samples of ``pi_ref`` for the forward KL of the training split (``kl_samples:
-        reference``), with their reference log-probs: from the ``ref_samples`` column, or
-        generated once; read from / written to the disk cache. Logs which source is used.
-        ``untrained``: the policy still has its initial weights (default: no reference
-        fingerprint taken yet); a full-weight policy may only build samples then."""
+        reference``; :meth:`ReferencePolicy.prepare_samples`)."""
         if datamodule is None or "train" not in (getattr(datamodule, "datasets", None) or {}):
             raise ValueError(
                 "kl_samples='reference' needs a PreferenceDataModule with a train split"
             )
         self.configure_model()
-        hp = self.hparams
-        trainer = self._trainer
-        if device is None:
-            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        self.backbone.to(device)
-        if self.reference_model is not None:
-            self.reference_model.to(device)
-        first = self._ref_model_fp is None if untrained is None else untrained
-        model_fp = self._reference_identity()
-        # a full-weight policy is its own reference only before it is trained
-        frozen = self.reference_model
-        if frozen is None and hp.lora is None:
-            frozen = self.backbone
-        can_build = first or frozen is not self.backbone
-        dataset = datamodule.datasets["train"]
-        pad = self.tokenizer.pad_token_id
-        batch_size = getattr(datamodule, "eval_batch_size", None) or 16
-        column = self._column_samples(datamodule, dataset)
-        if column is not None:
-            digest = hashlib.blake2b(repr(column).encode(), digest_size=16).hexdigest()
-            settings = {"source": "column", "samples": digest}
-        else:
-            settings = {
-                "source": "generated",
-                "num_samples": hp.kl_num_samples,
-                "max_new_tokens": hp.kl_sample_max_new_tokens,
-                "seed": hp.kl_sample_seed,
-                "eos": self.tokenizer.eos_token_id,
-            }
-        settings["fast_head"] = bool(hp.fast_head)
-
-        def build() -> ReferenceSamples:
-            if not can_build:
-                raise RuntimeError(
-                    "reference samples are not in the cache and the full-weight policy has been "
-                    "trained since the reference was fingerprinted: prepare them before training"
-                )
-            was_training = self.backbone.training
-            self.backbone.eval()
-            try:
-                if column is not None:
-                    seqs, plens, rows = column
-                else:
-                    seqs, plens, rows = generate_reference_samples(
-                        self.backbone,
-                        frozen,
-                        dataset,
-                        num_samples=hp.kl_num_samples,
-                        max_new_tokens=hp.kl_sample_max_new_tokens,
-                        eos_token_id=self.tokenizer.eos_token_id,
-                        pad_token_id=pad,
-                        batch_size=batch_size,
-                        device=device,
-                        seed=hp.kl_sample_seed,
-                    )
-                ctx = (
-                    trainer.precision_plugin.forward_context()
-                    if trainer
-                    else contextlib.nullcontext()
-                )
-                with ctx:
-                    logps = samples_reference_logps(
-                        self.backbone, frozen, seqs, plens, pad, batch_size, device, hp.fast_head
-                    )
-            finally:
-                self.backbone.train(was_training)
-            return ReferenceSamples.from_lists(seqs, plens, rows, logps, settings["source"])
-
-        is_writer = trainer is None or trainer.is_global_zero
-        if is_writer:
-            samples, built, path = load_or_build_samples(
-                self.reference_cache_dir(), "train", dataset, model_fp, settings, build
-            )
-        if trainer is not None and trainer.world_size > 1:
-            trainer.strategy.barrier("reference_samples")
-        if not is_writer:
-            samples, built, path = load_or_build_samples(
-                self.reference_cache_dir(),
-                "train",
-                dataset,
-                model_fp,
-                settings,
-                build,
-                is_writer=False,
-            )
-        what = (
-            "the training data's 'ref_samples' column"
-            if column is not None
-            else f"{hp.kl_num_samples} completion(s) per prompt generated from the reference "
-            f"(max {hp.kl_sample_max_new_tokens} new tokens, seed {hp.kl_sample_seed})"
+        return self.reference_policy.prepare_samples(
+            datamodule,
+            self.tokenizer,
+            self.kl_sample_options,
+            self._reference_device(device),
+            self._trainer,
+            untrained=untrained,
         )
-        log.info(
-            "forward-KL pessimism: kl_samples='reference' uses %d samples of pi_ref from %s; %s %s",
-            len(samples),
-            what,
-            "built and cached in" if built else "read from the cache",
-            path,
-        )
-        self._ref_samples["train"] = samples
-        return samples
 
     def reference_sample_kl(self, batch: dict) -> torch.Tensor:
-        """``KL_hat(x_i)`` ``[B]`` of the batch's prompts on their cached ``pi_ref`` samples:
-        the policy's log-probs (with grad) against the cached reference log-probs (§3.4)."""
-        samples = self._ref_samples.get("train")
-        if samples is None:
-            raise RuntimeError(
-                "kl_samples='reference': no reference samples prepared; fit with a "
-                "PreferenceDataModule or call prepare_reference_samples(datamodule) first"
-            )
-        device = batch["chosen_input_ids"].device
-        rows = batch["index"].tolist()
-        s = samples.batch(rows, self.tokenizer.pad_token_id, device)
-        policy, _ = sequence_logprobs(
-            self.backbone,
-            s["input_ids"],
-            s["attention_mask"],
-            s["prompt_len"],
-            fast_head=self.hparams.fast_head,
-        )
-        return forward_kl_estimate(
-            s["ref_logps"].to(policy.dtype), policy, prompt_index=s["owner"], num_prompts=len(rows)
-        )
+        """``KL_hat(x_i)`` ``[B]`` of the batch's prompts on their cached ``pi_ref`` samples."""
+        return self.reference_policy.sample_kl(batch, self.tokenizer.pad_token_id)
 
     def _reference_logps(self, batch: dict, split: str, ids, mask, plen) -> torch.Tensor:
-        if self.hparams.reference == "precomputed":
-            table = self._ref_tables.get(split)
-            if table is None:
-                raise KeyError(f"no precomputed reference log-probs for split {split!r}")
-            rows = table[batch["index"].cpu()].to(ids.device)
-            return torch.cat([rows[:, 0], rows[:, 1]])
-        return reference_logps(
-            self.backbone, self.reference_model, ids, mask, plen, fast_head=self.hparams.fast_head
-        )
+        return self.reference_policy.pair_logps(batch, split, ids, mask, plen)
 
     # ------------------------------------------------------------------ forward
     def concatenated_logps(self, batch: dict, split: str = "train", embeddings: bool = False):
@@ -874,14 +609,9 @@ class DPO(BackboneModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)  # the skipped-step count of the non-finite policy
-        # The frozen reference equals the initial model, rebuilt by configure_model: not saved.
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("reference_model.")]:
-            del state[key]
+        self.reference_policy.drop_from_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.configure_model()
-        if self.reference_model is not None and "state_dict" in checkpoint:
-            for key, value in self.reference_model.state_dict().items():
-                checkpoint["state_dict"].setdefault(f"reference_model.{key}", value)
+        self.reference_policy.fill_checkpoint(checkpoint)

@@ -25,23 +25,32 @@ generator (seeded from ``init_seed`` and the step) and so never shifts the train
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from typing import Literal
 
 import torch
 
-from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
-from lightning_robust.models.lora import LoraOptions, disable_dropout, prepare_for_training
+from lightning_robust.models.backbone import ModelOptions, load_backbone
+from lightning_robust.models.lora import LoraOptions, prepare_for_training
 from lightning_robust.models.rollout import (
     Rollout,
     generate_rollouts,
     select_rows,
     token_logprobs_and_values,
 )
+from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
 from lightning_robust.modules.base import BackboneModule
 from lightning_robust.modules.metrics import FiniteMean
-from lightning_robust.modules.optim import Schedule, build_optimizer, validate_optimizer_options
-from lightning_robust.modules.reference import frozen_copy, reference_view
+from lightning_robust.modules.optim import (
+    OptimizerOptions,
+    Schedule,
+    TorchOptimizer,
+    build_optimizer,
+    no_weight_decay_ids,
+)
+from lightning_robust.modules.reference import ReferencePolicy
+from lightning_robust.modules.reward_loading import load_reward_scorer
 from lightning_robust.objectives.rl import sequence_kl_k3
 
 log = logging.getLogger(__name__)
@@ -103,6 +112,9 @@ class OnlineRLModule(BackboneModule):
         lora: LoRA options; ``None`` trains every weight (reference = frozen copy).
         learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and its
             per-update schedule.
+        optimizer: the ``torch.optim`` class and its extra arguments
+            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
+            decay skips biases and normalisation weights (as HF Trainer / TRL).
         max_grad_norm: gradient-norm clip of each update (``None``: off).
         reward_batch_size, reward_max_length: batching and truncation of the reward scorers.
         val_do_sample: validation completions sampled at ``temperature`` (default: the KL
@@ -136,6 +148,7 @@ class OnlineRLModule(BackboneModule):
         warmup_ratio: float,
         lr_schedule: Schedule,
         min_lr_ratio: float,
+        optimizer,
         max_grad_norm: float | None,
         reward_batch_size: int,
         reward_max_length: int,
@@ -150,7 +163,16 @@ class OnlineRLModule(BackboneModule):
         init_seed: int,
     ):
         super().__init__()
-        validate_optimizer_options(learning_rate, lr_schedule)
+        # the grouped options, checked before any model is loaded
+        choice = TorchOptimizer.coerce(optimizer)
+        OptimizerOptions(
+            learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio,
+            choice.name, dict(choice.kwargs or {}),
+        )
+        ModelOptions(
+            model_name_or_path, tiny_config, dtype, attn_implementation,
+            gradient_checkpointing, dropout, trust_remote_code, init_seed,
+        )
         checks = {
             "num_generations": num_generations >= 1,
             "max_new_tokens": max_new_tokens >= 1,
@@ -172,7 +194,14 @@ class OnlineRLModule(BackboneModule):
         self.automatic_optimization = False
         self.weighting = weighting
         # LightningCLI stores the config's plain dict in hparams: keep the dataclass here
-        self.lora_options = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.lora_options = LoraOptions.coerce(lora)
+        # the reference: the LoRA policy with its adapters disabled, else a frozen initial copy
+        self.reference_policy = ReferencePolicy(
+            None,
+            lora=self.lora_options is not None,
+            name=f"{model_name_or_path}|{dtype}",
+            allowed=("lora_disabled", "frozen_copy"),
+        )
         self.backbone = None
         self.reference_model = None
         self.tokenizer = None
@@ -181,6 +210,14 @@ class OnlineRLModule(BackboneModule):
         self._scorers: dict[str, object] = {}
         self._vllm_engine = None
 
+    @classmethod
+    def common_args(cls, values: dict) -> dict:
+        """The arguments of :class:`OnlineRLModule` taken from a subclass's ``locals()``: the
+        subclass lists them in its own signature (for its defaults and LightningCLI's help) and
+        hands them on with ``super().__init__(**OnlineRLModule.common_args(locals()))``."""
+        names = [n for n in inspect.signature(OnlineRLModule.__init__).parameters if n != "self"]
+        return {n: values[n] for n in names}
+
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
         """Load tokenizer, policy, the frozen reference (without LoRA) and extra modules;
@@ -188,25 +225,16 @@ class OnlineRLModule(BackboneModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_causal_tokenizer(
-            hp.model_name_or_path, trust_remote_code=hp.trust_remote_code, padding_side="left"
+        self.tokenizer, model = load_backbone(
+            self.model_options, "causal_lm", padding_side="left",
+            quantization_config=self._quantization(),
         )
-        model = load_causal_lm(
-            hp.model_name_or_path,
-            self.tokenizer,
-            tiny_config=hp.tiny_config,
-            dtype=hp.dtype,
-            attn_implementation=hp.attn_implementation,
-            trust_remote_code=hp.trust_remote_code,
-            seed=hp.init_seed,
-        )
-        if not hp.dropout:
-            disable_dropout(model)
-        if self.lora_options is None:
-            self.reference_model = frozen_copy(model)  # before LoRA: get_peft_model edits in place
+        # the frozen copy (no LoRA) before LoRA: get_peft_model edits in place
+        self.reference_model = self.reference_policy.build(model)
         self.backbone = prepare_for_training(
             model, hp.gradient_checkpointing, self.lora_options, task_type="CAUSAL_LM"
         )
+        self.reference_policy.attach(self.backbone)
         self.build_extra_modules(self.backbone)
 
     def build_extra_modules(self, model) -> None:
@@ -233,20 +261,15 @@ class OnlineRLModule(BackboneModule):
             total = min(total, trainer.max_steps)
         return build_optimizer(
             self.trainable_parameters(),
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
+            self.optimizer_options,
             total_steps=int(total) if total != float("inf") else 10**9,
-            warmup_ratio=hp.warmup_ratio,
-            schedule=hp.lr_schedule,
-            min_lr_ratio=hp.min_lr_ratio,
+            no_decay=no_weight_decay_ids(self),
         )
 
     # ------------------------------------------------------------------ scoring
     def scorer(self, which: Literal["proxy", "gold"]):
         """The proxy or gold scorer, loaded on first use (``None`` when gold is not configured)."""
         if which not in self._scorers:
-            from lightning_robust.models.reward_loading import load_reward_scorer
-
             spec = self.hparams.reward_model if which == "proxy" else self.hparams.gold_reward_model
             self._scorers[which] = (
                 None
@@ -289,8 +312,6 @@ class OnlineRLModule(BackboneModule):
     def vllm_engine(self):
         """The vLLM engine of ``rollout_backend="vllm"``, built on first use (untested path)."""
         if self._vllm_engine is None:
-            from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
-
             hp = self.hparams
             self._vllm_engine = VLLMRolloutEngine(
                 hp.model_name_or_path, dtype=hp.dtype or "bfloat16", seed=hp.init_seed
@@ -317,11 +338,9 @@ class OnlineRLModule(BackboneModule):
             do_sample=do_sample,
         )
 
-    @torch.no_grad()
     def reference_token_logprobs(self, rollout: Rollout) -> torch.Tensor:
         """``[N, R]`` reference log-probs (LoRA disabled, or the frozen copy), no graph."""
-        with reference_view(self.backbone, self.reference_model) as model:
-            return token_logprobs_and_values(model, rollout, self.hparams.temperature)[0]
+        return self.reference_policy.token_logprobs(rollout, self.hparams.temperature)
 
     def policy_forward(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(log-probs [N, R], values [N, R] or None)`` of the current policy (grad if enabled)."""
@@ -452,14 +471,9 @@ class OnlineRLModule(BackboneModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        # The frozen reference equals the initial model, rebuilt by configure_model: not saved.
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("reference_model.")]:
-            del state[key]
+        self.reference_policy.drop_from_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.configure_model()
-        if self.reference_model is not None and "state_dict" in checkpoint:
-            for key, value in self.reference_model.state_dict().items():
-                checkpoint["state_dict"].setdefault(f"reference_model.{key}", value)
+        self.reference_policy.fill_checkpoint(checkpoint)

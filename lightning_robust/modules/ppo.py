@@ -32,10 +32,10 @@ from typing import Literal
 import torch
 
 from lightning_robust.models.lora import LoraOptions
-from lightning_robust.models.rollout import Rollout
+from lightning_robust.models.rollout import Rollout, token_logprobs_and_values
 from lightning_robust.modules.base import validate_step_options
 from lightning_robust.modules.online import LossAggregation, OnlineRLModule
-from lightning_robust.modules.optim import Schedule
+from lightning_robust.modules.optim import Schedule, TorchOptimizer
 from lightning_robust.objectives.rl import (
     aggregate_token_losses,
     clipped_value_loss,
@@ -104,6 +104,7 @@ class PPO(OnlineRLModule):
         warmup_ratio: float = 0.0,
         lr_schedule: Schedule = "linear",
         min_lr_ratio: float = 0.0,
+        optimizer: TorchOptimizer | None = None,
         max_grad_norm: float | None = 1.0,
         reward_batch_size: int = 16,
         reward_max_length: int = 1024,
@@ -127,39 +128,7 @@ class PPO(OnlineRLModule):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if not (0 <= lam <= 1 and 0 <= gamma <= 1):
             raise ValueError(f"gamma and lam must lie in [0, 1], got gamma={gamma!r}, lam={lam!r}")
-        super().__init__(
-            model_name_or_path=model_name_or_path,
-            reward_model=reward_model,
-            gold_reward_model=gold_reward_model,
-            num_generations=num_generations,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            ppo_epochs=ppo_epochs,
-            num_minibatches=num_minibatches,
-            clip=clip,
-            loss_aggregation=loss_aggregation,
-            weighting=weighting,
-            lora=lora,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_ratio=warmup_ratio,
-            lr_schedule=lr_schedule,
-            min_lr_ratio=min_lr_ratio,
-            max_grad_norm=max_grad_norm,
-            reward_batch_size=reward_batch_size,
-            reward_max_length=reward_max_length,
-            val_do_sample=val_do_sample,
-            rollout_backend=rollout_backend,
-            tiny_config=tiny_config,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            gradient_checkpointing=gradient_checkpointing,
-            dropout=dropout,
-            trust_remote_code=trust_remote_code,
-            init_seed=init_seed,
-        )
+        super().__init__(**OnlineRLModule.common_args(locals()))
         validate_step_options(nonfinite)
         self.save_hyperparameters(ignore=["weighting"])
         self.value_head = None
@@ -179,8 +148,6 @@ class PPO(OnlineRLModule):
         return True
 
     def policy_forward(self, rollout: Rollout):
-        from lightning_robust.models.rollout import token_logprobs_and_values
-
         return token_logprobs_and_values(
             self.backbone, rollout, self.hparams.temperature, value_head=self.value_head
         )

@@ -11,12 +11,19 @@ Three ways to get ``log pi_ref(y|x)`` (summed over response tokens, ALGORITHMS.m
   fingerprint hashes the reference's name, dtype and every base weight. A change of either gives
   a new file name, so a stale cache is never read (old files stay until deleted). Rows are
   selected by the batch's ``index`` key.
+
+:class:`ReferencePolicy` is the one home of the reference: the mode (resolved once from the
+options), the frozen copy, the fingerprint of the reference's identity, the precomputed tables,
+the samples of ``pi_ref`` for the forward KL of p-/dp-/e-DPO, and every reference forward.
+``DPO``, ``GRPO``/``PPO`` (through ``OnlineRLModule``) and the DPO implicit-reward scorer use it;
+the functions below are its building blocks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import logging
 import os
@@ -26,9 +33,15 @@ from typing import Literal
 
 import torch
 
+from lightning_robust.data.collator import pad_sequences
+from lightning_robust.data.example import BadRow, PreferenceExample
+from lightning_robust.data.source import load_rows
+from lightning_robust.data.tokenize import encode_examples
 from lightning_robust.models.logprobs import sequence_logprobs
 from lightning_robust.models.lora import is_peft_model
+from lightning_robust.models.rollout import generate_rollouts, token_logprobs_and_values
 from lightning_robust.modules.checkpoint_io import atomic_torch_save
+from lightning_robust.objectives.dpo import forward_kl_estimate
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +264,7 @@ class ReferenceSamples:
         if not ids:
             raise ValueError(f"rows {rows} have no reference samples")
         seqs = self.sequences(ids)
-        input_ids, mask = pad_right(seqs, pad_token_id)
+        input_ids, mask = pad_sequences(seqs, int(pad_token_id))
         out = {
             "input_ids": input_ids,
             "attention_mask": mask,
@@ -272,27 +285,6 @@ class ReferenceSamples:
         }
 
 
-def pad_right(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), int(pad_token_id), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def _pad_left(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), int(pad_token_id), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def generate_reference_samples(
     policy,
@@ -310,8 +302,6 @@ def generate_reference_samples(
     """``num_samples`` completions ``y ~ pi_ref(.|x)`` of every row's prompt (the tokens before
     ``chosen_prompt_len``), sampled at temperature 1 without top-p / top-k. Returns
     ``(sequences, prompt lengths, rows)``: prompt + response up to and including the first eos."""
-    from lightning_robust.models.rollout import generate_rollouts
-
     seqs, plens, rows = [], [], []
     devices = [device] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), reference_view(policy, frozen) as model:
@@ -319,7 +309,7 @@ def generate_reference_samples(
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             prompts = [list(it["chosen_input_ids"][: it["chosen_prompt_len"]]) for it in items]
-            ids, mask = _pad_left(prompts, pad_token_id)
+            ids, mask = pad_sequences(prompts, int(pad_token_id), side="left")
             rollout = generate_rollouts(
                 model,
                 ids.to(device),
@@ -355,7 +345,7 @@ def samples_reference_logps(
     """``[S]`` float32 reference log-probs of the samples (right-padded no-grad batches)."""
     out = []
     for start in range(0, len(seqs), batch_size):
-        ids, mask = pad_right(seqs[start : start + batch_size], pad_token_id)
+        ids, mask = pad_sequences(seqs[start : start + batch_size], int(pad_token_id))
         plen = torch.as_tensor(prompt_len[start : start + batch_size], dtype=torch.long)
         out.append(
             reference_logps(
@@ -414,3 +404,417 @@ def load_or_build_samples(
             path,
         )
     return samples, True, path
+
+
+# ---------------------------------------------------------------- the reference as one object
+#: every mode :class:`ReferencePolicy` knows; ``none`` (no reference: reference-free scoring) is
+#: not offered by the training modules, which take :data:`REFERENCE_MODES`
+POLICY_MODES = (*REFERENCE_MODES, "none")
+
+
+def resolve_reference_mode(
+    mode: str | None, lora: bool, allowed: tuple[str, ...] = REFERENCE_MODES
+) -> str:
+    """The reference mode an option asks for: ``None`` is ``lora_disabled`` with LoRA (the base
+    model is the reference, no second copy) and ``frozen_copy`` without. Unknown modes and
+    ``lora_disabled`` without LoRA are named errors."""
+    if mode is None:
+        mode = "lora_disabled" if lora else "frozen_copy"
+    if mode not in allowed:
+        raise ValueError(f"unknown reference={mode!r}; expected one of {list(allowed)}")
+    if mode == "lora_disabled" and not lora:
+        raise ValueError(
+            "reference='lora_disabled' needs `lora` (the base model is the reference)"
+        )
+    return mode
+
+
+@dataclass(frozen=True)
+class KLSampleOptions:
+    """How the samples of ``pi_ref`` for the forward KL are generated when the data has no
+    ``ref_samples`` column: ``num_samples`` completions per prompt, at most ``max_new_tokens``
+    new tokens, sampling seed ``seed`` (temperature 1, no top-p / top-k)."""
+
+    num_samples: int = 2
+    max_new_tokens: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.num_samples < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                "kl_num_samples and kl_sample_max_new_tokens must be >= 1, got "
+                f"{self.num_samples} and {self.max_new_tokens}"
+            )
+
+
+def column_samples(datamodule, dataset):
+    """``(sequences, prompt lengths, rows)`` from the training source's ``ref_samples`` column,
+    tokenised as the data module renders answers; ``None`` without that column."""
+    source = getattr(datamodule, "train_source", None)
+    if source is None or source.is_synthetic or dataset.examples is None:
+        return None
+    rows = load_rows(source, datamodule.max_rows, datamodule.cache_dir)
+    if "ref_samples" not in rows.column_names:
+        return None
+    column = rows["ref_samples"]
+    examples, owners = [], []
+    for i, src in enumerate(dataset.source_index):
+        value = column[src]
+        value = [value] if isinstance(value, str) else value
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v.strip() for v in value)
+        ):
+            raise ValueError(
+                f"{source.describe()}, row {src}: 'ref_samples' must be a non-empty list of "
+                f"non-empty response strings, got {value!r}"
+            )
+        for text in value:
+            examples.append(PreferenceExample(dataset.examples[i].prompt, text, text))
+            owners.append(i)
+    encoded = encode_examples(
+        examples,
+        datamodule.tokenizer,
+        datamodule.max_length,
+        chat_template=datamodule.chat_template,
+        append_eos=datamodule.append_eos,
+    )
+    seqs, plens = [], []
+    for enc, i in zip(encoded, owners, strict=True):
+        if isinstance(enc, BadRow):
+            raise ValueError(
+                f"{source.describe()}, row {dataset.source_index[i]}: a 'ref_samples' entry "
+                f"cannot be encoded: {enc}"
+            )
+        seqs.append(list(enc.chosen_input_ids))
+        plens.append(int(enc.chosen_prompt_len))
+    return seqs, plens, owners
+
+
+def _forward_context(trainer):
+    return trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
+
+
+def _is_writer(trainer) -> bool:
+    return trainer is None or trainer.is_global_zero
+
+
+def _barrier(trainer, name: str) -> None:
+    if trainer is not None and trainer.world_size > 1:
+        trainer.strategy.barrier(name)
+
+
+class ReferencePolicy:
+    """The reference policy ``pi_ref`` of a module, in one place (DESIGN.md, "Reference policy").
+
+    Owns the mode (``lora_disabled`` | ``frozen_copy`` | ``precomputed`` | ``none``, resolved
+    once by :func:`resolve_reference_mode`), the frozen copy (made by :meth:`build` before LoRA
+    wraps the model; the owning LightningModule registers it as ``reference_model`` so it moves
+    with the module and stays out of checkpoints), the fingerprint of the reference's identity
+    (taken once, from the initial weights), the precomputed ``[N, 2]`` tables per split and the
+    samples of ``pi_ref`` for the forward KL. The policy itself is attached by :meth:`attach`.
+
+    Args:
+        mode: the reference option (``None``: the default for ``lora``).
+        lora: the policy carries LoRA adapters (its base model can be the reference).
+        name: identity of the initial model for the fingerprint (model name and dtype).
+        cache_dir: directory of the on-disk caches (``None``: ``<default_root_dir>/reference_cache``).
+        fast_head: score only response positions through the LM head (same values, faster).
+        allowed: the modes the owner offers.
+    """
+
+    def __init__(
+        self,
+        mode: str | None,
+        *,
+        lora: bool,
+        name: str,
+        cache_dir: str | None = None,
+        fast_head: bool = True,
+        allowed: tuple[str, ...] = REFERENCE_MODES,
+    ):
+        self.mode = resolve_reference_mode(mode, lora, allowed)
+        self.lora = bool(lora)
+        self.name = name
+        self.cache_dir = cache_dir
+        self.fast_head = fast_head
+        self.policy = None
+        self.frozen = None
+        self.tables: dict[str, torch.Tensor] = {}
+        self.samples: dict[str, ReferenceSamples] = {}
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ models
+    def build(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """The frozen copy of ``model`` when the mode asks for one (call before LoRA:
+        ``get_peft_model`` edits the model in place), else ``None``."""
+        self.frozen = frozen_copy(model) if self.mode == "frozen_copy" else None
+        return self.frozen
+
+    def attach(self, policy: torch.nn.Module) -> None:
+        """The trained policy (the reference itself under ``lora_disabled``)."""
+        self.policy = policy
+
+    def _compute_model(self):
+        """The ``frozen`` argument of :func:`reference_view` that computes ``pi_ref``: the frozen
+        copy, else ``None`` (adapters disabled) with LoRA, else the policy itself (valid only
+        while it has its initial weights)."""
+        if self.frozen is not None:
+            return self.frozen
+        return None if self.lora else self.policy
+
+    def view(self):
+        """Context manager yielding the model that computes ``pi_ref`` (the frozen copy, or the
+        LoRA policy with its adapters disabled)."""
+        if self.mode == "none":
+            raise ValueError("reference='none': there is no reference model")
+        if self.frozen is None and not self.lora:
+            raise ValueError(
+                f"reference={self.mode!r} without LoRA keeps no reference model, only its cached "
+                "log-probs of the data module's rows: use LoRA or reference='frozen_copy' to "
+                "score other text against the reference"
+            )
+        return reference_view(self.policy, self.frozen)
+
+    #: where the owning module registers the frozen copy (its state_dict prefix)
+    STATE_PREFIX = "reference_model."
+
+    def drop_from_checkpoint(self, checkpoint: dict) -> None:
+        """The frozen copy equals the initial model, rebuilt by ``configure_model``: not saved."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(self.STATE_PREFIX)]:
+            del state[key]
+
+    def fill_checkpoint(self, checkpoint: dict) -> None:
+        """Put the rebuilt frozen copy's weights into a loaded checkpoint that lacks them, so a
+        strict ``load_state_dict`` of the owning module accepts it."""
+        if self.frozen is not None and "state_dict" in checkpoint:
+            for key, value in self.frozen.state_dict().items():
+                checkpoint["state_dict"].setdefault(f"{self.STATE_PREFIX}{key}", value)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def fingerprinted(self) -> bool:
+        """Whether the identity has been taken (after that, a full-weight policy may be trained)."""
+        return self._fingerprint is not None
+
+    def fingerprint(self) -> str:
+        """Hash of the reference's identity (:func:`model_fingerprint`): the frozen copy when
+        there is one, else the policy's base weights (LoRA adapters skipped); taken once."""
+        if self._fingerprint is None:
+            model = self.frozen if self.frozen is not None else self.policy
+            self._fingerprint = model_fingerprint(model, self.name)
+        return self._fingerprint
+
+    def cache_directory(self, trainer=None) -> str:
+        if self.cache_dir:
+            return self.cache_dir
+        root = trainer.default_root_dir if trainer is not None else "."
+        return os.path.join(root, "reference_cache")
+
+    # ------------------------------------------------------------------ log-probs
+    def logps(self, input_ids, attention_mask, prompt_len) -> torch.Tensor:
+        """``log pi_ref`` of each row (``[B]``, float32), no graph."""
+        return reference_logps(
+            self.policy, self.frozen, input_ids, attention_mask, prompt_len, fast_head=self.fast_head
+        )
+
+    def pair_logps(self, batch: dict, split: str, input_ids, attention_mask, prompt_len) -> torch.Tensor:
+        """``[2B]`` reference log-probs of a pair batch (chosen rows first): the precomputed
+        table's rows of ``batch["index"]``, or a no-grad forward."""
+        if self.mode == "precomputed":
+            table = self.tables.get(split)
+            if table is None:
+                raise KeyError(f"no precomputed reference log-probs for split {split!r}")
+            rows = table[batch["index"].cpu()].to(input_ids.device)
+            return torch.cat([rows[:, 0], rows[:, 1]])
+        return self.logps(input_ids, attention_mask, prompt_len)
+
+    @torch.no_grad()
+    def token_logprobs(self, rollout, temperature: float) -> torch.Tensor:
+        """``[N, R]`` reference log-probs of a rollout's response tokens, no graph (online RL)."""
+        with self.view() as model:
+            return token_logprobs_and_values(model, rollout, temperature)[0]
+
+    # ------------------------------------------------------------------ precomputed tables
+    def precompute(self, datamodule, device, trainer=None) -> dict[str, torch.Tensor]:
+        """Fill the tables of every split of ``datamodule`` from the disk cache, computing
+        (no-grad batches) and saving the missing ones (rank 0 writes, the others read after a
+        barrier). A full-weight policy may only compute before its identity was taken: later
+        calls (validate/test after fit) may only read the cache."""
+        if datamodule is None or not getattr(datamodule, "datasets", None):
+            raise ValueError(
+                "reference='precomputed' needs a PreferenceDataModule (its tokenised splits)"
+            )
+        policy = self.policy
+        policy.to(device)
+        first = not self.fingerprinted
+        model_fp = self.fingerprint()
+        can_compute = first or self.lora
+        batch_size = getattr(datamodule, "eval_batch_size", None) or 16
+        was_training = policy.training
+        policy.eval()
+
+        def table(split, dataset, is_writer):
+            return load_or_compute(
+                self.cache_directory(trainer),
+                split,
+                dataset,
+                model_fp,
+                functools.partial(
+                    self._compute_table, split, dataset, datamodule.collator, batch_size, device,
+                    trainer, can_compute,
+                ),
+                is_writer=is_writer,
+            )[0]
+
+        try:
+            if _is_writer(trainer):  # always through the disk key: the split's data may have changed
+                for split, dataset in datamodule.datasets.items():
+                    self.tables[split] = table(split, dataset, True)
+            _barrier(trainer, "reference_cache")  # rank 0 has written every split
+            if not _is_writer(trainer):
+                for split, dataset in datamodule.datasets.items():
+                    self.tables[split] = table(split, dataset, False)
+        finally:
+            policy.train(was_training)
+        return self.tables
+
+    def _compute_table(self, split, dataset, collator, batch_size, device, trainer, can_compute):
+        if not can_compute:
+            raise RuntimeError(
+                f"reference log-probs of split {split!r} are not in the cache and the "
+                "full-weight policy has been trained since the reference was fingerprinted: "
+                "precompute them before training (same data module), or use LoRA"
+            )
+        with _forward_context(trainer):
+            return compute_split_logps(
+                self.policy, self._compute_model(), dataset, collator, batch_size, device,
+                fast_head=self.fast_head,
+            )
+
+    # ------------------------------------------------------------------ samples (forward KL)
+    def prepare_samples(
+        self,
+        datamodule,
+        tokenizer,
+        options: KLSampleOptions,
+        device,
+        trainer=None,
+        untrained: bool | None = None,
+    ) -> ReferenceSamples:
+        """Samples of ``pi_ref`` for the forward KL of the training split, with their reference
+        log-probs: from the ``ref_samples`` column, or generated once; read from / written to the
+        disk cache. Logs which source is used. ``untrained``: the policy still has its initial
+        weights (default: no fingerprint taken yet); a full-weight policy may only build then."""
+        if datamodule is None or "train" not in (getattr(datamodule, "datasets", None) or {}):
+            raise ValueError(
+                "kl_samples='reference' needs a PreferenceDataModule with a train split"
+            )
+        self.policy.to(device)
+        if self.frozen is not None:
+            self.frozen.to(device)
+        first = not self.fingerprinted if untrained is None else untrained
+        model_fp = self.fingerprint()
+        # a full-weight policy is its own reference only before it is trained
+        can_build = first or self._compute_model() is not self.policy
+        dataset = datamodule.datasets["train"]
+        batch_size = getattr(datamodule, "eval_batch_size", None) or 16
+        column = column_samples(datamodule, dataset)
+        if column is not None:
+            digest = hashlib.blake2b(repr(column).encode(), digest_size=16).hexdigest()
+            settings = {"source": "column", "samples": digest}
+        else:
+            settings = {
+                "source": "generated",
+                "num_samples": options.num_samples,
+                "max_new_tokens": options.max_new_tokens,
+                "seed": options.seed,
+                "eos": tokenizer.eos_token_id,
+            }
+        settings["fast_head"] = bool(self.fast_head)
+        build = functools.partial(
+            self._build_samples, column, dataset, tokenizer, options, settings["source"],
+            batch_size, device, trainer, can_build,
+        )
+        cache_dir = self.cache_directory(trainer)
+        if _is_writer(trainer):
+            samples, built, path = load_or_build_samples(
+                cache_dir, "train", dataset, model_fp, settings, build
+            )
+        _barrier(trainer, "reference_samples")
+        if not _is_writer(trainer):
+            samples, built, path = load_or_build_samples(
+                cache_dir, "train", dataset, model_fp, settings, build, is_writer=False
+            )
+        what = (
+            "the training data's 'ref_samples' column"
+            if column is not None
+            else f"{options.num_samples} completion(s) per prompt generated from the reference "
+            f"(max {options.max_new_tokens} new tokens, seed {options.seed})"
+        )
+        log.info(
+            "forward-KL pessimism: kl_samples='reference' uses %d samples of pi_ref from %s; %s %s",
+            len(samples),
+            what,
+            "built and cached in" if built else "read from the cache",
+            path,
+        )
+        self.samples["train"] = samples
+        return samples
+
+    def _build_samples(
+        self, column, dataset, tokenizer, options, source, batch_size, device, trainer, can_build
+    ) -> ReferenceSamples:
+        if not can_build:
+            raise RuntimeError(
+                "reference samples are not in the cache and the full-weight policy has been "
+                "trained since the reference was fingerprinted: prepare them before training"
+            )
+        frozen = self._compute_model()
+        pad = tokenizer.pad_token_id
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            if column is not None:
+                seqs, plens, rows = column
+            else:
+                seqs, plens, rows = generate_reference_samples(
+                    self.policy,
+                    frozen,
+                    dataset,
+                    num_samples=options.num_samples,
+                    max_new_tokens=options.max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=pad,
+                    batch_size=batch_size,
+                    device=device,
+                    seed=options.seed,
+                )
+            with _forward_context(trainer):
+                logps = samples_reference_logps(
+                    self.policy, frozen, seqs, plens, pad, batch_size, device, self.fast_head
+                )
+        finally:
+            self.policy.train(was_training)
+        return ReferenceSamples.from_lists(seqs, plens, rows, logps, source)
+
+    def sample_kl(self, batch: dict, pad_token_id: int) -> torch.Tensor:
+        """``KL_hat(x_i)`` ``[B]`` of the batch's prompts on their cached ``pi_ref`` samples: the
+        policy's log-probs (with grad) against the cached reference log-probs (§3.4)."""
+        samples = self.samples.get("train")
+        if samples is None:
+            raise RuntimeError(
+                "kl_samples='reference': no reference samples prepared; fit with a "
+                "PreferenceDataModule or call prepare_reference_samples(datamodule) first"
+            )
+        device = batch["chosen_input_ids"].device
+        rows = batch["index"].tolist()
+        s = samples.batch(rows, pad_token_id, device)
+        policy, _ = sequence_logprobs(
+            self.policy, s["input_ids"], s["attention_mask"], s["prompt_len"], fast_head=self.fast_head
+        )
+        return forward_kl_estimate(
+            s["ref_logps"].to(policy.dtype), policy, prompt_index=s["owner"], num_prompts=len(rows)
+        )

@@ -13,16 +13,11 @@ from typing import Literal
 
 import torch
 
-from lightning_robust.models import load_sequence_classifier, load_tokenizer
-from lightning_robust.models.lora import (
-    LoraOptions,
-    disable_dropout,
-    freeze_parameters,
-    prepare_for_training,
-)
+from lightning_robust.models.backbone import load_backbone
+from lightning_robust.models.lora import LoraOptions, freeze_parameters, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import PairwiseMetrics
-from lightning_robust.modules.optim import Schedule, validate_optimizer_options
+from lightning_robust.modules.optim import Schedule, TorchOptimizer
 from lightning_robust.objectives import (
     bradley_terry_losses,
     pairwise_correct,
@@ -44,6 +39,9 @@ class RewardModel(BackboneModule):
         lora: LoRA options (paper: r=32, alpha=64, dropout 0.05); ``None`` trains all weights.
         learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and the
             per-step schedule (paper: 1e-5, 0, 0.03, cosine).
+        optimizer: the ``torch.optim`` class and its extra arguments
+            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
+            decay skips biases and normalisation weights (as HF Trainer / TRL).
         use_margin: subtract a per-pair ``margin`` column from the reward difference (TRL).
         center_rewards_coefficient: weight of ``mean((r+ + r-)^2)`` (TRL); ``None`` disables.
         tiny_config: overrides of the tiny Llama config (``model_name_or_path="tiny"`` only).
@@ -77,6 +75,7 @@ class RewardModel(BackboneModule):
         warmup_ratio: float = 0.03,
         lr_schedule: Schedule = "cosine",
         min_lr_ratio: float = 0.0,
+        optimizer: TorchOptimizer | None = None,
         use_margin: bool = False,
         center_rewards_coefficient: float | None = None,
         tiny_config: dict | None = None,
@@ -93,11 +92,11 @@ class RewardModel(BackboneModule):
     ):
         super().__init__()
         validate_step_options(nonfinite, micro_batch_size)
-        validate_optimizer_options(learning_rate, lr_schedule)
         self.save_hyperparameters(ignore=["weighting"])
+        self.check_options()
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI hands nested dataclasses over as plain dicts
-        self.lora_options = LoraOptions(**lora) if isinstance(lora, dict) else lora
+        self.lora_options = LoraOptions.coerce(lora)
         self.backbone = None
         self.tokenizer = None
         self.train_metrics = None
@@ -113,18 +112,9 @@ class RewardModel(BackboneModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model_name_or_path, trust_remote_code=hp.trust_remote_code)
-        model = load_sequence_classifier(
-            hp.model_name_or_path,
-            self.tokenizer,
-            tiny_config=hp.tiny_config,
-            dtype=hp.dtype,
-            attn_implementation=hp.attn_implementation,
-            trust_remote_code=hp.trust_remote_code,
-            seed=hp.init_seed,
+        self.tokenizer, model = load_backbone(
+            self.model_options, "sequence_classifier", quantization_config=self._quantization()
         )
-        if not hp.dropout:
-            disable_dropout(model)
         if self.lora_options is None and hp.frozen_parameters:
             freeze_parameters(model, hp.frozen_parameters)
         self.backbone = prepare_for_training(

@@ -75,6 +75,20 @@ class WeightingOutput:
         return self.weights * q_all.numel()
 
 
+@dataclass
+class _Batch:
+    """The losses a strategy solves on: ``x`` float64 ``[n]`` (negated with ``minimize``; all
+    ranks' under ``scope="global"``), their group ids, this rank's slice
+    ``[offset, offset + n_local)`` and every rank's size."""
+
+    x: torch.Tensor
+    groups: torch.Tensor | None
+    offset: int
+    sizes: list[int]
+    world: int
+    n_local: int
+
+
 def weight_stats(q: torch.Tensor) -> dict[str, torch.Tensor]:
     """Diagnostics of ALGORITHMS.md §1.2 rule 10 for weights ``q`` (normalised to sum 1 first).
 
@@ -182,15 +196,29 @@ class RobustWeighting(nn.Module):
         """Weights and robust loss for per-example ``losses`` (shape ``[n]``).
 
         ``groups`` (LongTensor ``[n]`` of group ids) is used by :class:`GroupDRO` and ignored
-        by the other strategies.
+        by the other strategies. Four steps: :meth:`_gather` (float64, sign, all ranks),
+        :meth:`_finite_mask` (the non-finite policy), :meth:`_solve_batch` (the strategy's
+        solve on the finite entries, plus the weight diagnostics) and :meth:`_finish` (this
+        rank's weights and the loss whose gradient is ``sum_i q_i grad l_i``).
 
         Host synchronisations per call: the finite check (one; two in mask mode), the saturation
         check until its warning has been logged once, and the size exchange under
         ``scope="global"`` with several ranks. The closed-form solves themselves have none.
         """
+        self._check_inputs(losses, groups)
+        batch = self._gather(losses, groups)
+        stats: dict[str, torch.Tensor] = {}
+        finite = self._finite_mask(batch, stats)
+        q = self._solve_batch(batch, finite, stats)
+        if q is None:  # nan_policy="mask" and no finite loss: a zero loss, zero weights
+            return self._all_masked(losses, batch, stats)
+        finite_local = None if finite is None else finite[batch.offset : batch.offset + batch.n_local]
+        return self._finish(losses, batch, q, finite_local, stats)
+
+    # ------------------------------------------------------------------ forward's steps
+    def _check_inputs(self, losses: torch.Tensor, groups: torch.Tensor | None) -> None:
         if losses.dim() != 1:
             raise ValueError(f"losses must be a 1-D tensor [n], got shape {tuple(losses.shape)}")
-        n_local = losses.shape[0]
         if self._uses_groups:
             if groups is None:
                 raise ValueError(f"{type(self).__name__} needs groups (a LongTensor [n] of ids)")
@@ -199,13 +227,17 @@ class RobustWeighting(nn.Module):
                     f"groups must have the shape of losses {tuple(losses.shape)}, "
                     f"got {tuple(groups.shape)}"
                 )
+
+    def _gather(self, losses: torch.Tensor, groups: torch.Tensor | None) -> _Batch:
+        """The float64 losses the strategy solves on (detached unless ``differentiable``,
+        negated with ``minimize``), concatenated over the ranks under ``scope="global"``."""
+        n_local = losses.shape[0]
         src = losses if self._keeps_graph else losses.detach()
         x = src.to(_F64)
         if self.minimize:
             x = -x
         g = groups if self._uses_groups else None
-
-        world, rank = world_info() if self.gathers_ranks else (1, 0)
+        world, _ = world_info() if self.gathers_ranks else (1, 0)
         offset, sizes = 0, [n_local]
         if world > 1:
             if g is not None:
@@ -214,50 +246,50 @@ class RobustWeighting(nn.Module):
                 x = both[0]
             else:
                 x, offset, sizes = all_gather_concat(x)
-        n = x.shape[0]
-        if n == 0:
+        if x.shape[0] == 0:
             raise ValueError("losses is empty: cannot weight an empty batch")
+        return _Batch(x=x, groups=g, offset=offset, sizes=sizes, world=world, n_local=n_local)
 
-        stats: dict[str, torch.Tensor] = {}
-        finite_local = None  # None: every entry is finite
-        masked = False
+    def _finite_mask(self, batch: _Batch, stats: dict) -> torch.Tensor | None:
+        """The non-finite policy (§1.2 rule 7): ``None`` when every loss is finite; with
+        ``nan_policy="error"`` a non-finite loss raises, naming its positions; with ``"mask"``
+        the boolean mask of the finite entries (and ``num_masked`` in ``stats``)."""
+        x = batch.x
         if self.nan_policy == "error":
             if not bool(torch.isfinite(x).all()):
                 bad = torch.nonzero(~torch.isfinite(x.detach())).flatten().tolist()
-                where = " of the global batch (all ranks, rank order)" if world > 1 else ""
+                where = " of the global batch (all ranks, rank order)" if batch.world > 1 else ""
                 raise ValueError(
                     f"non-finite losses at positions {bad}{where}; "
                     "set nan_policy='mask' to drop them"
                 )
+            return None
+        fin = torch.isfinite(x.detach())
+        stats["num_masked"] = (~fin).sum().to(_F64)
+        return None if bool(fin.all()) else fin
+
+    def _solve_batch(self, batch: _Batch, finite: torch.Tensor | None, stats: dict) -> torch.Tensor | None:
+        """``q`` ``[n]`` (float64) over the whole batch: the strategy's solve on the finite
+        entries, zero weight on the others; ``None`` when no entry is finite. Adds the weight
+        diagnostics (and ``skipped`` in mask mode) to ``stats``."""
+        x, g = batch.x, batch.groups
+        if finite is None:
             q = self._compute(x, g, stats)
         else:
-            fin = torch.isfinite(x.detach())
-            n_masked = (~fin).sum()
-            stats["num_masked"] = n_masked.to(_F64)
-            if bool(fin.all()):
-                q = self._compute(x, g, stats)
-                stats["skipped"] = torch.zeros((), dtype=_F64, device=x.device)
-            else:
-                masked = True
-                finite_local = fin[offset : offset + n_local]
-                idx = torch.nonzero(fin).flatten()
-                q = torch.zeros(n, dtype=_F64, device=x.device)
-                if idx.numel() == 0:
-                    stats["skipped"] = torch.ones((), dtype=_F64, device=x.device)
-                    weights = torch.zeros_like(losses, dtype=losses.dtype).detach()
-                    zero = (losses.nan_to_num(0.0, 0.0, 0.0) * 0).sum()
-                    return WeightingOutput(
-                        loss=zero,
-                        weights=weights,
-                        stats=stats,
-                        global_weights=q.to(losses.dtype) if world > 1 else None,
-                    )
-                sub_g = g[idx] if g is not None else None
-                q_sub = self._compute(x[idx], sub_g, stats)
-                q = q.index_put((idx,), q_sub)
-                stats["skipped"] = torch.zeros((), dtype=_F64, device=x.device)
+            idx = torch.nonzero(finite).flatten()
+            if idx.numel() == 0:
+                stats["skipped"] = torch.ones((), dtype=_F64, device=x.device)
+                return None
+            q_sub = self._compute(x[idx], g[idx] if g is not None else None, stats)
+            q = torch.zeros(x.shape[0], dtype=_F64, device=x.device).index_put((idx,), q_sub)
+        if self.nan_policy != "error":
+            stats["skipped"] = torch.zeros((), dtype=_F64, device=x.device)
+        self._weight_diagnostics(q.detach(), stats)
+        return q
 
-        q_det = q.detach()
+    def _weight_diagnostics(self, q_det: torch.Tensor, stats: dict) -> None:
+        """:func:`weight_stats` of the normalised weights and the saturation warning (rule 4,
+        once per instance)."""
         stats.update(weight_stats(q_det / q_det.sum() if not self._on_simplex() else q_det))
         if "saturated" in stats:
             sat = stats["saturated"]
@@ -272,9 +304,33 @@ class RobustWeighting(nn.Module):
                 )
             stats["saturated"] = sat.to(_F64)
 
-        q_local = q if world == 1 else q[offset : offset + n_local]
+    def _all_masked(self, losses: torch.Tensor, batch: _Batch, stats: dict) -> WeightingOutput:
+        """Every loss non-finite under ``nan_policy="mask"``: a zero loss (still connected to
+        the graph), zero weights."""
+        q = torch.zeros(batch.x.shape[0], dtype=_F64, device=batch.x.device)
+        return WeightingOutput(
+            loss=(losses.nan_to_num(0.0, 0.0, 0.0) * 0).sum(),
+            weights=torch.zeros_like(losses, dtype=losses.dtype).detach(),
+            stats=stats,
+            global_weights=q.to(losses.dtype) if batch.world > 1 else None,
+        )
+
+    def _finish(
+        self,
+        losses: torch.Tensor,
+        batch: _Batch,
+        q: torch.Tensor,
+        finite_local: torch.Tensor | None,
+        stats: dict,
+    ) -> WeightingOutput:
+        """This rank's weights and the robust loss ``sum_i q_i l_i`` (``losses.mean()`` on the
+        uniform short cut; times the world size under ``scope="global"``, so that data-parallel
+        gradient averaging gives the sum over all ranks)."""
+        world, masked = batch.world, finite_local is not None
+        q_det = q.detach()
+        q_local = q if world == 1 else q[batch.offset : batch.offset + batch.n_local]
         uniform_fast = (
-            self._is_uniform() and not masked and all(s == sizes[0] for s in sizes)
+            self._is_uniform() and not masked and all(s == batch.sizes[0] for s in batch.sizes)
         )
         if uniform_fast:
             loss = losses.mean()
@@ -284,7 +340,7 @@ class RobustWeighting(nn.Module):
             if world > 1:
                 loss = loss * world
         if world > 1:
-            xs = x.detach() if not self.minimize else -x.detach()
+            xs = batch.x.detach() if not self.minimize else -batch.x.detach()
             xs = torch.where(torch.isfinite(xs), xs, torch.zeros_like(xs)) if masked else xs
             stats["robust_loss"] = (q_det * xs).sum()
         weights = q_local.detach().to(losses.dtype)

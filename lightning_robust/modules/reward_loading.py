@@ -1,4 +1,8 @@
-"""Build a reward :class:`~lightning_robust.models.scorers.Scorer` from one string (online RL).
+"""Build a reward :class:`~lightning_robust.models.scorers.Scorer` from one string (online RL,
+annotation, evaluation).
+
+It sits beside the modules (not in ``models``) because one spec is a ``RewardModel`` checkpoint:
+loading it needs the LightningModule, and ``models`` never imports ``modules``.
 
 ``spec`` accepts:
 
@@ -19,13 +23,19 @@ turned on.
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
+
+from lightning_robust.data.synthetic_prompts import SyntheticGoldReward, SyntheticProxyReward
+from lightning_robust.models.loading import load_sequence_classifier, load_tokenizer
+from lightning_robust.models.scorers import RewardModelScorer, TokenCache
+from lightning_robust.models.tiny import TINY_MODEL_NAME
+from lightning_robust.modules.reward_model import RewardModel
 
 SYNTHETIC_PREFIX = "synthetic:"
 
 
 def _synthetic_scorer(spec: str):
-    from lightning_robust.data.synthetic_prompts import SyntheticGoldReward, SyntheticProxyReward
-
     kinds = {"gold": SyntheticGoldReward, "proxy": SyntheticProxyReward}
     kind = spec[len(SYNTHETIC_PREFIX) :]
     if kind not in kinds:
@@ -34,11 +44,6 @@ def _synthetic_scorer(spec: str):
 
 
 def _load_checkpoint(path: str, device, weights_only: bool):
-    import pickle
-    import zipfile
-
-    from lightning_robust.modules import RewardModel
-
     # a corrupt or truncated file is not a refused pickle: say so before loading, and never
     # advise weights_only=False for it
     if os.path.isfile(path) and not zipfile.is_zipfile(path):
@@ -93,10 +98,6 @@ def load_reward_scorer(
         raise ValueError(f"reward spec must be a non-empty string, got {spec!r}")
     if spec.startswith(SYNTHETIC_PREFIX):
         return _synthetic_scorer(spec)
-
-    from lightning_robust.models.loading import load_sequence_classifier, load_tokenizer
-    from lightning_robust.models.scorers import RewardModelScorer, TokenCache
-    from lightning_robust.models.tiny import TINY_MODEL_NAME
 
     if spec.endswith(".ckpt"):
         path = os.path.expanduser(spec)
