@@ -66,6 +66,9 @@ def test_exp1_quick_runs_renders_and_tv_radius_zero_is_bt(tmp_path):
     assert len(claims) == len(exp1.QUICK_METHODS) - 1 and all(c["n"] == len(seeds) for c in claims)
     assert all(c["verdict"] in ("reproduces", "not shown", "reversed") for c in claims)
     assert "Paired against BT" in md
+    # --resume keeps the finished regime (nothing is retrained) and records the plain command
+    resumed = exp1.main(["--quick", "--workers", "1", "--out", str(out_path), "--resume"])
+    assert resumed["records"] == payload["records"] and "--resume" not in resumed["command"]
     # TV with rho = 0 puts uniform weights: it trains exactly as Bradley-Terry
     job = dict(conflict=1.0, label_noise=0.0, seed=0, **settings)
     bt = exp1.train_run(exp1.Job("BT", "btl", (("learning_rate", 1e-3),), **job))
