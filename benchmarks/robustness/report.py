@@ -126,7 +126,8 @@ def all_claims(results_dir: Path = RESULTS_DIR) -> str:
 def readme_block(claims: list[dict]) -> str:
     """The README's generated paragraph: one line per claim of the summary."""
     lines = [
-        "Generated from `docs/results.md` (paired over seeds, selection on in-distribution validation only; "
+        "Generated from `docs/results/*.json`, as the summary of `docs/results.md` (paired over seeds, selection on "
+        "in-distribution validation only; "
         "\"not shown\" = the 95 % interval includes zero):",
         "",
     ]
