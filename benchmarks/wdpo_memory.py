@@ -2,6 +2,9 @@
 
     python benchmarks/wdpo_memory.py [--models tiny smollm2] [--batch-sizes 2 8] [--steps 6]
 
+Three runs per setting: DPO, WDPO with the chunked double backward (the default,
+``DPO.wdpo_chunk_pairs = 2``) and WDPO over the whole batch at once (``wdpo_chunk_pairs=None``).
+
 Each (model, method, micro-batch) runs in a fresh subprocess (so one run's allocations cannot
 hide another's peak): it builds the DPO module (frozen-copy reference for the tiny model, LoRA
 r=8 with adapters disabled for SmolLM2-135M), an AdamW optimiser and one fixed batch of synthetic
@@ -111,7 +114,7 @@ def child(args) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     options = dict(
-        wdpo_rho=0.01 if args.method == "wdpo" else 0.0,
+        wdpo_rho=0.01 if args.method.startswith("wdpo") else 0.0,
         learning_rate=1e-5,
         gradient_checkpointing=args.gradient_checkpointing,
     )
@@ -124,6 +127,10 @@ def child(args) -> dict:
             attn_implementation="sdpa",
         )
     model = DPO(**options)
+    # "wdpo": the default chunked double backward (DPO.wdpo_chunk_pairs pairs per chunk);
+    # "wdpo_plain": the whole batch's second-order graph at once (the path before issue 14)
+    if args.method == "wdpo_plain":
+        model.wdpo_chunk_pairs = None
     model.configure_model()
     model.log = lambda *a, **k: None
     model.log_dict = lambda *a, **k: None
@@ -208,17 +215,19 @@ def main():
     rows = []
     for model in a.models:
         for bs in a.batch_sizes:
-            res = {m: run(model, m, bs, a) for m in ("dpo", "wdpo")}  # interleaved per setting
+            res = {m: run(model, m, bs, a) for m in ("dpo", "wdpo", "wdpo_plain")}  # interleaved
             rows.append((model, bs, res))
-            d, w = res["dpo"], res["wdpo"]
-            print(
-                f"{model:8s} micro-batch {bs:2d} (width {d['width']}): "
-                f"DPO {d['step_s'] * 1e3:8.1f} ms/step +{d['increase_mb']:8.1f} MB | "
-                f"WDPO {w['step_s'] * 1e3:8.1f} ms/step +{w['increase_mb']:8.1f} MB | "
-                f"time x{w['step_s'] / d['step_s']:.2f}, peak increase "
-                f"x{w['increase_mb'] / max(d['increase_mb'], 1e-9):.2f}",
-                flush=True,
-            )
+            d = res["dpo"]
+            for name, label in (("wdpo", "WDPO chunked (2 pairs)"), ("wdpo_plain", "WDPO whole batch")):
+                w = res[name]
+                print(
+                    f"{model:8s} micro-batch {bs:2d} (width {d['width']}): "
+                    f"DPO {d['step_s'] * 1e3:8.1f} ms/step +{d['increase_mb']:8.1f} MB | "
+                    f"{label} {w['step_s'] * 1e3:8.1f} ms/step +{w['increase_mb']:8.1f} MB | "
+                    f"time x{w['step_s'] / d['step_s']:.2f}, peak increase "
+                    f"x{w['increase_mb'] / max(d['increase_mb'], 1e-9):.2f}",
+                    flush=True,
+                )
     print(f"memory: {rows[0][2]['dpo']['method']}; threads {rows[0][2]['dpo']['threads']}")
 
 

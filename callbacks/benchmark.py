@@ -35,6 +35,7 @@ from typing import Literal
 import torch
 from lightning.pytorch import Callback
 
+from lightning_robust.callbacks.tracking import log_image_file
 from lightning_robust.evals.common import Evaluator
 from lightning_robust.models.scorers import (
     DPOImplicitRewardScorer,
@@ -271,10 +272,12 @@ class BenchmarkCallback(Callback):
             return
         for name, result in record["benchmarks"].items():
             if result["metrics"]:
+                path = os.path.join(directory, f"{name}.png")
                 plot_benchmark(
-                    os.path.join(directory, f"{name}.png"), name, result["metrics"], self.previous.get(name),
+                    path, name, result["metrics"], self.previous.get(name),
                     title=f"{name} (epoch {record['epoch']}, step {record['global_step']})",
                 )
+                log_image_file(trainer, f"eval/{name}", path, step=record["global_step"])
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

@@ -6,9 +6,11 @@ sequence-level KL to the initial policy and the proxy and gold rewards logged by
 when ``fit`` ends writes beside the logs (``trainer.log_dir``, else ``default_root_dir``):
 
 - ``<name>.csv``: one row per point: ``stage, step, kl, proxy, gold`` (gold empty when absent);
-- ``<name>.png``: proxy and gold reward against KL (one panel per stage; points, and a running
-  mean over the points sorted by KL): with an exploitable proxy, the proxy curve keeps rising
-  while the gold one bends down (reward over-optimisation).
+- ``<name>.png``: proxy and gold reward against KL (one panel per stage), the points joined in
+  step order (so a run that moved back in KL shows as a path that turns back), a few points
+  labelled with their step, the start (``o``, hollow) and the end (``*``) marked. With an
+  exploitable proxy, the proxy path keeps rising while the gold one bends down (reward
+  over-optimisation). The PNG also goes to the trainer's loggers (TensorBoard, W&B).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import math
 import os
 
 from lightning.pytorch import Callback
+
+from lightning_robust.callbacks.tracking import log_image_file
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +79,15 @@ class RewardKLFrontier(Callback):
         if trainer.is_global_zero and self.points:
             folder = self.output_dir or trainer.log_dir or trainer.default_root_dir
             self.paths = write_frontier(self.points, folder, self.name)
+            if "png" in self.paths:
+                log_image_file(trainer, self.name, self.paths["png"])
 
 
-def running_mean(values: list[float], window: int) -> list[float]:
-    """Centred running mean (window ``window``, shrinking at the ends) of ``values``."""
-    half = window // 2
-    out = []
-    for i in range(len(values)):
-        part = values[max(0, i - half) : i + half + 1]
-        out.append(sum(part) / len(part))
-    return out
+def label_positions(count: int, labels: int = 6) -> list[int]:
+    """Indices of at most ``labels`` points spread evenly over ``count`` (first and last included)."""
+    if count <= labels:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (labels - 1)) for i in range(labels)})
 
 
 def write_frontier(
@@ -103,35 +106,45 @@ def write_frontier(
             writer.writerow([p["stage"], p["step"], repr(p["kl"]), repr(p["proxy"]), gold])
 
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         log.warning("matplotlib is not installed: wrote %s, skipped the frontier PNG", csv_path)
         return {"csv": csv_path}
+
+    figure = frontier_figure(points)
+    figure.tight_layout()
+    png_path = os.path.join(folder, f"{name}.png")
+    figure.savefig(png_path, dpi=100)
+    return {"csv": csv_path, "png": png_path}
+
+
+def frontier_figure(points: list[dict]):
+    """The matplotlib ``Figure`` of the frontier (module docstring): one panel per stage, each
+    reward series joined in step order, start/end marked, a few step labels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     stages = [s for s in STAGES if any(p["stage"] == s for p in points)]
     figure = Figure(figsize=(5.0 * len(stages), 4.0))
     FigureCanvasAgg(figure)
     for k, stage in enumerate(stages):
         axis = figure.add_subplot(1, len(stages), k + 1)
-        rows = sorted((p for p in points if p["stage"] == stage), key=lambda p: p["kl"])
+        rows = sorted((p for p in points if p["stage"] == stage), key=lambda p: p["step"])
         for field, marker, label in (("proxy", "o", "proxy reward"), ("gold", "s", "gold reward")):
             scored = [p for p in rows if not math.isnan(p[field])]
             if not scored:
                 continue
             kl, reward = [p["kl"] for p in scored], [p[field] for p in scored]
-            dots = axis.scatter(kl, reward, marker=marker, s=12, alpha=0.45, label=label)
-            axis.plot(
-                kl,
-                running_mean(reward, max(1, len(reward) // 5)),
-                color=dots.get_facecolor()[0][:3],
-            )
+            (line,) = axis.plot(kl, reward, marker=marker, markersize=3, linewidth=1.0, alpha=0.8, label=label)
+            color = line.get_color()
+            axis.plot(kl[0], reward[0], marker="o", markersize=9, markerfacecolor="none", color=color)
+            axis.plot(kl[-1], reward[-1], marker="*", markersize=12, color=color)
+            for i in label_positions(len(scored)):
+                axis.annotate(str(scored[i]["step"]), (kl[i], reward[i]), textcoords="offset points",
+                              xytext=(3, 3), fontsize=7, color=color)
         axis.set_xlabel("KL(pi || pi_ref), sequence level")
         axis.set_ylabel("mean reward")
-        axis.set_title(f"{stage}: reward vs KL")
+        axis.set_title(f"{stage}: reward vs KL (o start, * end, labels: step)")
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
-    png_path = os.path.join(folder, f"{name}.png")
-    figure.savefig(png_path, dpi=100)
-    return {"csv": csv_path, "png": png_path}
+    return figure

@@ -2,13 +2,20 @@
 
 Each evaluator has ``name`` and ``evaluate(scorer) -> dict[str, float]``; a scorer has
 ``score(prompts, responses) -> Tensor`` (see :mod:`lightning_robust.models.scorers`, re-exported
-here)::
+here) or is a plain callable ``(prompts, responses) -> sequence of floats``::
 
     from lightning_robust.evals import RewardBench, RewardModelScorer
     metrics = RewardBench().evaluate(RewardModelScorer(model, tokenizer))
 """
 
-from lightning_robust.evals.common import Evaluator, pairwise_scores, read_rows, strict_correct
+from lightning_robust.evals.common import (
+    CheckedScorer,
+    Evaluator,
+    as_scorer,
+    pairwise_scores,
+    read_rows,
+    strict_correct,
+)
 from lightning_robust.evals.hhh import HHH_CONFIGS, HHHAlignment
 from lightning_robust.evals.leaderboard import (
     OpenLLMLeaderboard,
@@ -40,6 +47,7 @@ __all__ = [
     "PRIOR_SETS_COLUMNS",
     "SECTION_WEIGHTS",
     "SUBSET_MAPPING",
+    "CheckedScorer",
     "DPOImplicitRewardScorer",
     "Evaluator",
     "HHHAlignment",
@@ -51,6 +59,7 @@ __all__ = [
     "RewardModelScorer",
     "Scorer",
     "TokenCache",
+    "as_scorer",
     "average_score",
     "flatten_results",
     "pairwise_scores",

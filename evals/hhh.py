@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 
-from lightning_robust.evals.common import Evaluator, read_rows
+from lightning_robust.evals.common import Evaluator, as_scorer, read_rows
 
 HHH_CONFIGS = ("harmless", "helpful", "honest", "other")
 
@@ -90,7 +90,7 @@ class HHHAlignment(Evaluator):
                 spans.append((config, len(responses), len(choices), best))
                 prompts += [prompt] * len(choices)
                 responses += choices
-        scores = scorer.score(prompts, responses)
+        scores = as_scorer(scorer).score(prompts, responses)
         correct: dict[str, list[bool]] = {c: [] for c in by_config}
         for config, start, n, best in spans:
             s = scores[start : start + n]

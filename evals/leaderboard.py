@@ -105,6 +105,9 @@ class OpenLLMLeaderboard(Evaluator):
             chat template).
         include_path: extra directory of task YAMLs (``TaskManager(include_path=...)``).
         batch_size: lm-eval batch size; ``max_length``: HFLM context length.
+        max_gen_toks: cap on generated tokens of generative tasks (lm-eval
+            ``gen_kwargs="max_gen_toks=N"``; ``None``: the tasks' own).
+        random_seed: python / numpy / torch / few-shot seeds of lm-eval.
         name: the ``<benchmark>`` of the metric names.
     """
 
@@ -120,6 +123,7 @@ class OpenLLMLeaderboard(Evaluator):
         max_length: int | None = None,
         random_seed: int = 0,
         name: str = "leaderboard",
+        max_gen_toks: int | None = None,
     ):
         super().__init__()
         self.tasks = list(tasks or ["leaderboard"])
@@ -131,6 +135,9 @@ class OpenLLMLeaderboard(Evaluator):
         self.batch_size = batch_size
         self.max_length = max_length
         self.random_seed = random_seed
+        if max_gen_toks is not None and (isinstance(max_gen_toks, bool) or int(max_gen_toks) < 1):
+            raise ValueError(f"max_gen_toks must be a positive integer, got {max_gen_toks!r}")
+        self.max_gen_toks = max_gen_toks
         self.name = name
         self._task_manager = None
 
@@ -169,6 +176,7 @@ class OpenLLMLeaderboard(Evaluator):
                 numpy_random_seed=self.random_seed,
                 torch_random_seed=self.random_seed,
                 fewshot_random_seed=self.random_seed,
+                gen_kwargs=None if self.max_gen_toks is None else f"max_gen_toks={int(self.max_gen_toks)}",
             )
         finally:
             model.train(was_training)

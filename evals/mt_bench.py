@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from lightning_robust.evals.common import Evaluator, read_rows
+from lightning_robust.evals.common import Evaluator, as_scorer, read_rows
 
 # One judgment: (turn, prompt_a, response_a, prompt_b, response_b, winner in {"a", "b", "tie"}).
 Judgment = tuple[int, object, str, object, str, str]
@@ -116,7 +116,7 @@ class MTBenchHuman(Evaluator):
         for _, pa, ra, pb, rb, _ in judgments:
             prompts += [pa, pb]
             responses += [ra, rb]
-        scores = scorer.score(prompts, responses)
+        scores = as_scorer(scorer).score(prompts, responses)
         sa, sb = scores[0::2].tolist(), scores[1::2].tolist()
         per_turn: dict[int, list[bool]] = {}
         for j, a, b in zip(judgments, sa, sb, strict=True):

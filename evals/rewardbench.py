@@ -20,6 +20,7 @@ Metric names: subsets as in the data (``llmbar-natural``), sections ``chat``, ``
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from lightning_robust.evals.common import (
     read_rows,
     strict_correct,
 )
+
+log = logging.getLogger(__name__)
 
 # rewardbench/constants.py @ 05a9005e (Apache-2.0); tested equal to
 # ../shared/data/rewardbench_llmbar/rewardbench_constants.json.
@@ -190,6 +193,12 @@ class RewardBench(Evaluator):
                 raise ValueError(f"RewardBench row {k} of {self.source}: missing {missing}")
             if self.subsets is None or row["subset"] in self.subsets:
                 by_subset[row["subset"]].append(row)
+        if self.subsets is not None:
+            absent = [s for s in self.subsets if s not in by_subset]
+            if absent:
+                present = sorted({row["subset"] for row in rows})
+                log.warning("RewardBench: requested subsets %s are not in %s (its subsets: %s)",
+                            absent, self.source, present)
         if self.max_rows_per_subset is not None:
             by_subset = {s: r[: self.max_rows_per_subset] for s, r in by_subset.items()}
         return dict(by_subset)
@@ -210,5 +219,11 @@ class RewardBench(Evaluator):
         metrics, details = summarize(accuracy)
         details["counts"] = counts
         details["ties"] = int((chosen == rejected).sum())
+        if details["unknown_subsets"]:
+            log.warning(
+                "RewardBench: subsets %s of %s are not RewardBench subsets (misspelled?): each is "
+                "reported as its own metric and counts in no section; known subsets: %s",
+                details["unknown_subsets"], self.source, sorted(EXAMPLE_COUNTS),
+            )
         self.details = details
         return metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -152,13 +153,14 @@ def test_empty_file(tmp_path):
 
 def test_corrupt_file(tmp_path):
     path = write_jsonl(tmp_path / "broken.jsonl", raw='{"prompt": "q", "chosen": "a"\n')
-    with pytest.raises(ValueError, match=r"broken\.jsonl: cannot read the data \(.*\); expected valid JSON lines"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl, line 1: not valid JSON \(Expecting ',' delimiter at column "
+                                         r"30\); expected valid JSON lines, JSON or Parquet"):
         setup_dm(tmp_path, train=path)
 
 
 def test_no_usable_rows(tmp_path):
     path = write_jsonl(tmp_path / "ties.jsonl", [{"prompt": "q", "chosen": "x", "rejected": "x"}] * 3)
-    with pytest.raises(ValueError, match=r"train \(.*ties\.jsonl\): no usable rows"):
+    with pytest.raises(ValueError, match=r"train \(.*ties\.jsonl\): no usable rows: all 3 row\(s\) dropped \(identical=3\)$"):
         setup_dm(tmp_path, train=path, on_bad_row="skip")
 
 
@@ -396,3 +398,215 @@ def test_unknown_trainer_key(capsys):
 def test_unknown_key_in_python():
     with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
         PreferenceDataModule(batchsize=8)
+
+
+# ====================================================================== CLI level (one line, exit 2)
+# Every row of docs/bad_inputs.md through ``lightning_robust.cli.main`` in this process: the
+# output ends with ONE line ``error: <cause>``, exit status 2, no traceback, no Namespace dump.
+import signal  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI_TINY = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+
+
+def _base_config(root: Path) -> dict:
+    return {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 1, "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False,
+                    "limit_val_batches": 1, "num_sanity_val_steps": 0, "default_root_dir": str(root)},
+        "model": {"class_path": "lightning_robust.modules.RewardModel",
+                  "init_args": {"model_name_or_path": "tiny", "tiny_config": CLI_TINY}},
+        "data": {"class_path": "lightning_robust.data.PreferenceDataModule",
+                 "init_args": {"train": "synthetic", "batch_size": 4, "max_length": 48,
+                               "cache_dir": str(root / "cache"),
+                               "synthetic": {"num_train": 16, "num_eval": 4, "seed": 1}}},
+    }
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+    """The base config and a real checkpoint of it (one step), shared by the CLI cases."""
+    from lightning_robust.cli import main
+
+    root = tmp_path_factory.mktemp("cli_bad_inputs")
+    config = root / "base.yaml"
+    config.write_text(yaml.safe_dump(_base_config(root)))
+    main(["fit", "--config", str(config)])
+    (ckpt,) = (root / "checkpoints").glob("*.ckpt")
+    torch.use_deterministic_algorithms(False)
+    return {"config": str(config), "ckpt": ckpt, "root": root}
+
+
+def cli_error_line(args, capsys, subcommand="fit", config=None, env=None) -> str:
+    """Run the CLI; assert exit 2 with one ``error:`` line last and no traceback; return it."""
+    from lightning_robust.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([subcommand, "--config", config or env["config"], *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert last.startswith("error: "), err[-2000:]
+    assert "Traceback" not in err and "Namespace(" not in err
+    assert "weights_only=False" not in err
+    return last
+
+
+def _rows_file(tmp_path, bad_row, name="data.jsonl"):
+    return "--data.init_args.train=" + bad_file(tmp_path, bad_row, name=name)
+
+
+TOO_LONG = {"prompt": "q", "chosen": " ".join(["word"] * 80), "rejected": "b"}
+
+# id -> (args builder(tmp_path, env), regex of the error line)
+CLI_CASES = {
+    "missing field": (lambda t, e: [_rows_file(t, {"prompt": "q", "chosen": "a"})],
+                      r"data\.jsonl, row 2 \(0-based\): field 'rejected': is missing \[missing\]"),
+    "empty field": (lambda t, e: [_rows_file(t, {"prompt": "q", "chosen": " ", "rejected": "b"})],
+                    r"row 2 \(0-based\): field 'chosen': is empty \[empty\]"),
+    "wrong type": (lambda t, e: [_rows_file(t, {"prompt": "q", "chosen": 5, "rejected": "b"})],
+                   r"field 'chosen': expected a string, got int \[wrong_type\]"),
+    "identical": (lambda t, e: [_rows_file(t, {"prompt": "q", "chosen": "s", "rejected": " s "})],
+                  r"\[identical\]"),
+    "too long": (lambda t, e: [_rows_file(t, TOO_LONG), "--data.init_args.max_length=32"],
+                 r"> max_length=32 \[too_long\]"),
+    "bad label": (lambda t, e: ["--data.init_args.train=" + write_jsonl(t / "pairs.jsonl", [
+        {"input": f"q{i}", "output_1": "a", "output_2": "b", "label": 3 if i == 3 else 1} for i in range(4)])],
+        r"pairs\.jsonl, row 3 \(0-based\): field 'label': expected 1 or 2, got 3"),
+    "non-finite margin": (lambda t, e: [_rows_file(t, {"prompt": "q", "chosen": "a", "rejected": "b", "margin": "NaN"})],
+                          r"field 'margin': expected a finite number"),
+    "malformed JSON line": (lambda t, e: ["--data.init_args.train=" + write_jsonl(
+        t / "m.jsonl", raw='{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a" "chosen": "b"}\n')],
+        r"m\.jsonl, line 2: not valid JSON \(Expecting ',' delimiter at column 16\)"),
+    "non-JSON .jsonl": (lambda t, e: ["--data.init_args.train=" + write_jsonl(t / "n.jsonl", raw="this is not json\n")],
+                        r"n\.jsonl, line 1: not valid JSON"),
+    "unsupported existing file": (lambda t, e: ["--data.init_args.train=" + write_jsonl(t / "d.txt", raw="x\n")],
+                                  r"d\.txt is not a supported data file \(expected \.json, \.jsonl or \.parquet"),
+    "unsupported file in a config": (lambda t, e: ["--config", _yaml(t, {"data": {"init_args": {
+        "train": write_jsonl(t / "d.csv", raw="a,b\n")}}})], r"d\.csv is not a supported data file"),
+    "missing data file": (lambda t, e: [f"--data.init_args.train={t / 'nope.jsonl'}"],
+                          r"data file not found: .*nope\.jsonl"),
+    "empty data file": (lambda t, e: ["--data.init_args.train=" + write_jsonl(t / "empty.jsonl", raw="")],
+                        r"empty\.jsonl: the data source has no rows \(empty dataset\)"),
+    "unknown schema": (lambda t, e: ["--data.init_args.train=" + write_jsonl(t / "odd.jsonl", [{"question": "q", "answer": "a"}])],
+                       r"odd\.jsonl: cannot detect the data schema: columns found \['answer', 'question'\]"),
+    "unknown schema name": (lambda t, e: ["--config", _yaml(t, {"data": {"init_args": {"train": {
+        "path": write_jsonl(t / "d.jsonl", good_rows(4)), "schema": "nope"}}}})], r"unknown schema 'nope'"),
+    "no usable rows, with counts": (lambda t, e: ["--data.init_args.train=" + write_jsonl(t / "long.jsonl", [TOO_LONG] * 3),
+                                                  "--data.init_args.on_bad_row=skip", "--data.init_args.max_length=32"],
+                                    r"train \(.*long\.jsonl\): no usable rows: all 3 row\(s\) dropped \(too_long=3\)$"),
+    "all rows identical under skip": (lambda t, e: ["--data.init_args.train=" + write_jsonl(t / "same.jsonl", [
+        {"prompt": "q", "chosen": "a", "rejected": "a"}] * 2), "--data.init_args.on_bad_row=skip"],
+        r"same\.jsonl\): no usable rows: all 2 row\(s\) dropped \(identical=2\)$"),
+    "unknown source field in eval_sets": (lambda t, e: ["--config", _yaml(t, {"data": {"init_args": {
+        "eval_sets": {"x": {"path": "a.jsonl", "schem": "hhh"}}}}})],
+        r"Parser key \"eval_sets\": .*class_path 'lightning_robust\.data\.DataSource': Option 'schem' is not accepted"),
+    "weighting class_path not a weighting": (lambda t, e: ["--model.init_args.weighting=os.system"],
+                                             r"Parser key \"weighting\": .*os\.system.* does not correspond to a subclass of RobustWeighting$"),
+    "missing config file": (lambda t, e: ["--config", str(t / "nope.yaml")], r"nope\.yaml"),
+    "batch_size 0": (lambda t, e: ["--data.init_args.batch_size=0"], r"^error: batch_size must be a positive integer, got 0$"),
+    "max_length 0": (lambda t, e: ["--data.init_args.max_length=0"], r"^error: max_length must be a positive integer, got 0$"),
+    "val_fraction 1": (lambda t, e: ["--data.init_args.val_fraction=1.0"], r"val_fraction must be in \[0, 1\), got 1\.0"),
+    "on_bad_row": (lambda t, e: ["--data.init_args.on_bad_row=ignore"], r"Expected a typing\.Literal\['error', 'skip'\]\. Got value: ignore"),
+    "negative radius": (lambda t, e: ["--model.init_args.weighting=lightning_robust.weighting.TVBall",
+                                      "--model.init_args.weighting.rho=-0.1"], r"rho must be >= 0, got rho=-0\.1"),
+    "TV radius above 1": (lambda t, e: ["--model.init_args.weighting=lightning_robust.weighting.TVBall",
+                                        "--model.init_args.weighting.rho=40"], r"rho must be in \[0, 1\] for the TV ball"),
+    "GroupDRO groups 0": (lambda t, e: ["--model.init_args.weighting=lightning_robust.weighting.GroupDRO",
+                                        "--model.init_args.weighting.num_groups=0"], r"num_groups must be a positive integer"),
+    "negative learning rate": (lambda t, e: ["--model.init_args.learning_rate=-1.0"],
+                               r"^error: learning_rate must be > 0, got learning_rate=-1\.0$"),
+    "unknown lr schedule": (lambda t, e: ["--model.init_args.lr_schedule=step"], r"Parser key \"model\": Problem with given class_path 'lightning_robust\.modules\.RewardModel': "
+                            r"Parser key \"lr_schedule\": Expected a typing\.Literal\['cosine', 'linear', 'constant'\]\. Got value: step$"),
+    "missing model directory": (lambda t, e: [f"--model.init_args.model_name_or_path={t / 'no_model'}"],
+                                r"^error: model directory not found: .*no_model \(a local path"),
+    "relative missing model directory": (lambda t, e: ["--model.init_args.model_name_or_path=./models/nope"],
+                                         r"model directory not found: \./models/nope"),
+    "max_epochs 0": (lambda t, e: ["--trainer.max_epochs=0", "--trainer.max_steps=-1"],
+                     r"^error: trainer\.max_epochs=0: fit would train nothing"),
+    "max_steps 0": (lambda t, e: ["--trainer.max_steps=0"], r"trainer\.max_steps=0: fit would train nothing"),
+    "limit_train_batches 0": (lambda t, e: ["--trainer.limit_train_batches=0"],
+                              r"trainer\.limit_train_batches=0: fit would train nothing"),
+    "missing checkpoint": (lambda t, e: [f"--ckpt_path={t / 'nope.ckpt'}"], r"Checkpoint file not found: .*nope\.ckpt"),
+    "truncated checkpoint": (lambda t, e: [f"--ckpt_path={_truncated(t, e)}"],
+                             r"^error: checkpoint .*truncated\.ckpt is unreadable \(truncated or corrupt"),
+    "garbage checkpoint": (lambda t, e: [f"--ckpt_path={_garbage(t)}"], r"checkpoint .*garbage\.ckpt is unreadable"),
+    "checkpoint already at max_steps": (lambda t, e: [f"--ckpt_path={e['ckpt']}"],
+                                        r"is at step 1, and trainer\.max_steps=1: fit would train nothing"),
+    "checkpoint of another backbone": (lambda t, e: [f"--ckpt_path={e['ckpt']}", "--trainer.max_steps=2",
+                                                     "--model.init_args.model_name_or_path=minilm"],
+                                       r"does not match the configured model \(model_name_or_path 'tiny' in the "
+                                       r"checkpoint, 'minilm' configured\).*--trust_checkpoint_config=true"),
+    "model options beside a trusted checkpoint": (lambda t, e: [f"--ckpt_path={e['ckpt']}", "--trainer.max_steps=2",
+                                                                "--trust_checkpoint_config=true", "--model.init_args.learning_rate=0.1"],
+                                                  r"the model options given beside it \(--model\.init_args\.learning_rate\) would be ignored"),
+}
+
+
+def _yaml(tmp_path, extra: dict) -> str:
+    path = tmp_path / "extra.yaml"
+    path.write_text(yaml.safe_dump(extra))
+    return str(path)
+
+
+def _truncated(tmp_path, env) -> str:
+    good = env["ckpt"]
+    bad = tmp_path / "truncated.ckpt"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    return str(bad)
+
+
+def _garbage(tmp_path) -> str:
+    bad = tmp_path / "garbage.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    return str(bad)
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_reports_the_cause_in_one_line(case, cli_env, tmp_path, capsys):
+    build, pattern = CLI_CASES[case]
+    line = cli_error_line(build(tmp_path, cli_env), capsys, env=cli_env)
+    assert re.search(pattern, line), line
+
+
+def test_cli_checkpoint_of_another_module_class(cli_env, capsys):
+    config = str(ROOT / "configs" / "dpo" / "tiny_dpo.yaml")
+    line = cli_error_line([f"--ckpt_path={cli_env['ckpt']}"], capsys, subcommand="validate", config=config)
+    assert re.search(r"module class lightning_robust\.modules\.RewardModel in the checkpoint, "
+                     r"lightning_robust\.modules\.DPO configured", line), line
+
+
+def test_cli_checkpoint_settings_that_differ_are_applied_and_listed(cli_env, caplog):
+    from lightning_robust.cli import main
+
+    with caplog.at_level(logging.WARNING, logger="lightning_robust.cli_errors"):
+        main(["validate", "--config", cli_env["config"], f"--ckpt_path={cli_env['ckpt']}",
+              "--model.init_args.learning_rate=0.5"])
+    assert "learning_rate=0.5 (checkpoint: 1e-05)" in caplog.text
+
+
+def test_cli_debug_env_keeps_the_traceback(cli_env, monkeypatch):
+    from lightning_robust.cli import main
+
+    monkeypatch.setenv("LIGHTNING_ROBUST_DEBUG", "1")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        main(["fit", "--config", cli_env["config"], "--data.init_args.batch_size=0"])
+
+
+def test_cli_a_bug_keeps_its_traceback(cli_env, monkeypatch):
+    from lightning_robust.cli import main
+    from lightning_robust.data import PreferenceDataModule as DM
+
+    def broken(self, stage=None):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(DM, "setup", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["fit", "--config", cli_env["config"]])
+
+
+assert signal  # imported for the fault cases below

@@ -10,7 +10,7 @@ from lightning_robust.cli import build_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Overlays only make sense on top of a full config.
-OVERLAY_DIRS = {"weighting", "strategy"}  # strategy overlays: tests/test_strategy_configs.py
+OVERLAY_DIRS = {"weighting", "strategy", "logger"}  # strategy overlays: tests/test_strategy_configs.py; logger: tests/test_tracking.py
 FULL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in OVERLAY_DIRS)
 OVERLAYS = sorted((CONFIGS / "weighting").glob("*.yaml"))
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.num_nodes=1"]

@@ -310,7 +310,10 @@ def test_saved_hyperparameters_are_plain_data(tmp_path):
         synthetic=SMALL,
     )
     assert dm.hparams["train"] == {"path": "synthetic", "name": None, "split": "train", "schema": "auto",
-                                   "group_column": None, "data_dir": None}
+                                   "group_column": None, "data_dir": None, "source_column": "source",
+                                   "include_sources": None, "exclude_sources": None, "max_rows": None,
+                                   "seed": 0, "mix": None, "mix_weights": None,
+                                   "stopping_strategy": "first_exhausted"}
     assert dm.hparams["eval_sets"]["m"]["split"] == "minority"
     assert dm.hparams["synthetic"]["num_train"] == 120
     again = PreferenceDataModule(**dm.hparams)  # what a checkpoint restores

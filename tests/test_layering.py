@@ -7,7 +7,7 @@ Layers, bottom to top (docs/architecture.md)::
                                (from models only the tokenizer loaders of models.loading)
     models                     loading, tiny models, log-probs, rollouts, LoRA, scorers
     modules                    LightningModules, ReferencePolicy, reward-spec loading
-    callbacks, evals, annotate, cli
+    callbacks, evals, annotate, pipelines, cli
 
 Two checks: (1) no file imports a package its layer must not know (the project's own copy of
 the rules of the layering tool used in review, plus the data/models seam), and (2) the import
@@ -42,9 +42,16 @@ MATH_BANNED = (
     "lightning_robust.callbacks",
     "lightning_robust.evals",
     "lightning_robust.annotate",
+    "lightning_robust.pipelines",
     "lightning_robust.cli",
 )
-ABOVE_MODULES = ("lightning_robust.callbacks", "lightning_robust.evals", "lightning_robust.annotate", "lightning_robust.cli")
+ABOVE_MODULES = (
+    "lightning_robust.callbacks",
+    "lightning_robust.evals",
+    "lightning_robust.annotate",
+    "lightning_robust.pipelines",
+    "lightning_robust.cli",
+)
 #: package prefix -> (prefixes it must not import, exceptions allowed inside those prefixes)
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lightning_robust.weighting": (MATH_BANNED, ()),

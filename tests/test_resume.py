@@ -1,158 +1,94 @@
-"""Kill a CLI training run (SIGKILL, SIGTERM), resume it from ``last``, get the uninterrupted result.
+"""Kill a CLI training run with SIGKILL, resume it from ``last``, get the uninterrupted result.
 
-A tiny reward model with GroupDRO (whose ``q`` state matters) trains for 12 steps through the
-CLI in a subprocess (deterministic, seeded data order, 5 batches per epoch so the kills fall
-mid-epoch, a checkpoint every 2 steps with ``save_last``). The killed runs resume with
-``--ckpt_path last`` and must end with exactly the parameters, GroupDRO weights and AdamW state
-of the run that was never interrupted. Also: the plain ``torch.save`` writer of
-``AtomicCheckpointIO`` never exposes a partial file, and the resumable sampler's order.
+The harness is ``tests/resume_helpers.py``: a tiny reward model with GroupDRO, ``max_epochs: 2``
+with a learning-rate schedule (Lightning then builds the train loader before it reads the
+checkpoint), a ``RunCheckpoint`` every 2 steps and at each epoch end, validation at each epoch
+end, the ``ResumableCSVLogger``. One run is killed at several points in a chain (each resume is
+killed again at the next point): mid-epoch in epoch 1, right after a checkpoint, during
+validation, mid-epoch in epoch 2; it must end with exactly the parameters, GroupDRO weights,
+AdamW state and every ``metrics.csv`` row of the run that was never interrupted. With 2 gloo
+processes (subprocesses of ``tests/resume_run.py`` with a timeout) one rank dies mid-epoch: the
+other must exit with a clear error, and the resume must again equal the uninterrupted run (the
+other kill points under DDP: ``python tests/resume_helpers.py 2``, output in
+docs/results/resume_table.txt). Also in-process: the
+sampler's order and sharding, the data module's pending state, the logger's append rule, the
+atomic writer.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from lightning_robust.data.resumable import ResumableDataLoader, ResumableSampler
-from lightning_robust.modules.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import resume_helpers as h  # noqa: E402
 
-TESTS = Path(__file__).resolve().parent
-MAX_STEPS = 12
+from lightning_robust.data.resumable import ResumableDataLoader, ResumableSampler  # noqa: E402
+from lightning_robust.modules.checkpoint_io import AtomicCheckpointIO, atomic_torch_save  # noqa: E402
 
-
-def _config(root: Path, slow: float) -> dict:
-    callbacks = [
-        {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(root / "ckpt"), "every_n_train_steps": 2,
-                          "save_top_k": -1, "save_last": True},
-        },
-    ]
-    if slow:
-        callbacks.append({"class_path": "resume_helpers.SlowDown", "init_args": {"seconds": slow}})
-    return {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": MAX_STEPS, "deterministic": True,
-            "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "limit_val_batches": 0, "num_sanity_val_steps": 0, "default_root_dir": str(root),
-            "callbacks": callbacks,
-        },
-        "model": {
-            "class_path": "lightning_robust.modules.RewardModel",
-            "init_args": {
-                "model_name_or_path": "tiny", "learning_rate": 3.0e-3, "warmup_ratio": 0.0,
-                "tiny_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
-                "weighting": {"class_path": "lightning_robust.weighting.GroupDRO",
-                              "init_args": {"num_groups": 2, "eta": 0.5}},
-            },
-        },
-        "data": {
-            "class_path": "lightning_robust.data.PreferenceDataModule",
-            "init_args": {
-                "train": "synthetic", "batch_size": 8, "max_length": 48, "val_fraction": 0.0,
-                "seed": 3,
-                "synthetic": {"num_train": 40, "num_eval": 8, "seed": 1, "length_pair_share": 0.0},
-            },
-        },
-    }
+CHAIN_1 = list(h.KILL_POINTS.values())
 
 
-def _launch(root: Path, slow: float, *extra: str) -> subprocess.Popen:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(_config(root, slow)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    code = "from lightning_robust.cli import main; main()"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "fit", "--config", str(path), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root,
-    )
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 150) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
+def _kill_chain(root, kills, processes):
+    """Run, SIGKILLed at ``kills[0]``; resume, SIGKILLed at ``kills[1]``; ...; resume to the end."""
+    for i, kill in enumerate(kills):
+        extra = ("--ckpt_path", "last") if i else ()
+        code, out = h.wait(h.launch(root, processes, kill, *extra))
+        assert code == -signal.SIGKILL, f"kill {kill}: exit {code}\n{out[-3000:]}"
+    code, out = h.wait(h.launch(root, processes, None, "--ckpt_path", "last"))
+    assert code == 0, out[-4000:]
+    assert "Restored all states" in out
+    assert "not resumable" not in out  # Lightning's warning for plain loaders
     return out
 
 
-def _kill_after(proc: subprocess.Popen, ckpt_dir: Path, step: int, sig: int) -> None:
-    """Send ``sig`` once the checkpoint of ``step`` exists (the run is then mid-way); Lightning
-    stops a run on SIGTERM at the next batch (exit status 0 here), SIGKILL ends it at once."""
-    deadline = time.monotonic() + 120
-    while not list(ckpt_dir.glob(f"*step={step}.ckpt")):
-        if proc.poll() is not None:
-            pytest.fail("the run ended before it could be killed:\n" + proc.stdout.read()[-4000:])
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no checkpoint of step {step} within 120 s")
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    proc.communicate(timeout=60)
-    if sig == signal.SIGKILL:
-        assert proc.returncode == -signal.SIGKILL
-    assert not list(ckpt_dir.glob(f"*step={MAX_STEPS}.ckpt")), "the run was not interrupted"
-
-
-def _run_in_process(root: Path) -> None:
-    """The same CLI run in this process (saves a subprocess start)."""
-    from lightning_robust.cli import build_cli
-
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(_config(root, 0.0)))
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    cwd = os.getcwd()
-    try:
-        os.chdir(root)
-        build_cli(["fit", "--config", str(path)])
-    finally:
-        os.chdir(cwd)
-        torch.use_deterministic_algorithms(False)  # set by deterministic=True
-
-
-def _final_state(root: Path) -> dict:
-    return torch.load(root / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
+def _assert_same_run(got_root, expected_root):
+    expected, got = h.final_state(expected_root), h.final_state(got_root)
+    assert expected["global_step"] == got["global_step"] == h.MAX_EPOCHS * h.STEPS_PER_EPOCH
+    assert got["state_dict"].keys() == expected["state_dict"].keys()
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), f"{key} differs"
+    q = got["state_dict"]["weighting.q"]
+    assert not torch.allclose(q, torch.full_like(q, 0.5))  # GroupDRO state really moved
+    exp_opt, got_opt = expected["optimizer_states"][0]["state"], got["optimizer_states"][0]["state"]
+    for idx, slots in exp_opt.items():
+        for slot, value in slots.items():
+            assert torch.equal(got_opt[idx][slot], value), f"AdamW {slot} of {idx}"
+    rows, expected_rows = h.metrics(got_root), h.metrics(expected_root)
+    assert len(expected_rows) == h.MAX_EPOCHS * (h.STEPS_PER_EPOCH + 1)  # train rows + val rows
+    assert rows == expected_rows  # every logged value, as written
 
 
 @pytest.mark.slow
-def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
-    killed = _launch(tmp_path / "sigkill", 0.8)
-    termed = _launch(tmp_path / "sigterm", 0.8)
-    _kill_after(killed, tmp_path / "sigkill" / "ckpt", 4, signal.SIGKILL)  # epoch 0, batch 4 of 5
-    _kill_after(termed, tmp_path / "sigterm" / "ckpt", 6, signal.SIGTERM)  # epoch 1, batch 1 of 5
-    resumes = [
-        _launch(tmp_path / name, 0.0, "--ckpt_path", "last")
-        for name in ("sigkill", "sigterm")
-    ]
-    _run_in_process(tmp_path / "full")  # the uninterrupted reference, while they run
-    outputs = [_finish(p) for p in resumes]
-    for out in outputs:
-        assert "Restored all states" in out
-        assert "not resumable" not in out  # Lightning's warning for plain loaders
-    expected = _final_state(tmp_path / "full")
-    assert expected["global_step"] == MAX_STEPS
-    for name in ("sigkill", "sigterm"):
-        got = _final_state(tmp_path / name)
-        assert got["global_step"] == MAX_STEPS
-        assert got["state_dict"].keys() == expected["state_dict"].keys()
-        for key, value in expected["state_dict"].items():
-            assert torch.equal(got["state_dict"][key], value), f"{name}: {key} differs"
-        q = got["state_dict"]["weighting.q"]
-        assert not torch.allclose(q, torch.full_like(q, 0.5))  # GroupDRO state really moved
-        exp_opt, got_opt = expected["optimizer_states"][0]["state"], got["optimizer_states"][0]["state"]
-        for idx, slots in exp_opt.items():
-            for slot, value in slots.items():
-                assert torch.equal(got_opt[idx][slot], value), f"{name}: AdamW {slot} of {idx}"
+def test_one_process_killed_four_times_ends_as_the_uninterrupted_run(tmp_path):
+    ref = h.launch(tmp_path / "ref", 1)  # the reference in a subprocess, beside the chain
+    _kill_chain(tmp_path / "killed", CHAIN_1, 1)
+    code, out = h.wait(ref)
+    assert code == 0, out[-3000:]
+    _assert_same_run(tmp_path / "killed", tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_a_rank_dies_the_other_exits_clearly_and_the_run_resumes_exactly(tmp_path):
+    """Rank 1 is SIGKILLed mid-epoch in epoch 2; rank 0 must end (not hang) with a one-line error
+    naming the lost peer; ``--ckpt_path last`` then ends as the uninterrupted 2-process run."""
+    ref = h.launch(tmp_path / "ref", 2)
+    code, out = h.wait(ref)  # one 2-process run at a time: the machine has 2 cores
+    assert code == 0, out[-3000:]
+    killed = tmp_path / "killed"
+    code, out = h.wait(h.launch(killed, 2, {**h.KILL_POINTS["epoch 2, mid-epoch (step 7)"], "rank": 1}), timeout=180)
+    assert code == 1, out[-3000:]
+    assert out.strip().splitlines()[-1].startswith("error: another process of this distributed run died ("), out[-2000:]
+    code, out = h.wait(h.launch(killed, 2, None, "--ckpt_path", "last"))
+    assert code == 0, out[-4000:]
+    assert "Restored all states" in out
+    _assert_same_run(killed, tmp_path / "ref")
 
 
 def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
@@ -179,6 +115,75 @@ def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
     other = ResumableSampler(list(range(11)), seed=5)
     with pytest.raises(ValueError, match="num_examples"):
         other.load_state_dict(state["sampler"])
+
+
+def test_sampler_shards_by_rank_like_one_process_with_the_global_batch():
+    data = list(range(11))
+    one = ResumableSampler(data, seed=2)
+    ranks = [ResumableSampler(data, seed=2, num_replicas=2, rank=r) for r in (0, 1)]
+    assert isinstance(ranks[0], torch.utils.data.DistributedSampler)  # Lightning keeps it as is
+    order = list(one)
+    padded = order + order[:1]  # 11 -> 12: repeated from the start, as DistributedSampler
+    assert list(ranks[0]) == padded[0::2] and list(ranks[1]) == padded[1::2]
+    assert len(ranks[0]) == len(ranks[1]) == 6
+    # global batch j of 2 ranks x 2 = batch j of one process with 4
+    for j in range(2):
+        assert sorted(list(ranks[0])[2 * j:2 * j + 2] + list(ranks[1])[2 * j:2 * j + 2]) == sorted(order[4 * j:4 * j + 4])
+    # 2 ranks stopped after 2 examples each (4 of the epoch) resume on 1 process at example 4
+    for r in ranks:
+        r.advance(2)
+    one.load_state_dict(ranks[0].state_dict())
+    assert list(one) == order[4:]
+    # 1 process stopped at 3 cannot be split evenly over 2 ranks: refused, naming the count
+    one.load_state_dict({**one.state_dict(), "consumed": 3})
+    with pytest.raises(ValueError, match="resume with 1"):
+        ranks[0].load_state_dict(one.state_dict())
+
+
+def test_data_module_applies_a_restored_position_whenever_the_loader_is_built():
+    from lightning_robust.data import PreferenceDataModule
+
+    def module():
+        dm = PreferenceDataModule(train="synthetic", tokenizer="tiny", batch_size=4, max_length=48,
+                                  seed=3, synthetic={"num_train": 16, "num_eval": 4, "seed": 1})
+        dm.setup("fit")
+        return dm
+
+    full = [b["chosen_input_ids"].tolist() for b in module().train_dataloader()]
+    first = module()
+    loader = first.train_dataloader()
+    iter(loader)
+    loader.advance(2)
+    state = first.state_dict()
+    assert state["train_sampler"]["consumed"] == 8
+    before = module()  # restored before the loader exists (Lightning with max_epochs)
+    before.load_state_dict(state)
+    assert [b["chosen_input_ids"].tolist() for b in before.train_dataloader()] == full[2:]
+    after = module()  # restored after it was built (Lightning with max_steps)
+    loader = after.train_dataloader()
+    after.load_state_dict(state)
+    assert [b["chosen_input_ids"].tolist() for b in loader] == full[2:]
+    assert [b["chosen_input_ids"].tolist() for b in loader] == full  # next pass: from the start
+
+
+def test_resumable_csv_logger_keeps_rows_before_the_resume_point(tmp_path):
+    from lightning_robust.loggers import ResumableCSVLogger
+
+    first = ResumableCSVLogger(tmp_path, name="logs", version="run")
+    for step in range(5):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.log_metrics({"val/loss": 9.0}, step=4)
+    resumed = ResumableCSVLogger(tmp_path, name="logs", version="run")  # resumed at step 4's val
+    resumed.log_metrics({"val/loss": 8.0}, step=4)
+    resumed.log_metrics({"train/loss": 50.0}, step=5)
+    with open(tmp_path / "logs" / "run" / "metrics.csv", newline="") as f:
+        rows = [(r["step"], r["train/loss"], r["val/loss"]) for r in csv.DictReader(f)]
+    assert rows == [("0", "0.0", ""), ("1", "1.0", ""), ("2", "2.0", ""), ("3", "3.0", ""),
+                    ("4", "4.0", ""), ("4", "", "8.0"), ("5", "50.0", "")]
+    fresh = ResumableCSVLogger(tmp_path, name="logs", version="run")  # a new run from step 0
+    fresh.log_metrics({"train/loss": 1.5}, step=0)
+    with open(tmp_path / "logs" / "run" / "metrics.csv", newline="") as f:
+        assert [r["train/loss"] for r in csv.DictReader(f)] == ["1.5"]
 
 
 def test_atomic_save_replaces_whole_files_and_leaves_no_temp(tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ def test_drro_grpo_recipe_names_s003s_settings(tmp_path, monkeypatch):
     hp = cli.model.hparams
     assert hp.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
     assert cli.model.lora_options.target_modules == "all-linear"
-    assert hp.shaping == "drro_soft" and hp.budget == "dynamic" and hp.bonus_form == "mass"
+    assert hp.shaping == "drro_soft" and hp.budget == "dynamic" and hp.bonus_form == "weight"
     assert hp.kl_coef == 0.0 and hp.ppo_epochs == 1
     assert hp.lr_schedule == "constant" and hp.warmup_ratio == 0.0
     assert hp.reward_model == "OpenAssistant/reward-model-deberta-v3-base"

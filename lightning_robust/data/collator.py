@@ -84,3 +84,44 @@ class PreferenceCollator:
             for key in ("chosen_scores", "rejected_scores"):
                 batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
         return batch
+
+
+#: keys :func:`pack_shared_prompts` adds to a batch
+PAIR_KEYS = ("pair_input_ids", "pair_chosen_end", "pair_length")
+
+
+def pack_shared_prompts(batch: dict) -> dict[str, torch.Tensor] | None:
+    """One ``[prompt | chosen answer | rejected answer]`` row per pair, when every pair's chosen
+    and rejected sequences start with the same prompt tokens (else ``None``).
+
+    From a collated (right-padded) batch: ``pair_input_ids`` ``[B, W]`` (``W`` = the longest
+    ``P + C + R``; pad positions hold 0 and are never attended to or scored),
+    ``pair_chosen_end`` ``[B]`` (``P + C``: where the rejected answer starts) and
+    ``pair_length`` ``[B]`` (``P + C + R``); ``P`` is ``chosen_prompt_len``. The prompt then runs
+    through the model once per pair instead of twice (issue 14): with 64-token prompts and
+    answers, 192 instead of 256 tokens per pair. :func:`~lightning_robust.models.logprobs.pair_layout`
+    gives the attention mask and position ids that make this exact.
+    """
+    chosen, rejected = batch["chosen_input_ids"], batch["rejected_input_ids"]
+    plen = batch["chosen_prompt_len"]
+    if not torch.equal(plen, batch["rejected_prompt_len"]):
+        return None
+    lc = batch["chosen_attention_mask"].sum(1)
+    lr = batch["rejected_attention_mask"].sum(1)
+    if bool((plen > lc).any() or (plen > lr).any()):
+        return None
+    width = min(chosen.shape[1], rejected.shape[1])
+    cols = torch.arange(width)
+    in_prompt = cols.unsqueeze(0) < plen.unsqueeze(1)
+    if not bool(((chosen[:, :width] == rejected[:, :width]) | ~in_prompt).all()):
+        return None
+    length = lc + lr - plen
+    total = int(length.max())
+    j = torch.arange(total).unsqueeze(0)
+    from_chosen = j < lc.unsqueeze(1)
+    from_rejected = ~from_chosen & (j < length.unsqueeze(1))
+    chosen_part = chosen.gather(1, j.clamp(max=chosen.shape[1] - 1).expand(len(plen), -1))
+    src = (j - lc.unsqueeze(1) + plen.unsqueeze(1)).clamp(0, rejected.shape[1] - 1)
+    rejected_part = rejected.gather(1, src)
+    ids = torch.where(from_chosen, chosen_part, torch.where(from_rejected, rejected_part, 0))
+    return {"pair_input_ids": ids, "pair_chosen_end": lc, "pair_length": length}

@@ -10,6 +10,7 @@ Works with a Trainer and LightningCLI, and in a notebook without one::
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, fields, is_dataclass
@@ -22,8 +23,14 @@ from torch.utils.data import DataLoader, SequentialSampler
 from lightning_robust.data.collator import PreferenceCollator
 from lightning_robust.data.dataset import TokenizedPreferenceDataset
 from lightning_robust.data.example import BadRow
-from lightning_robust.data.reading import Examples, adapt_rows, bad_row_error
-from lightning_robust.data.resumable import ResumableDataLoader, ResumableSampler
+from lightning_robust.data.reading import (
+    Examples,
+    adapt_rows,
+    bad_row_error,
+    first_bad_json_line,
+    no_usable_rows_error,
+)
+from lightning_robust.data.resumable import ResumableTrainData
 from lightning_robust.data.sampler import LengthGroupedSampler
 from lightning_robust.data.schemas import get_schema
 from lightning_robust.data.source import DataSource, as_source, load_rows
@@ -80,7 +87,7 @@ def source_option(option: str, value) -> DataSource:
         ) from None
 
 
-class PreferenceDataModule(LightningDataModule):
+class PreferenceDataModule(ResumableTrainData, LightningDataModule):
     """Preference pairs from the hub, local files or the synthetic generator.
 
     Args:
@@ -126,6 +133,13 @@ class PreferenceDataModule(LightningDataModule):
         megabatch_factor: batches per length-sorted megabatch (``None``: transformers' rule
             ``min(n // (4 x global batch), 50)``); only with ``group_by_length``.
         cache_dir: ``datasets`` cache directory (default: the ``datasets`` default).
+        tokenize_cache: tokenise files and hub data with ``Dataset.map`` once and keep the
+            token ids in ``<cache_dir>/lightning_robust_tokenized`` (keyed by tokenizer,
+            options and text), so every rank and later launch loads them
+            (:func:`~lightning_robust.data.tokenize.encode_examples_cached`); with a Trainer the
+            work happens in ``prepare_data``. Synthetic data is always tokenised in memory.
+        tokenize_num_proc: processes of that ``Dataset.map`` (``None``: one; more pays off on
+            large data with idle cores, see ``benchmarks/tokenize_speed.py``).
 
     After :meth:`setup`: ``datasets`` (split name -> :class:`TokenizedPreferenceDataset`),
     ``val_set_names`` (``"val"`` first when present, then the eval sets, in order; one
@@ -157,6 +171,8 @@ class PreferenceDataModule(LightningDataModule):
         cache_dir: str | None = None,
         group_by_length: bool = False,
         megabatch_factor: int | None = None,
+        tokenize_cache: bool = True,
+        tokenize_num_proc: int | None = None,
     ):
         super().__init__()
         if on_bad_row not in ("error", "skip"):
@@ -206,6 +222,8 @@ class PreferenceDataModule(LightningDataModule):
         self.cache_dir = cache_dir
         self.group_by_length = group_by_length
         self.megabatch_factor = megabatch_factor
+        self.tokenize_cache = tokenize_cache
+        self.tokenize_num_proc = tokenize_num_proc
         self._tokenizer = None
         self.datasets: dict[str, TokenizedPreferenceDataset] = {}
         self.val_set_names: list[str] = []
@@ -273,16 +291,24 @@ class PreferenceDataModule(LightningDataModule):
         from datasets.exceptions import DatasetGenerationError
 
         where = self._where(source)
+        json_log = logging.getLogger("datasets.packaged_modules.json.json")
+        level = json_log.level
+        json_log.setLevel(logging.CRITICAL)  # its traceback of a bad line: reported below instead
         try:
             return load_rows(source, self.max_rows, self.cache_dir)
         except StopIteration:  # the json builder's way of saying the file is empty
             raise ValueError(f"{where}: the data source has no rows (empty dataset)") from None
         except DatasetGenerationError as err:
             cause = err.__cause__ or err.__context__ or err
+            bad_line = first_bad_json_line(source.path) if source.local_builder == "json" else None
+            if bad_line is not None:
+                raise ValueError(f"{bad_line}; expected valid JSON lines, JSON or Parquet") from err
             raise ValueError(
                 f"{where}: cannot read the data ({type(cause).__name__}: {cause}); "
                 "expected valid JSON lines, JSON or Parquet"
             ) from err
+        finally:
+            json_log.setLevel(level)
 
     def _group_column(self, source, default, columns, is_train, where) -> str | None:
         if source.group_column is not None:
@@ -302,10 +328,15 @@ class PreferenceDataModule(LightningDataModule):
 
     # ------------------------------------------------------------ setup
     def prepare_data(self) -> None:
-        """Download hub datasets into the cache (local files and synthetic data need nothing)."""
-        for source in [self.train_source, *[s for s in self._sources().values() if s]]:
+        """Download hub datasets into the cache (local files and synthetic data need nothing);
+        with ``tokenize_cache``, also tokenise once here (Lightning calls this on one process
+        per node before ``setup``), so every rank's ``setup`` loads the cached token ids."""
+        sources = [self.train_source, *[s for s in self._sources().values() if s]]
+        for source in sources:
             if not source.is_synthetic and source.local_builder is None:
                 load_rows(source, None, self.cache_dir)
+        if self.tokenize_cache and any(not s.is_synthetic for s in sources):
+            self.setup()
 
     def setup(self, stage: str | None = None) -> None:
         """Read, adapt, split and tokenise every split once (later calls do nothing)."""
@@ -365,13 +396,17 @@ class PreferenceDataModule(LightningDataModule):
         self._group_ids = {name: k for k, name in enumerate(names)}
 
     def _tokenize(self, name, examples: Examples, source, skipped) -> TokenizedPreferenceDataset:
-        encoded = encode_examples(
-            examples.examples,
-            self.tokenizer,
-            self.max_length,
-            chat_template=self.chat_template,
-            append_eos=self.append_eos,
-        )
+        from lightning_robust.data.tokenize import encode_examples_cached
+
+        options = {"chat_template": self.chat_template, "append_eos": self.append_eos}
+        if self.tokenize_cache and not source.is_synthetic:
+            encoded = encode_examples_cached(
+                examples.examples, self.tokenizer, self.max_length, **options,
+                cache_dir=None if self.cache_dir is None else os.path.join(self.cache_dir, "lightning_robust_tokenized"),
+                num_proc=self.tokenize_num_proc,
+            )
+        else:
+            encoded = encode_examples(examples.examples, self.tokenizer, self.max_length, **options)
         keep = []
         for pos, enc in enumerate(encoded):
             if isinstance(enc, BadRow):
@@ -381,7 +416,7 @@ class PreferenceDataModule(LightningDataModule):
             else:
                 keep.append(pos)
         if not keep:
-            raise ValueError(f"{name} ({self._where(source)}): no usable rows")
+            raise ValueError(no_usable_rows_error(name, self._where(source), len(examples), skipped.get(name)))
         return TokenizedPreferenceDataset(
             [encoded[p] for p in keep],
             [self._group_ids.get(examples.examples[p].group, -1) for p in keep],
@@ -469,12 +504,14 @@ class PreferenceDataModule(LightningDataModule):
                 rank=rank,
             )
             return self._loader(dataset, self.batch_size, sampler)
-        # resumable mid-epoch: the order of epoch e depends on (seed, e) only, and the position
-        # is saved with the fit loop (exact resume in one process; data/resumable.py)
-        return ResumableDataLoader(
+        # resumable mid-epoch: the order of epoch e depends on (seed, e) only; the position is
+        # saved with this module's state_dict and restored whenever the loader is built
+        # (data/resumable.py); the sampler shards itself by rank, so Lightning does not wrap it
+        return self.resumable_train_loader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=ResumableSampler(dataset, seed=self.seed, shuffle=self.shuffle),
+            self.batch_size,
+            seed=self.seed,
+            shuffle=self.shuffle,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

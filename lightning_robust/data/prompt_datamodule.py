@@ -15,9 +15,8 @@ import logging
 from collections import Counter
 from typing import Literal
 
-import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
 
 from lightning_robust.data.example import EMPTY, BadRow
 from lightning_robust.data.prompts import (
@@ -29,6 +28,7 @@ from lightning_robust.data.prompts import (
     get_prompt_schema,
 )
 from lightning_robust.data.reading import bad_row_error
+from lightning_robust.data.resumable import ResumableTrainData
 from lightning_robust.data.source import DataSource, as_source, load_rows
 from lightning_robust.data.split import split_by_prompt
 from lightning_robust.data.synthetic_prompts import SyntheticPromptConfig, generate_prompts
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 TRAIN, VAL = "train", "val"
 
 
-class PromptDataModule(LightningDataModule):
+class PromptDataModule(ResumableTrainData, LightningDataModule):
     """Prompts from the hub, local files or the synthetic prompt task.
 
     Args:
@@ -283,13 +283,18 @@ class PromptDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training prompts; the shuffle order is seeded by ``seed`` (deterministic)."""
+        """Training prompts; the order of epoch ``e`` is seeded by ``seed + e`` (deterministic,
+        resumable mid-epoch, sharded by rank: data/resumable.py)."""
         dataset = self.train_dataset
-        if self.shuffle:
-            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
-        else:
-            sampler = SequentialSampler(dataset)
-        return self._loader(dataset, self.batch_size, sampler)
+        return self.resumable_train_loader(
+            dataset,
+            self.batch_size,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation prompts in order (an empty list when there is no validation set)."""

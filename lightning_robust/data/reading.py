@@ -7,6 +7,8 @@ reason. Ties (equal ratings, tie verdicts) are always dropped and counted, never
 
 from __future__ import annotations
 
+import glob
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,42 @@ def bad_row_error(where: str, index: int, err: BadRow) -> ValueError:
         f"bad row in {where}, row {index} (0-based): {err}. "
         "Fix the data, or set on_bad_row='skip' to skip and count such rows."
     )
+
+
+def no_usable_rows_error(split: str, where: str, read: int, skipped: Mapping[str, int] | None) -> str:
+    """The message when a split keeps no row: how many rows were dropped, and why."""
+    counts = {k: v for k, v in sorted((skipped or {}).items()) if v}
+    if not counts:
+        return f"{split} ({where}): no usable rows ({read} row(s) read)"
+    detail = ", ".join(f"{k}={v}" for k, v in counts.items())
+    return f"{split} ({where}): no usable rows: all {sum(counts.values())} row(s) dropped ({detail})"
+
+
+def first_bad_json_line(pattern: str, limit_bytes: int = 1 << 30) -> str | None:
+    """``"<file>, line <n>: <json error>"`` for the first line of the JSON-lines file(s)
+    ``pattern`` that is not a JSON object, or ``None`` (the files are JSON lines, or one JSON
+    document). Only called after the reader failed, to name the line."""
+    for path in sorted(glob.glob(pattern)):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(limit_bytes)
+        except (OSError, UnicodeDecodeError) as err:
+            return f"{path}: cannot read it as text ({err})"
+        try:
+            json.loads(text)
+            continue  # one JSON document: not a JSON-lines problem
+        except ValueError:
+            pass
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                return f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno})"
+            if not isinstance(value, dict):
+                return f"{path}, line {number}: expected a JSON object, got {type(value).__name__}"
+    return None
 
 
 @dataclass

@@ -203,3 +203,128 @@ def encode_examples(
         chunk = examples[start : start + chunk_size]
         out.extend(_encode_chunk(tokenizer, chunk, mode, max_length, eos_id, prefix))
     return out
+
+
+# ---------------------------------------------------------------- datasets-native, cached
+TOKENIZED_COLUMNS = (
+    "chosen_input_ids", "chosen_prompt_len", "rejected_input_ids", "rejected_prompt_len",
+    "bad_reason", "bad_field", "bad_detail",
+)
+
+
+def _map_batch(batch: dict, tokenizer, mode, max_length, eos_id, prefix) -> dict:
+    """``Dataset.map`` function: one batch of (prompt, chosen, rejected) -> token columns."""
+    import json
+    from types import SimpleNamespace
+
+    examples = [
+        SimpleNamespace(prompt=json.loads(p), chosen=c, rejected=r)
+        for p, c, r in zip(batch["prompt"], batch["chosen"], batch["rejected"], strict=True)
+    ]
+    out = {name: [] for name in TOKENIZED_COLUMNS}
+    for enc in _encode_chunk(tokenizer, examples, mode, max_length, eos_id, prefix):
+        bad = isinstance(enc, BadRow)
+        out["chosen_input_ids"].append([] if bad else enc.chosen_input_ids)
+        out["chosen_prompt_len"].append(0 if bad else enc.chosen_prompt_len)
+        out["rejected_input_ids"].append([] if bad else enc.rejected_input_ids)
+        out["rejected_prompt_len"].append(0 if bad else enc.rejected_prompt_len)
+        out["bad_reason"].append(enc.reason if bad else "")
+        out["bad_field"].append(enc.field if bad else "")
+        out["bad_detail"].append(enc.detail if bad else "")
+    return out
+
+
+def tokenized_fingerprint(examples, tokenizer, max_length, chat_template, append_eos) -> str:
+    """Hash of everything the token ids depend on: the tokenizer (vocabulary, template, special
+    tokens), the options and the examples' text (``datasets``' own :class:`Hasher`)."""
+    from datasets.fingerprint import Hasher
+
+    hasher = Hasher()
+    hasher.update(("lightning_robust.tokenize/1", max_length, chat_template, append_eos))
+    hasher.update(tokenizer)
+    hasher.update([(e.prompt, e.chosen, e.rejected) for e in examples])
+    return hasher.hexdigest()
+
+
+def encode_examples_cached(
+    examples: Sequence[PreferenceExample],
+    tokenizer,
+    max_length: int,
+    chat_template: bool | None = None,
+    append_eos: bool = False,
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
+    batch_size: int = 512,
+) -> list[EncodedPair | BadRow]:
+    """:func:`encode_examples` through ``datasets``: ``Dataset.map`` (batched, ``num_proc``
+    processes) writes the token ids once to ``<cache_dir>/pairs-<fingerprint>`` (Arrow,
+    :func:`tokenized_fingerprint`); any later call with the same tokenizer, options and examples
+    -- another rank, another launch -- loads them instead of tokenising again. The result equals
+    :func:`encode_examples` exactly.
+
+    Args:
+        cache_dir: where the tokenised sets live (default ``<datasets cache>/lightning_robust_tokenized``).
+        num_proc: tokenising processes on a cache miss (``None``: one).
+    """
+    import json
+    import os
+    import uuid
+
+    from datasets import Dataset, config, load_from_disk
+
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    mode = render_mode(tokenizer, chat_template)
+    eos_id = None
+    if append_eos:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("append_eos=True but the tokenizer has no eos token")
+        eos_id = tokenizer.eos_token_id
+    prefix = _special_prefix(tokenizer) if mode == CONCAT else []
+    if not examples:  # nothing to cache (an empty Arrow table does not round-trip)
+        return []
+    root = cache_dir or os.path.join(config.HF_DATASETS_CACHE, "lightning_robust_tokenized")
+    key = tokenized_fingerprint(examples, tokenizer, max_length, chat_template, append_eos)
+    path = os.path.join(root, f"pairs-{key}")
+    if os.path.isdir(path):
+        data = load_from_disk(path)
+    else:
+        source = Dataset.from_dict({
+            "prompt": [json.dumps(e.prompt) for e in examples],
+            "chosen": [e.chosen for e in examples],
+            "rejected": [e.rejected for e in examples],
+        })
+        data = source.map(
+            _map_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
+            remove_columns=source.column_names, desc="tokenising pairs",
+            fn_kwargs={"tokenizer": tokenizer, "mode": mode, "max_length": max_length,
+                       "eos_id": eos_id, "prefix": prefix},
+        )
+        partial = f"{path}.{uuid.uuid4().hex}.partial"  # atomic: a reader never sees half a set
+        try:
+            data.save_to_disk(partial)
+        except OSError as err:  # read-only or full cache: keep the result in memory, say so
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "could not cache the tokenised pairs in %s (%s): later launches tokenise again", root, err
+            )
+        else:
+            try:
+                os.replace(partial, path)
+            except OSError:  # another rank or launch finished first: use its copy
+                import shutil
+
+                shutil.rmtree(partial, ignore_errors=True)
+            data = load_from_disk(path)
+    columns = data[:]  # one Arrow -> Python conversion per column
+    out: list[EncodedPair | BadRow] = []
+    for k in range(len(data)):
+        if columns["bad_reason"][k]:
+            out.append(BadRow(columns["bad_reason"][k], columns["bad_field"][k], columns["bad_detail"][k]))
+        else:
+            out.append(EncodedPair(
+                columns["chosen_input_ids"][k], int(columns["chosen_prompt_len"][k]),
+                columns["rejected_input_ids"][k], int(columns["rejected_prompt_len"][k]),
+            ))
+    return out

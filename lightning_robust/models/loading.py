@@ -91,7 +91,19 @@ def resolve_name(name_or_path: str) -> str:
     """Map the short names ``tiny`` / ``minilm`` to what ``from_pretrained`` takes."""
     if name_or_path == "minilm":
         return minilm_path()
+    if looks_like_local_path(name_or_path) and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(
+            f"model directory not found: {name_or_path} (a local path; a hub id has the form "
+            "'name' or 'org/name')"
+        )
     return name_or_path
+
+
+def looks_like_local_path(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` can only be a local path, never a hub id (``org/name``):
+    absolute, starting with ``.`` or ``~``, or with more than one ``/``."""
+    text = str(name_or_path)
+    return bool(text) and (text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text)
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"):

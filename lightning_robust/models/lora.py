@@ -217,6 +217,23 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def _dequantised_gguf(model):
+    """A GGUF-loaded model (``smollm2``, ``*.gguf``) holds de-quantised weights but keeps GGUF's
+    quantiser, so ``save_pretrained`` refuses it: rebuild the architecture without the
+    quantisation settings and load the same weights (as ``causal_lm.convert_gguf`` does)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)).lower() != "gguf":
+        return model
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dtype = next(model.parameters()).dtype
+    plain = type(model)(config).to(dtype)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
 def export_pretrained(model, tokenizer, path: str | os.PathLike, merge_lora: bool = True) -> str:
     """Write ``model`` and ``tokenizer`` with ``save_pretrained`` into ``path``.
 
@@ -228,6 +245,7 @@ def export_pretrained(model, tokenizer, path: str | os.PathLike, merge_lora: boo
     os.makedirs(path, exist_ok=True)
     if is_peft_model(model) and merge_lora:
         model = copy.deepcopy(model).merge_and_unload()
+    model = _dequantised_gguf(model)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -1,9 +1,20 @@
-"""Rollouts with vLLM (``rollout_backend="vllm"`` of the online RL modules) -- UNTESTED.
+"""Rollouts with vLLM (``rollout_backend="vllm"`` of the online RL modules) -- EXPERIMENTAL.
 
-**Status: untested.** No GPU (and no vLLM install) was available when this was written; the
-code follows vLLM's documented offline API (``LLM``, ``SamplingParams``, token-id prompts) but
-has never run. The Hugging Face backend (:mod:`lightning_robust.models.rollout`) is the tested
-default. vLLM is imported lazily, so the package and its tests never need it.
+**Status: experimental.** No GPU (and no vLLM install) has been available to this project, so
+this backend has never run against a real vLLM; it follows vLLM's documented offline API
+(``LLM``, ``SamplingParams``, token-id prompts) and is tested only against a stand-in of that API.
+The Hugging Face backend (:mod:`lightning_robust.models.rollout`) is the tested default.
+Constructing the engine logs a warning saying so. vLLM is imported lazily, so the package and its
+tests never need it.
+
+Weight push (:meth:`VLLMRolloutEngine.push_weights`): current vLLM (the V1 engine) no longer
+exposes ``llm.llm_engine.model_executor.driver_worker.model_runner.model``; the model lives in
+the engine's worker and is reached with ``LLM.apply_model(fn)``, which runs ``fn(model)`` in
+every worker (``model.load_weights(weights)`` here). The engine is created with
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (unless the environment sets it) so the worker runs in this
+process and the weights are handed over without serialisation, as colocated trainers do. Older
+releases without ``apply_model`` fall back to the V0 attribute path; when neither exists the
+push fails with an error naming the vLLM version instead of training on stale weights.
 
 The engine samples completions from token-id prompts and returns the same :class:`Rollout`
 layout as the Hugging Face backend (left-padded prompts, response from column ``P``, padding
@@ -15,10 +26,15 @@ weights first), so the next rollout samples the updated policy.
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 
 from lightning_robust.models.lora import is_peft_model
 from lightning_robust.models.rollout import Rollout, first_eos_mask
+
+log = logging.getLogger(__name__)
 
 MISSING_VLLM = (
     "rollout_backend='vllm' needs vLLM: install the extra with `pip install \"lightning-robust[vllm]\"` "
@@ -36,7 +52,7 @@ def import_vllm():
 
 
 class VLLMRolloutEngine:
-    """A vLLM ``LLM`` that samples rollouts for the trainer (untested; see the module docstring).
+    """A vLLM ``LLM`` that samples rollouts for the trainer (experimental; see the module docstring).
 
     Args:
         model_name_or_path: the policy's initial weights (hub id or directory) for the engine.
@@ -54,7 +70,14 @@ class VLLMRolloutEngine:
         seed: int = 0,
         max_model_len: int | None = None,
     ):
+        # the worker in this process: apply_model then hands tensors over without pickling them
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = import_vllm()
+        log.warning(
+            "rollout_backend='vllm' is experimental: it has not run on a GPU in this project "
+            "(vLLM %s); compare a few rollouts with rollout_backend='hf' first",
+            getattr(vllm, "__version__", "?"),
+        )
         self._vllm = vllm
         kwargs = {"dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization, "seed": seed}
         if max_model_len is not None:
@@ -95,6 +118,10 @@ class VLLMRolloutEngine:
             response[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         response = response.to(prompt_ids.device)
         mask, has_eos = first_eos_mask(response, eos_token_id)
+        # a completion shorter than the longest one ends there even without an EOS (a stop
+        # condition of the engine): its padding is not response
+        lengths = torch.tensor([len(r) for r in responses], device=response.device)
+        mask &= torch.arange(width, device=response.device) < lengths[:, None]
         response = response.masked_fill(~mask, pad_token_id)
         prompt_index = torch.arange(
             prompt_ids.shape[0], device=prompt_ids.device
@@ -116,13 +143,38 @@ class VLLMRolloutEngine:
             policy.merge_adapter()
         try:
             model = policy.get_base_model() if merged else policy
-            weights = [
-                (name.replace("base_layer.", ""), tensor)
-                for name, tensor in model.state_dict().items()
-                if "lora_" not in name
-            ]
-            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-            runner.model.load_weights(weights)
+            weights = policy_weights(model)
+            load_weights_into_engine(self.llm, weights, getattr(self._vllm, "__version__", "?"))
         finally:
             if merged:
                 policy.unmerge_adapter()
+
+
+def policy_weights(model) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of a (LoRA-merged) Hugging Face policy as vLLM's ``load_weights`` takes
+    them: PEFT's ``base_layer.`` infix dropped, the adapters' own tensors left out."""
+    return [
+        (name.replace("base_layer.", ""), tensor)
+        for name, tensor in model.state_dict().items()
+        if "lora_" not in name
+    ]
+
+
+def load_weights_into_engine(llm, weights: list[tuple[str, torch.Tensor]], version: str = "?") -> None:
+    """``model.load_weights(weights)`` on the model inside a vLLM ``LLM`` (module docstring):
+    ``LLM.apply_model`` (current vLLM), else the V0 attribute path, else a clear error."""
+    apply_model = getattr(llm, "apply_model", None)
+    if callable(apply_model):
+        apply_model(lambda model: model.load_weights(weights))
+        return
+    executor = getattr(getattr(llm, "llm_engine", None), "model_executor", None)
+    worker = getattr(executor, "driver_worker", None)
+    runner = getattr(worker, "model_runner", None) or getattr(getattr(worker, "worker", None), "model_runner", None)
+    model = getattr(runner, "model", None)
+    if model is None or not callable(getattr(model, "load_weights", None)):
+        raise RuntimeError(
+            f"cannot push the policy's weights into vLLM {version}: it has neither LLM.apply_model "
+            "nor llm_engine.model_executor.driver_worker.model_runner.model (the vLLM backend is "
+            "experimental); use rollout_backend='hf'"
+        )
+    model.load_weights(weights)

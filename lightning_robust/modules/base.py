@@ -22,15 +22,18 @@ from dataclasses import dataclass, field
 import torch
 from lightning import LightningModule
 
+from lightning_robust.data.collator import pack_shared_prompts
 from lightning_robust.models.backbone import ModelOptions
 from lightning_robust.models.lora import export_pretrained
 from lightning_robust.modules.checkpoint_io import install_atomic_checkpoint_io
+from lightning_robust.modules.metrics import StepWindow
 from lightning_robust.modules.optim import (
     OptimizerOptions,
     TorchOptimizer,
     build_optimizer,
     no_weight_decay_ids,
 )
+from lightning_robust.weighting import ERM, WeightingOutput, weight_stats
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +148,14 @@ class BackboneModule(LightningModule):
       fetched yet. Constraints (checked): ``trainer.accumulate_grad_batches == 1`` and no
       ``gradient_clip_val`` (Lightning's manual optimisation rejects both).
 
-    Non-finite policy (``nonfinite``): per-example losses and ``checked`` values are tested
-    before the weighting (one host sync), the gradients before each optimiser step (one sync;
-    skipped under fp16 loss scaling, whose scaler already skips inf steps, and under DeepSpeed,
-    whose engine owns the gradients). ``"error"`` raises :class:`NonFiniteError` naming the
-    global step and the positions or parameters; ``"skip"`` feeds the weighting zeros in place
-    of the bad losses (so every rank still joins its collectives), then drops every gradient
+    Non-finite policy (``nonfinite``): per-example losses and ``checked`` values get on-device
+    finiteness flags before the weighting (which receives zeros in place of bad losses, so every
+    rank still joins its collectives), and before each optimiser step those flags, the total
+    loss and the total gradient norm are read in one host sync (the gradient part is skipped
+    under fp16 loss scaling, whose scaler already skips inf steps, and under DeepSpeed, whose
+    engine owns the gradients); gradient clipping by norm reuses that total norm. ``"error"``
+    raises :class:`NonFiniteError` naming the global step and the positions or parameters;
+    ``"skip"`` drops every gradient
     before the optimiser runs: parameters and optimiser state (AdamW moments and step count)
     stay untouched, the learning-rate schedule and ``global_step`` advance, as with a step that
     ``torch.amp.GradScaler`` skips. The decision is OR-reduced over ranks. Weightings with
@@ -221,12 +226,36 @@ class BackboneModule(LightningModule):
                 "'global' or 'local' scope use trainer.accumulate_grad_batches"
             )
         terms = step_terms(batch)
-        out = self.weighting(self._screen(terms, batch_idx), groups=terms.groups)
+        out = self._weigh(self._screen(terms, batch_idx), terms.groups)
         loss = out.loss if terms.extra is None else out.loss + terms.extra
         self._screen_loss(loss, batch_idx)
         if log_step is not None:
             log_step(terms, out, loss)
         return loss
+
+    def _weigh(self, losses: torch.Tensor, groups: torch.Tensor | None) -> WeightingOutput:
+        """``self.weighting(losses, groups)``; for plain :class:`ERM` in one process the call is
+        skipped: its loss is ``losses.mean()`` bit for bit (the weighting's uniform fast path)
+        and its stats depend on ``n`` only (cached), so no weighting ops or host sync run."""
+        weighting = self.weighting
+        plain = (
+            type(weighting) is ERM
+            and weighting.nan_policy != "mask"
+            and (self._trainer is None or self.trainer.world_size == 1)
+        )
+        if not plain:
+            return weighting(losses, groups=groups)
+        n = losses.shape[0]
+        cache = self.__dict__.setdefault("_erm_stats", {})
+        if n not in cache:
+            q = torch.full((n,), 1.0 / n, dtype=torch.float64)
+            cache[n] = (q, weight_stats(q))
+        q, stats = cache[n]
+        return WeightingOutput(
+            loss=losses.mean(),
+            weights=q.to(device=losses.device, dtype=losses.dtype),
+            stats=dict(stats),
+        )
 
     def _accumulated_step(self, batch, batch_idx, step_terms, log_step) -> None:
         trainer = self.trainer
@@ -270,7 +299,12 @@ class BackboneModule(LightningModule):
         return f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
 
     def _screen(self, terms: StepTerms, batch_idx: int) -> torch.Tensor:
-        """The losses for the weighting, after the non-finite policy (one host sync)."""
+        """The losses for the weighting, after the non-finite policy, without a host sync.
+
+        Non-finite losses are replaced by zeros (the values and gradient are unchanged when all
+        are finite) and the finiteness flags of the losses and ``checked`` tensors are kept on
+        device; :meth:`on_before_optimizer_step` reads them together with the gradient norm in
+        one host sync and raises (``"error"``) or skips the step (``"skip"``)."""
         losses = terms.losses
         if getattr(self.weighting, "nan_policy", "error") == "mask":
             return losses  # the weighting masks and counts them itself
@@ -279,30 +313,32 @@ class BackboneModule(LightningModule):
             **{k: v.detach() for k, v in terms.checked.items()},
         }
         flags = torch.stack([torch.isfinite(v).all() for v in named.values()])
-        if bool(flags.all()):
-            return losses
-        parts = []
-        for (name, value), ok in zip(named.items(), flags.tolist(), strict=True):
-            if not ok:
-                bad = torch.nonzero(~torch.isfinite(value)).flatten().tolist()
-                parts.append(f"{name} at positions {bad}")
-        what = "; ".join(parts)
-        if self.nonfinite == "error":
-            raise NonFiniteError(
-                f"non-finite values at {self._where(batch_idx)}: {what} "
-                "(set nonfinite='skip' to skip such steps)"
-            )
-        self._nonfinite_reason = what
-        finite = torch.isfinite(losses.detach())
-        return torch.where(finite, losses, torch.zeros_like(losses))
+        self._pending_screen = (named, flags, batch_idx)
+        return torch.where(torch.isfinite(losses.detach()), losses, torch.zeros_like(losses))
 
     def _screen_loss(self, loss: torch.Tensor, batch_idx: int) -> None:
-        if getattr(self, "_nonfinite_reason", None) is not None:
-            return
-        if not bool(torch.isfinite(loss.detach())):
-            if self.nonfinite == "error":
-                raise NonFiniteError(f"non-finite loss {loss.item()} at {self._where(batch_idx)}")
-            self._nonfinite_reason = f"loss {loss.item()}"
+        """Remember the step's total loss; checked with the gradients (one sync per step)."""
+        self._pending_loss = (loss.detach(), batch_idx)
+
+    def _pending_reason(self) -> str | None:
+        """What the pending loss screens found non-finite (clears them), naming the step, batch
+        and positions; ``None`` when everything was finite. Only called on the failure path."""
+        screen = self.__dict__.pop("_pending_screen", None)
+        pending = self.__dict__.pop("_pending_loss", None)
+        if screen is not None:
+            named, flags, batch_idx = screen
+            parts = []
+            for (name, value), ok in zip(named.items(), flags.tolist(), strict=True):
+                if not ok:
+                    bad = torch.nonzero(~torch.isfinite(value)).flatten().tolist()
+                    parts.append(f"{name} at positions {bad}")
+            if parts:
+                return f"values at {self._where(batch_idx)}: " + "; ".join(parts)
+        if pending is not None:
+            loss, batch_idx = pending
+            if not bool(torch.isfinite(loss)):
+                return f"loss {loss.item()} at {self._where(batch_idx)}"
+        return None
 
     def _checks_gradients(self) -> bool:
         trainer = self.trainer
@@ -311,34 +347,137 @@ class BackboneModule(LightningModule):
         return "deepspeed" not in type(trainer.strategy).__name__.lower()
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        """The non-finite policy for the step: the pending loss screens and the gradients in one
+        host sync. The total gradient norm computed here (over the optimiser's parameters, as
+        ``clip_grad_norm_``) is reused by :meth:`configure_gradient_clipping`."""
         reason = getattr(self, "_nonfinite_reason", None)
         self._nonfinite_reason = None
+        self._grad_norm = None
+        screen = self.__dict__.get("_pending_screen")
+        pending = self.__dict__.get("_pending_loss")
+        checks = []
+        if screen is not None:
+            checks.append(screen[1].all())
+        if pending is not None:
+            checks.append(torch.isfinite(pending[0]))
+        params = []
         if reason is None and self._checks_gradients():
-            named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
-            if named:
-                norms = torch._foreach_norm([g for _, g in named])
-                if not bool(torch.isfinite(torch.stack(norms)).all()):
-                    bad = [
-                        n for (n, _), v in zip(named, norms, strict=True) if not torch.isfinite(v)
-                    ]
-                    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-                    reason = f"gradients of {bad[:5]}{more}"
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if params:
+                total = torch.nn.utils.get_total_norm([p.grad for p in params], 2.0)
+                self._grad_norm = (optimizer, params, total)
+                checks.append(torch.isfinite(total))
+        if reason is None and checks:
+            if not bool(torch.stack([c.to(torch.bool).reshape(()) for c in checks]).all()):  # one sync
+                where = f"global step {self.global_step} (epoch {self.current_epoch})"
+                reason = self._pending_reason() or f"{self._gradient_reason(params)} at {where}"
+        self.__dict__.pop("_pending_screen", None)
+        self.__dict__.pop("_pending_loss", None)
         bad_step = reason is not None
         if self.trainer.world_size > 1:
             bad_step = self.trainer.strategy.reduce_boolean_decision(bad_step, all=False)
-            reason = reason or "another rank"
+            reason = reason or f"values on another rank at global step {self.global_step}"
         if bad_step:
             where = f"global step {self.global_step} (epoch {self.current_epoch})"
             if self.nonfinite == "error":
-                raise NonFiniteError(
-                    f"non-finite {reason} at {where} (set nonfinite='skip' to skip such steps)"
-                )
+                raise NonFiniteError(f"non-finite {reason} (set nonfinite='skip' to skip such steps)")
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None
+            self._grad_norm = None
             self._skipped_steps = self.skipped_steps + 1
             log.warning("skipped the optimiser step at %s: non-finite %s", where, reason)
-        self.log("train/skipped_steps", float(self.skipped_steps))
+        if bad_step or not getattr(self, "_logged_skipped", False):
+            # logged when it changes (and once at the start): callback_metrics keep the value
+            self._logged_skipped = True
+            self.log("train/skipped_steps", float(self.skipped_steps))
+
+    def _gradient_reason(self, params: list) -> str:
+        """Name the parameters whose gradient is not finite (the failure path only)."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        norms = torch._foreach_norm([p.grad for p in params]) if params else []
+        bad = [names.get(id(p), "?") for p, v in zip(params, norms, strict=True) if not torch.isfinite(v)]
+        if not bad:
+            return "total gradient norm"
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        return f"gradients of {bad[:5]}{more}"
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip by norm with the total norm :meth:`on_before_optimizer_step` already computed
+        (``torch.nn.utils.clip_grads_with_norm_``: the same arithmetic as ``clip_grad_norm_``,
+        one norm pass per step); other cases go to Lightning's implementation."""
+        cached = getattr(self, "_grad_norm", None)
+        self._grad_norm = None
+        if (
+            cached is not None
+            and cached[0] is optimizer
+            and gradient_clip_val
+            and gradient_clip_algorithm in (None, "norm")
+        ):
+            _, params, total = cached
+            torch.nn.utils.clip_grads_with_norm_(params, float(gradient_clip_val), total)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # ------------------------------------------------------------------ step logging
+    def log_train_window(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Accumulate the step's scalar training metrics on device and log their means every
+        ``trainer.log_every_n_steps`` steps (and at the last batch of the epoch or fit), so the
+        per-step cost is a few in-place adds: no ``self.log`` call or host sync per step.
+        ``train/loss`` goes to the progress bar."""
+        window = self.__dict__.get("_train_window")
+        if window is None:
+            window = self._train_window = StepWindow()
+        window.add(values)
+        if self._window_due(window):
+            self.flush_train_window(batch_size)
+
+    def _window_due(self, window: StepWindow) -> bool:
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
+        if window.steps >= every or trainer.is_last_batch:
+            return True
+        max_steps = getattr(trainer, "max_steps", -1)
+        return max_steps is not None and max_steps > 0 and trainer.global_step + 1 >= max_steps
+
+    def flush_train_window(self, batch_size: int | None = None) -> None:
+        """Log the means of the accumulated training metrics now (no-op when empty)."""
+        window = self.__dict__.get("_train_window")
+        if window is None or not window.steps:
+            return
+        means = window.flush()
+        if "train/loss" in means:
+            self.log("train/loss", means.pop("train/loss"), prog_bar=True, batch_size=batch_size)
+        if means:
+            self.log_dict(means, batch_size=batch_size)
+
+    # ------------------------------------------------------------------ prompt-shared rows
+    #: run each pair as one ``[prompt | chosen | rejected]`` row when the pair's prompts are equal
+    #: and the subclass's model supports it (:meth:`uses_pair_rows`); exact (tests/test_logprobs.py)
+    share_prompt: bool = True
+
+    def uses_pair_rows(self) -> bool:
+        """Whether this module computes with prompt-shared pair rows (subclasses say)."""
+        return False
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Add the prompt-shared pair rows (:func:`~lightning_robust.data.collator.
+        pack_shared_prompts`) on the host, before the batch moves to the device."""
+        if (
+            self.share_prompt
+            and isinstance(batch, dict)
+            and "chosen_input_ids" in batch
+            and "pair_input_ids" not in batch
+            and self.uses_pair_rows()
+        ):
+            packed = pack_shared_prompts(batch)
+            if packed is not None:
+                batch = {**batch, **packed}
+        return batch
 
     # ------------------------------------------------------------------ fit plumbing
     def configure_callbacks(self):

@@ -19,10 +19,12 @@ import zipfile
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 __all__ = [
     "AtomicCheckpointIO",
+    "RunCheckpoint",
     "atomic_torch_save",
     "check_torch_archive",
     "install_atomic_checkpoint_io",
@@ -97,3 +99,28 @@ def install_atomic_checkpoint_io(strategy) -> bool:
         strategy.checkpoint_io = AtomicCheckpointIO()
         return True
     return False
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """The periodic checkpoint every training config carries: ``last.ckpt`` every
+    ``every_n_train_steps`` steps *and* at the end of every training epoch (after its
+    validation), so a killed run loses at most ``every_n_train_steps`` steps; resume it with
+    ``--ckpt_path last``. Lightning's ``ModelCheckpoint`` saves at one of the two only (the
+    triggers are exclusive) and two of them with ``save_last`` write ``last.ckpt`` and
+    ``last-v1.ckpt``. Other arguments as ``ModelCheckpoint`` (default ``save_top_k=1``: the
+    newest step checkpoint besides ``last.ckpt``)."""
+
+    def __init__(self, every_n_train_steps: int = 500, save_last: bool = True, **kwargs) -> None:
+        if every_n_train_steps is None or every_n_train_steps < 1:
+            raise ValueError(f"RunCheckpoint: every_n_train_steps must be >= 1, got {every_n_train_steps!r}")
+        super().__init__(every_n_train_steps=every_n_train_steps, save_last=save_last, **kwargs)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        # unlike ModelCheckpoint, also when a step checkpoint was written at this very step: that
+        # one was taken before the epoch's validation, this one after it
+        if self.save_last and not (trainer.fast_dev_run or trainer.sanity_checking
+                                   or trainer.state.fn != TrainerFn.FITTING):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -36,23 +36,31 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_robust.models.backbone import load_backbone
-from lightning_robust.models.logprobs import sequence_logprobs
+from lightning_robust.models.logprobs import pair_logprobs, sequence_logprobs, supports_pair_rows
 from lightning_robust.models.lora import LoraOptions, prepare_for_training
-from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
+from lightning_robust.modules.base import (
+    BackboneModule,
+    StepTerms,
+    split_batch,
+    validate_step_options,
+)
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
 from lightning_robust.modules.optim import Schedule, TorchOptimizer
-from lightning_robust.modules.reference import KLSampleOptions, ReferencePolicy, ReferenceSamples
+from lightning_robust.modules.reference import (
+    KLSampleOptions,
+    ReferencePolicy,
+    ReferenceSamples,
+    reference_view,
+)
 from lightning_robust.objectives.dpo import (
-    distillation_losses,
     dr_dpo_loss,
-    ensemble_distillation_loss,
     forward_kl_estimate,
     implicit_rewards,
+    objective_losses,
     pessimism_gamma,
-    preference_losses,
     preference_margin,
 )
-from lightning_robust.objectives.wdpo import embedding_gradient_penalty, wdpo_penalty
+from lightning_robust.objectives.regularizers import ForwardKLPessimism, WassersteinPenalty
 from lightning_robust.weighting import ERM, RobustWeighting
 
 log = logging.getLogger(__name__)
@@ -373,9 +381,30 @@ class DPO(BackboneModule):
         return self.reference_policy.sample_kl(batch, self.tokenizer.pad_token_id)
 
     def _reference_logps(self, batch: dict, split: str, ids, mask, plen) -> torch.Tensor:
-        return self.reference_policy.pair_logps(batch, split, ids, mask, plen)
+        policy = self.reference_policy
+        if policy.mode in ("frozen_copy", "lora_disabled") and "pair_input_ids" in batch:
+            # one prompt-shared row per pair (see concatenated_logps), no graph
+            with torch.no_grad(), reference_view(policy.policy, policy.frozen) as model:
+                return self._pair_logps(model, batch)
+        return policy.pair_logps(batch, split, ids, mask, plen)
 
     # ------------------------------------------------------------------ forward
+    def uses_pair_rows(self) -> bool:
+        """Prompt-shared pair rows (:meth:`BackboneModule.on_before_batch_transfer`): not with
+        WDPO (its penalty differentiates the two rows' embeddings) and only where the attention
+        takes a 4-D mask."""
+        return not self.hparams.wdpo_rho > 0 and supports_pair_rows(self.backbone)
+
+    def _pair_logps(self, model, batch: dict) -> torch.Tensor:
+        return pair_logprobs(
+            model,
+            batch["pair_input_ids"],
+            batch["chosen_prompt_len"],
+            batch["pair_chosen_end"],
+            batch["pair_length"],
+            fast_head=self.hparams.fast_head,
+        )[0]
+
     def concatenated_logps(self, batch: dict, split: str = "train", embeddings: bool = False):
         """Policy and reference log-probs of chosen and rejected from one ``[2B, L]`` forward.
 
@@ -385,6 +414,10 @@ class DPO(BackboneModule):
         mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
         plen = torch.cat([batch["chosen_prompt_len"], batch["rejected_prompt_len"]])
         embeds = None
+        if not embeddings and "pair_input_ids" in batch:  # one row per pair, prompt run once
+            policy = self._pair_logps(self.backbone, batch)
+            ref = self._reference_logps(batch, split, ids, mask, plen)
+            return policy, ref.to(policy.dtype), None
         context = contextlib.nullcontext()
         if embeddings:
             embeds = self.backbone.get_input_embeddings()(ids)
@@ -417,36 +450,22 @@ class DPO(BackboneModule):
         return pessimism_gamma(self.global_step, self._total_steps, hp.kl_gamma_start, end)
 
     def _losses(self, batch: dict, policy: torch.Tensor, ref: torch.Tensor):
-        """Per-example losses ``[B]`` (or ``None`` for e-DPO) and a scalar extra term, with stats."""
+        """Per-example losses ``[B]`` (or ``None`` for e-DPO) and a scalar extra term, with stats:
+        the ``loss_type`` dispatch (:func:`~lightning_robust.objectives.dpo.objective_losses`)
+        plus the forward-KL pessimism regulariser (p-/dp-/e-DPO)."""
         hp = self.hparams
         pc, pr = policy.chunk(2)
         rc, rr = ref.chunk(2)
         h = preference_margin(pc, pr, rc, rr)
-        stats: dict[str, torch.Tensor] = {}
-        scalar = None
-        has_scores = "chosen_scores" in batch and "rejected_scores" in batch
-        if hp.loss_type == "distill" and not has_scores and not self.training:
-            # evaluation sets without reward scores: report the DPO loss of the margins
-            losses = preference_losses("dpo", h, hp.beta)
-        elif hp.loss_type == "dr_dpo":  # per-example DPO losses; Dr.DPO aggregates them
-            losses = preference_losses("dpo", h, hp.beta)
-        elif hp.loss_type == "distill":
-            if not has_scores:
-                raise KeyError(
-                    "loss_type='distill' needs 'chosen_scores' and 'rejected_scores' in the batch"
-                )
-            s1 = batch["chosen_scores"].to(h.dtype)
-            s2 = batch["rejected_scores"].to(h.dtype)
-            if s1.dim() == 1 or s1.shape[1] == 1:
-                losses = distillation_losses(s1.reshape(-1), s2.reshape(-1), h, hp.beta)
-            else:
-                losses = None
-                scalar, selected = ensemble_distillation_loss(
-                    s1.T, s2.T, h, hp.beta, reduction="batch"
-                )
-                stats["ensemble/selected"] = selected.float()
-        else:
-            losses = preference_losses(hp.loss_type, h, hp.beta, hp.label_smoothing)
+        losses, scalar, stats = objective_losses(
+            hp.loss_type,
+            h,
+            hp.beta,
+            hp.label_smoothing,
+            batch.get("chosen_scores"),
+            batch.get("rejected_scores"),
+            training=self.training,
+        )
         gamma = self.kl_gamma() if self._uses_kl() else 0.0
         if gamma and hp.kl_samples == "reference" and not self.training:
             gamma = 0.0  # reference samples exist for the training split only (see kl_samples)
@@ -457,13 +476,55 @@ class DPO(BackboneModule):
             else:
                 prompt = torch.arange(n, device=h.device).repeat(2)
                 kl = forward_kl_estimate(ref, policy, prompt_index=prompt, num_prompts=n)
-            stats["kl/forward"] = kl.detach().mean()
-            stats["kl/gamma"] = torch.tensor(gamma)
-            if losses is not None:
-                losses = losses + gamma * kl
-            else:
-                scalar = scalar + gamma * kl.mean()
+            losses, scalar, kl_stats = ForwardKLPessimism(gamma).add_to(losses, scalar, kl)
+            stats |= kl_stats
         return losses, scalar, stats
+
+    #: pairs per chunk of WDPO's chunked double backward (one process; seed form); ``None``: off
+    wdpo_chunk_pairs: int | None = 2
+
+    def _regularized_forward(self, batch: dict):
+        """The training forward: ``(policy [2B], ref [2B], losses [B] or None, scalar, stats,
+        extra)`` where ``extra`` is the WDPO penalty (added unweighted) or ``None``.
+
+        WDPO's regulariser (:class:`~lightning_robust.objectives.regularizers.WassersteinPenalty`)
+        has its one call site here: the seed form in one process runs in chunks of
+        ``wdpo_chunk_pairs`` pairs (bounded second-order memory; same gradient), other cases on
+        the whole batch."""
+        hp = self.hparams
+        if not (hp.wdpo_rho > 0 and torch.is_grad_enabled()):
+            policy, ref, _ = self.concatenated_logps(batch, "train")
+            return (policy, ref, *self._losses(batch, policy, ref), None)
+        penalty = WassersteinPenalty(hp.wdpo_rho, hp.wdpo_form, self.wdpo_chunk_pairs)
+        n = batch["chosen_input_ids"].shape[0]
+        single = self._trainer is None or self.trainer.world_size == 1
+        if penalty.chunkable and single and n > penalty.chunk_pairs:
+            pieces = []
+
+            def chunks():
+                for chunk in split_batch(batch, penalty.chunk_pairs):
+                    p, r, embeds = self.concatenated_logps(chunk, "train", embeddings=True)
+                    losses, _, st = self._losses(chunk, p, r)
+                    if losses is None:
+                        raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
+                    pieces.append((p, r, st, losses.shape[0]))
+                    yield losses, embeds
+
+            parts, term = penalty.accumulate(chunks(), n, list(self.backbone.parameters()))
+            losses = torch.cat(parts)
+            policy = torch.cat([p[:k] for p, _, _, k in pieces] + [p[k:] for p, _, _, k in pieces])
+            ref = torch.cat([r[:k] for _, r, _, k in pieces] + [r[k:] for _, r, _, k in pieces])
+            stats = {
+                key: sum(st[key].float() * (k / n) for _, _, st, k in pieces) for key in pieces[0][2]
+            }
+            scalar = None
+        else:
+            policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=True)
+            losses, scalar, stats = self._losses(batch, policy, ref)
+            if losses is None:
+                raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
+            term = penalty(losses, embeds)
+        return policy, ref, losses, scalar, stats | term.stats, term.scalar
 
     @staticmethod
     def _pair_metrics(policy, ref, losses, beta) -> dict[str, torch.Tensor]:
@@ -507,17 +568,7 @@ class DPO(BackboneModule):
     def step_terms(self, batch: dict) -> StepTerms:
         """Per-pair losses (DPO/IPO/cDPO/rDPO/d-DPO, plus gamma * KL for p-/dp-DPO), the WDPO
         penalty as the unweighted extra term, and the tensors logged by :meth:`log_step`."""
-        hp = self.hparams
-        wdpo = hp.wdpo_rho > 0 and torch.is_grad_enabled()
-        policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=wdpo)
-        losses, _, stats = self._losses(batch, policy, ref)
-        extra = None
-        if wdpo:
-            sq = embedding_gradient_penalty(losses, embeds)
-            penalty = wdpo_penalty(sq, hp.wdpo_rho, hp.wdpo_form)
-            extra = penalty.mean() if hp.wdpo_form == "seed" else penalty
-            stats["wdpo/penalty"] = extra.detach()
-            stats["wdpo/grad_sq_norm"] = sq.detach().mean()
+        policy, ref, losses, _, stats, extra = self._regularized_forward(batch)
         groups = batch.get("group")
         pc, pr = policy.detach().chunk(2)
         rc, rr = ref.detach().chunk(2)
@@ -546,28 +597,19 @@ class DPO(BackboneModule):
     def _self_aggregated_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Dr.DPO (log-mean-exp of the batch losses) and e-DPO (minimum over the ensemble)."""
         hp = self.hparams
-        wdpo = hp.wdpo_rho > 0
-        policy, ref, embeds = self.concatenated_logps(batch, "train", embeddings=wdpo)
-        losses, scalar, stats = self._losses(batch, policy, ref)
-        if losses is not None:  # Dr.DPO
-            if not isinstance(self.weighting, ERM):
-                raise ValueError("Dr.DPO aggregates the batch itself: use weighting=None")
-            loss = dr_dpo_loss(losses, hp.beta_prime)
-        else:
-            if not isinstance(self.weighting, ERM):
-                raise ValueError(
-                    "e-DPO (K > 1 reward scores) takes the minimum per batch: use weighting=None"
-                )
-            if wdpo:
-                raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
-            loss = scalar
-        if wdpo:
-            sq = embedding_gradient_penalty(losses, embeds)
-            penalty = wdpo_penalty(sq, hp.wdpo_rho, hp.wdpo_form)
-            penalty = penalty.mean() if hp.wdpo_form == "seed" else penalty
-            loss = loss + penalty
-            stats["wdpo/penalty"] = penalty.detach()
-            stats["wdpo/grad_sq_norm"] = sq.detach().mean()
+        ensemble = hp.loss_type != "dr_dpo"  # else Dr.DPO
+        if not isinstance(self.weighting, ERM):
+            raise ValueError(
+                "e-DPO (K > 1 reward scores) takes the minimum per batch: use weighting=None"
+                if ensemble
+                else "Dr.DPO aggregates the batch itself: use weighting=None"
+            )
+        if ensemble and hp.wdpo_rho > 0:
+            raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
+        policy, ref, losses, scalar, stats, extra = self._regularized_forward(batch)
+        loss = dr_dpo_loss(losses, hp.beta_prime) if losses is not None else scalar
+        if extra is not None:
+            loss = loss + extra
         self._screen_loss(loss, batch_idx)
         n = policy.shape[0] // 2
         per_example = losses if losses is not None else scalar.detach().expand(n)
@@ -579,12 +621,13 @@ class DPO(BackboneModule):
         values = self._pair_metrics(policy, ref, per_example, self.hparams.beta)
         if self.train_group_metrics is not None and groups is not None:
             self.train_group_metrics.update(values, groups)
-        logged = {f"train/{k}": v.float().mean() for k, v in values.items() if k != "loss"}
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
-        self.log_dict(logged, batch_size=n)
-        self.log_dict({f"train/{k}": v.float() for k, v in stats.items()}, batch_size=n)
+        logged = {"train/loss": loss.detach()}
+        logged |= {f"train/{k}": v.float().mean() for k, v in values.items() if k != "loss"}
+        logged |= {f"train/{k}": v.float() for k, v in stats.items()}
+        self.log_train_window(logged, batch_size=n)  # means logged every log_every_n_steps
 
     def on_train_epoch_end(self) -> None:
+        self.flush_train_window()
         if self.train_group_metrics is not None:
             self.log_dict(self.train_group_metrics.compute("train/"))
             self.train_group_metrics.reset()

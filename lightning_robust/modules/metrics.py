@@ -144,3 +144,32 @@ class TrainGroupMetrics(torch.nn.Module):
     def reset(self) -> None:
         for m in self.means.values():
             m.reset()
+
+
+class StepWindow:
+    """Per-step training scalars summed on device between two logging steps.
+
+    ``add`` costs one in-place add per metric (no ``self.log`` call, no host sync); ``flush``
+    returns the mean of each metric over the steps that reported it and starts a new window.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = torch.as_tensor(value).detach().reshape(()).to(torch.float32)
+            if name in self.sums:
+                self.sums[name].add_(value)
+                self.counts[name] += 1
+            else:
+                self.sums[name] = value.clone()
+                self.counts[name] = 1
+        self.steps += 1
+
+    def flush(self) -> dict[str, torch.Tensor]:
+        means = {name: total / self.counts[name] for name, total in self.sums.items()}
+        self.sums, self.counts, self.steps = {}, {}, 0
+        return means

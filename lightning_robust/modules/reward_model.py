@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from lightning_robust.models.backbone import load_backbone
+from lightning_robust.models.logprobs import pair_scores, supports_pair_scores
 from lightning_robust.models.lora import LoraOptions, freeze_parameters, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import PairwiseMetrics
@@ -139,8 +140,25 @@ class RewardModel(BackboneModule):
         """Scalar reward per sequence, shape ``[batch]`` (float32)."""
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
+    def uses_pair_rows(self) -> bool:
+        """Prompt-shared pair rows for decoder-only classifiers with eager/sdpa attention. The
+        packed path calls the decoder and the score head, not the classifier's ``forward``: a
+        backbone with forward hooks (which expect that call) keeps two rows."""
+        hooked = self.backbone._forward_hooks or self.backbone._forward_pre_hooks
+        return not hooked and supports_pair_scores(self.backbone)
+
     def pair_rewards(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards of chosen and rejected sequences in one forward pass of ``[2B, L]``."""
+        """Rewards of chosen and rejected sequences in one forward pass: one prompt-shared row per
+        pair when the batch has them (:func:`~lightning_robust.models.logprobs.pair_scores`),
+        else ``[2B, L]``."""
+        if "pair_input_ids" in batch:
+            return pair_scores(
+                self.backbone,
+                batch["pair_input_ids"],
+                batch["chosen_prompt_len"],
+                batch["pair_chosen_end"],
+                batch["pair_length"],
+            ).chunk(2)
         ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
         mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
         return self(ids, mask).chunk(2)
@@ -188,21 +206,20 @@ class RewardModel(BackboneModule):
         losses = terms.losses.detach()
         correct = pairwise_correct(chosen, rejected)
         batch_size = losses.shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         both = torch.cat([chosen, rejected])
-        self.log_dict(
-            {
-                "train/accuracy": correct.mean(),
-                "train/margin": (chosen - rejected).mean(),
-                "train/reward_mean": both.mean(),
-                "train/reward_std": both.std(),
-            },
-            batch_size=batch_size,
-        )
-        self.log_dict({f"train/robust/{k}": v for k, v in out.stats.items()}, batch_size=batch_size)
+        logged = {
+            "train/loss": loss.detach(),
+            "train/accuracy": correct.mean(),
+            "train/margin": (chosen - rejected).mean(),
+            "train/reward_mean": both.mean(),
+            "train/reward_std": both.std(),
+        }
+        logged |= {f"train/robust/{k}": v for k, v in out.stats.items()}
+        self.log_train_window(logged, batch_size=batch_size)  # means every log_every_n_steps
         self.train_metrics.update(losses, correct, chosen, rejected, terms.aux.get("group"))
 
     def on_train_epoch_end(self) -> None:
+        self.flush_train_window()
         if self.train_metrics is not None and self.train_metrics.group_names:
             values = self.train_metrics.compute("train/epoch_")
             self.log_dict({k: v for k, v in values.items() if "/group/" in k})

@@ -28,6 +28,8 @@ __all__ = [
     "distillation_losses",
     "forward_kl_estimate",
     "ensemble_distillation_loss",
+    "OBJECTIVE_LOSS_TYPES",
+    "objective_losses",
     "dr_dpo_loss",
     "pessimism_gamma",
 ]
@@ -285,3 +287,44 @@ def pessimism_gamma(step: int, total_steps: int, start: float, end: float) -> fl
         return end
     frac = min(max(float(step), 0.0) / float(total_steps), 1.0)
     return start + (end - start) * frac
+
+
+#: the ``loss_type`` values of the DPO module (dispatched by :func:`objective_losses`)
+OBJECTIVE_LOSS_TYPES = ("dpo", "ipo", "cdpo", "rdpo", "distill", "dr_dpo")
+
+
+def objective_losses(
+    loss_type: str,
+    h: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+    chosen_scores: torch.Tensor | None = None,
+    rejected_scores: torch.Tensor | None = None,
+    training: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, torch.Tensor]]:
+    """The ``loss_type`` dispatch of the DPO family from the margins ``h`` ``[n]``.
+
+    Returns ``(losses, scalar, stats)``: per-example losses ``[n]`` for DPO/IPO/cDPO/rDPO
+    (:func:`preference_losses`), d-DPO (:func:`distillation_losses`, one score column) and
+    Dr.DPO (its per-example DPO losses, aggregated by the caller with ``dr_dpo_loss``); for e-DPO
+    (``distill`` with ``K > 1`` score columns ``[n, K]``) ``losses`` is ``None`` and ``scalar``
+    the batch's ensemble-minimum loss (:func:`ensemble_distillation_loss`), with
+    ``stats["ensemble/selected"]``. Evaluation (``training=False``) of ``distill`` without scores
+    reports the DPO loss; training without them is an error.
+    """
+    stats: dict[str, torch.Tensor] = {}
+    has_scores = chosen_scores is not None and rejected_scores is not None
+    if loss_type == "distill" and not has_scores and not training:
+        return preference_losses("dpo", h, beta), None, stats
+    if loss_type == "dr_dpo":
+        return preference_losses("dpo", h, beta), None, stats
+    if loss_type == "distill":
+        if not has_scores:
+            raise KeyError("loss_type='distill' needs 'chosen_scores' and 'rejected_scores' in the batch")
+        s1, s2 = chosen_scores.to(h.dtype), rejected_scores.to(h.dtype)
+        if s1.dim() == 1 or s1.shape[1] == 1:
+            return distillation_losses(s1.reshape(-1), s2.reshape(-1), h, beta), None, stats
+        scalar, selected = ensemble_distillation_loss(s1.T, s2.T, h, beta, reduction="batch")
+        stats["ensemble/selected"] = selected.float()
+        return None, scalar, stats
+    return preference_losses(loss_type, h, beta, label_smoothing), None, stats
