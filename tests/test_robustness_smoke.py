@@ -68,27 +68,8 @@ def _rho0_equals_btl(records):
     return btl, tv0, key
 
 
-def test_reward_models_quick_synthetic(tmp_path):
-    from benchmarks.robustness import reward_models
-
-    md = tmp_path / "results.md"
-    seeds = [0, 1]
-    out = reward_models.main([
-        "--quick", "--part", "synthetic", "--noise", "0", "--workers", "1", "--seeds", *map(str, seeds),
-        "--results-md", str(md), "--plots-dir", str(tmp_path),
-    ])
-    records = out["synthetic"]
-    groups = _check_table(records, ["label_noise", "length", "method"], reward_models.SYNTH_METRICS, seeds)
-    methods = {reward_models.method_name(f, r) for f, r in reward_models.QUICK_METHODS}
-    assert {g["method"] for g in groups} == methods
-    assert {g["length"] for g in groups} == {"short (1 ep)", "long (2 ep)"}
-    btl, tv0, key = _rho0_equals_btl(records)
-    for r in tv0:
-        b = btl[tuple(r[k] for k in key)]
-        assert all(r[m] == b[m] for m in reward_models.SYNTH_METRICS)
-    text = md.read_text()
-    assert text.startswith("## 1. ") and "| label noise T | training | method | in-dist |" in text
-    assert "python -m benchmarks.robustness.reward_models --quick" in text
+# the synthetic part's smoke test is tests/test_robustness_protocol.py (experiment 1 under the
+# issue-12 protocol, benchmarks.robustness.exp1_synthetic)
 
 
 @pytest.mark.slow

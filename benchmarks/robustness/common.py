@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_MD = ROOT / "docs" / "results.md"
+# the issue-7 scripts (old protocol, not regenerated) write here; results.md is generated (report.py)
+OLD_RESULTS_MD = ROOT / "docs" / "results_old_protocol.md"
 RESULTS_DIR = ROOT / "docs" / "results"
 RUNS_DIR = ROOT / "runs" / "robustness"
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -45,8 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     command_line,
     fmt_mean_std,
@@ -371,7 +371,7 @@ def parse_args(argv=None):
     parser.add_argument("--long-epochs", type=int, default=None, help="default 4 (quick 2)")
     parser.add_argument("--workers", type=int, default=2, help="processes (1 torch thread each)")
     parser.add_argument("--data-dir", type=Path, default=RUNS_DIR / "distillation" / "data")
-    parser.add_argument("--results-md", type=Path, default=RESULTS_MD)
+    parser.add_argument("--results-md", type=Path, default=OLD_RESULTS_MD)
     parser.add_argument("--plots-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--json", type=Path, default=None, help="also write all records as JSON")
     parser.add_argument("--from-json", type=Path, default=None, help="report records saved with --json")

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     command_line,
     fmt_mean_std,
@@ -219,7 +219,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rollouts", type=int, default=None)
     parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
     parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_MD))
+    parser.add_argument("--out-md", default=str(OLD_RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     command_line,
     fmt_mean_std,
@@ -349,7 +349,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke version (CI)")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_MD))
+    parser.add_argument("--out-md", default=str(OLD_RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()

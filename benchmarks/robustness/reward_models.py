@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     SHARED_DATA,
     command_line,
@@ -361,11 +361,12 @@ class HeadScorer:
 
 def train_head(
     chosen: torch.Tensor, rejected: torch.Tensor, weighting, epochs: list[int], seed: int,
-    learning_rate: float, batch_size: int,
+    learning_rate: float, batch_size: int, groups: torch.Tensor | None = None,
 ) -> dict[int, torch.nn.Module]:
     """Linear reward head ``r = w·x + b`` trained on feature pairs with the robust Bradley-Terry
     objective (``weighting(bradley_terry_losses(r+, r-)).loss``, AdamW, shuffled minibatches);
-    a copy of the head after each epoch in ``epochs``."""
+    a copy of the head after each epoch in ``epochs``. ``groups`` (one id per pair) are passed to
+    the weighting (group DRO)."""
     import copy
 
     from lightning_robust.objectives import bradley_terry_losses
@@ -381,7 +382,8 @@ def train_head(
             rows = order[start : start + batch_size]
             losses = bradley_terry_losses(head(chosen[rows]).squeeze(-1), head(rejected[rows]).squeeze(-1))
             optimizer.zero_grad()
-            weighting(losses).loss.backward()
+            out = weighting(losses) if groups is None else weighting(losses, groups=groups[rows])
+            out.loss.backward()
             optimizer.step()
         if epoch in epochs:
             snapshots[epoch] = copy.deepcopy(head)
@@ -587,7 +589,7 @@ def parse_args(argv=None):
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0], help="label-noise temperatures T")
     parser.add_argument("--long-epochs", type=int, default=None, help="long training (default 5; quick 2)")
     parser.add_argument("--length-pair-share", type=float, default=0.25)
-    parser.add_argument("--results-md", type=Path, default=RESULTS_MD)
+    parser.add_argument("--results-md", type=Path, default=OLD_RESULTS_MD)
     parser.add_argument("--plots-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--json", type=Path, default=None, help="also write all records as JSON")
     parser.add_argument(

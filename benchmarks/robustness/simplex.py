@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     command_line,
     fmt_mean_std,
     markdown_table,
@@ -348,7 +348,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke version (CI)")
     parser.add_argument("--seeds", type=int, default=None, help="number of instances (seeds 0..n-1)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_MD))
+    parser.add_argument("--out-md", default=str(OLD_RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()
