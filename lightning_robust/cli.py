@@ -58,6 +58,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 
+
 def register_classes() -> None:
     """Import the project's LightningModule / DataModule / weighting / callback classes, so that
     jsonargparse resolves their short names (``--model DPO``) and ``--help`` lists them. Static
@@ -91,7 +92,9 @@ class RobustCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        config = (
+            self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        )
         apply_thread_policy(config)
 
     def _instantiate_trainer(self, config, callbacks):
@@ -120,12 +123,17 @@ def apply_thread_policy(config) -> int | None:
         try:
             count = int(chosen)
         except ValueError:
-            raise SystemExit(f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'") from None
+            raise SystemExit(
+                f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'"
+            ) from None
         if count < 1:
-            raise SystemExit(f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'")
+            raise SystemExit(
+                f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'"
+            )
     elif "OMP_NUM_THREADS" in os.environ or "MKL_NUM_THREADS" in os.environ:
         return None
     else:
+
         def get(key):
             try:
                 return config.get(key)
@@ -151,7 +159,9 @@ def add_console_callbacks(trainer_config: dict) -> None:
     from lightning_robust.callbacks import MetricsTable, RobustProgressBar
 
     callbacks = trainer_config.get("callbacks")
-    callbacks = [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
+    callbacks = (
+        [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
+    )
     if trainer_config.get("enable_progress_bar") is not False and not any(
         isinstance(c, ProgressBar) for c in callbacks
     ):
@@ -203,7 +213,9 @@ def command_epilog() -> str:
     for name, (_target, text) in COMMANDS.items():
         if command_available(name):
             lines.append(f"  {name:<12} {text}")
-    lines.append("examples: fit --config configs/quickstart.yaml | fit --model.help DPO | eval --help")
+    lines.append(
+        "examples: fit --config configs/quickstart.yaml | fit --model.help DPO | eval --help"
+    )
     return "\n".join(lines)
 
 
@@ -235,7 +247,9 @@ def _command_main(target: str):
 def run_command(name: str, argv: list[str]):
     """Run the extra command ``name`` with the arguments after it."""
     if not command_available(name):
-        raise SystemExit(f"lightning-robust: the command {name!r} is not available in this installation")
+        raise SystemExit(
+            f"lightning-robust: the command {name!r} is not available in this installation"
+        )
     return _command_main(COMMANDS[name][0])(argv)
 
 

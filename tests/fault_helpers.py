@@ -19,8 +19,11 @@ class InjectNaN(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
+
             def poison(module, args, output):
-                return _map_tensors(output, lambda t: t * float("nan") if t.is_floating_point() else t)
+                return _map_tensors(
+                    output, lambda t: t * float("nan") if t.is_floating_point() else t
+                )
 
             self._handle = pl_module.backbone.get_input_embeddings().register_forward_hook(poison)
 

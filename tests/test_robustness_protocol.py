@@ -22,7 +22,9 @@ def test_check_reports_a_hand_edit_and_missing_readme_markers(tmp_path):
     shutil.copy(report.RESULTS_MD, md)
     shutil.copy(report.README, readme)
     assert report.check(results_md=md, readme=readme) == []
-    md.write_text(md.read_text().replace("reproduces", "reproduce", 1).replace("not shown", "shown", 1))
+    md.write_text(
+        md.read_text().replace("reproduces", "reproduce", 1).replace("not shown", "shown", 1)
+    )
     problems = report.check(results_md=md, readme=readme)
     assert len(problems) == 1 and "differs from the text generated" in problems[0]
     readme.write_text(readme.read_text().replace(report.README_END, ""))
@@ -30,12 +32,21 @@ def test_check_reports_a_hand_edit_and_missing_readme_markers(tmp_path):
 
 
 def _record(method, lr, epoch, val, test, seed=0):
-    return {"method": method, "config": {"learning_rate": lr}, "seed": seed, "conflict": 0.0, "epoch": epoch,
-            "val": val, "shifted": test}
+    return {
+        "method": method,
+        "config": {"learning_rate": lr},
+        "seed": seed,
+        "conflict": 0.0,
+        "epoch": epoch,
+        "val": val,
+        "shifted": test,
+    }
 
 
 def test_selection_reads_validation_only_and_breaks_ties_early():
-    methods = [{"name": "BT", "family": "btl", "grid": {"learning_rate": [1e-3, 3e-3]}, "baseline": True}]
+    methods = [
+        {"name": "BT", "family": "btl", "grid": {"learning_rate": [1e-3, 3e-3]}, "baseline": True}
+    ]
     records = [
         _record("BT", 1e-3, 1, 0.80, 0.99),  # best test, worse validation: must not be chosen
         _record("BT", 1e-3, 2, 0.90, 0.50),
@@ -46,9 +57,20 @@ def test_selection_reads_validation_only_and_breaks_ties_early():
     assert chosen[(0.0, "BT", 0)]["shifted"] == 0.50
     assert chosen[(0.0, "BT", 1)]["shifted"] == 0.10
     with pytest.raises(ValueError, match="selection metric"):
-        protocol.Experiment("x", "t", "m", [protocol.Method("BT", "btl", baseline=True)], [0], [{}], {},
-                            select_metric="shifted", test_metrics=("shifted",), claim_metric="shifted",
-                            claim_direction=1, claim="c")
+        protocol.Experiment(
+            "x",
+            "t",
+            "m",
+            [protocol.Method("BT", "btl", baseline=True)],
+            [0],
+            [{}],
+            {},
+            select_metric="shifted",
+            test_metrics=("shifted",),
+            claim_metric="shifted",
+            claim_direction=1,
+            claim="c",
+        )
 
 
 def test_exp1_quick_runs_renders_and_tv_radius_zero_is_bt(tmp_path):
@@ -74,8 +96,11 @@ def test_exp1_quick_runs_renders_and_tv_radius_zero_is_bt(tmp_path):
     bt = exp1.train_run(exp1.Job("BT", "btl", (("learning_rate", 1e-3),), **job))
     tv0 = exp1.train_run(exp1.Job("DR-TV", "tv", (("rho", 0.0),), **job))
     assert bt == tv0
-    assert bt == [{k: r[k] for k in ("epoch", *exp1.METRICS)} for r in payload["records"]
-                  if r["method"] == "BT" and r["seed"] == 0]
+    assert bt == [
+        {k: r[k] for k in ("epoch", *exp1.METRICS)}
+        for r in payload["records"]
+        if r["method"] == "BT" and r["seed"] == 0
+    ]
 
 
 def test_exp4b_simplex_quick_selects_on_validation_prompts(tmp_path):
@@ -84,21 +109,28 @@ def test_exp4b_simplex_quick_selects_on_validation_prompts(tmp_path):
     payload = exp4b.main(["--quick", "--out", str(tmp_path / "s.json")])
     settings = exp4b.QUICK_SETTINGS
     assert payload["complete"]
-    assert len(payload["records"]) == len(exp4b.QUICK_SEEDS) * sum(len(m.grid_points()) for m in exp4b.METHODS)
+    assert len(payload["records"]) == len(exp4b.QUICK_SEEDS) * sum(
+        len(m.grid_points()) for m in exp4b.METHODS
+    )
     # every policy is a distribution; its recorded test gold is the mean over the test prompts
     gold, proxy = exp4b.instances(0, "test", settings["num_test"], settings["num_responses"], 0.5)
     for m in exp4b.METHODS:
         for cfg in m.grid_points():
             p = exp4b.policy(m.family, cfg, proxy[0])
             assert abs(float(p.sum()) - 1.0) < 1e-12 and float(p.min()) >= 0.0
-            record = next(r for r in payload["records"] if r["method"] == m.name and r["config"] == cfg
-                          and r["seed"] == 0)
+            record = next(
+                r
+                for r in payload["records"]
+                if r["method"] == m.name and r["config"] == cfg and r["seed"] == 0
+            )
             assert record["test_items"][0] == round(float(p @ gold[0]), 4)
     # validation and test prompts differ
     val_gold, _ = exp4b.instances(0, "val", settings["num_val"], settings["num_responses"], 0.5)
     assert not any(bool((val_gold[i] == gold[0]).all()) for i in range(len(val_gold)))
     md, claims = exp4b.render(payload)
-    assert "Paired per-prompt differences" in md and all(c["n"] == len(exp4b.QUICK_SEEDS) for c in claims)
+    assert "Paired per-prompt differences" in md and all(
+        c["n"] == len(exp4b.QUICK_SEEDS) for c in claims
+    )
 
 
 @needs_shared_data

@@ -15,7 +15,9 @@ def test_t_quantiles_match_closed_forms():
     # df = 1 is the Cauchy distribution; df = 2 has F^-1(p) = (2p - 1) / sqrt(2 p (1 - p))
     for p in (0.6, 0.9, 0.975, 0.995, 0.01):
         assert stats.t_ppf(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
-        assert stats.t_ppf(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+        assert stats.t_ppf(p, 2) == pytest.approx(
+            (2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9
+        )
     # df = 1 and 2 distribution functions in closed form
     for t in (-3.0, -0.4, 0.0, 0.7, 5.0):
         assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)

@@ -11,10 +11,16 @@ from benchmarks.robustness import report
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when the committed markdown differs from the generated one")
-    parser.add_argument("--claims", action="store_true",
-                        help="print every claim (effect, CI, p, seeds, verdict, command) as markdown")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when the committed markdown differs from the generated one",
+    )
+    parser.add_argument(
+        "--claims",
+        action="store_true",
+        help="print every claim (effect, CI, p, seeds, verdict, command) as markdown",
+    )
     args = parser.parse_args(argv)
     if args.claims:
         print(report.all_claims())

@@ -53,8 +53,12 @@ QUICK_METHODS = (
     Method("DR-TV", "tv", {"rho": [0.4]}),
     Method("group DRO", "group_dro", {"eta": [0.3]}),
 )
-REGIMES = ({"conflict": 0.0, "label_noise": 0.0}, {"conflict": 1.0, "label_noise": 0.0},
-           {"conflict": 1.0, "label_noise": 0.5}, {"conflict": 0.0, "label_noise": 0.5})
+REGIMES = (
+    {"conflict": 0.0, "label_noise": 0.0},
+    {"conflict": 1.0, "label_noise": 0.0},
+    {"conflict": 1.0, "label_noise": 0.5},
+    {"conflict": 0.0, "label_noise": 0.5},
+)
 QUICK_REGIMES = ({"conflict": 1.0, "label_noise": 0.0},)
 FULL_SEEDS = tuple(range(10))
 QUICK_SEEDS = (0, 1)
@@ -105,54 +109,92 @@ def train_run(job: Job) -> list[dict]:
     from lightning_robust.modules import RewardModel
 
     config = dict(job.config)
-    keys = {"val": "val/accuracy", "shifted": "val/shifted/accuracy", "minority": "val/minority/accuracy"}
+    keys = {
+        "val": "val/accuracy",
+        "shifted": "val/shifted/accuracy",
+        "minority": "val/minority/accuracy",
+    }
     records: list[dict] = []
 
     class EpochAccuracy(Callback):
         def on_validation_end(self, trainer, pl_module):
             metrics = trainer.callback_metrics
-            records.append({"epoch": trainer.current_epoch + 1,
-                            **{name: float(metrics[key]) for name, key in keys.items()}})
+            records.append(
+                {
+                    "epoch": trainer.current_epoch + 1,
+                    **{name: float(metrics[key]) for name, key in keys.items()},
+                }
+            )
 
     quiet_lightning()
     seed_all(job.seed)
     data = PreferenceDataModule(
-        train="synthetic", batch_size=job.batch_size, max_length=64, seed=job.seed,
+        train="synthetic",
+        batch_size=job.batch_size,
+        max_length=64,
+        seed=job.seed,
         synthetic=SyntheticShiftConfig(
-            num_train=job.num_train, num_eval=job.num_eval, seed=job.seed,
-            conflict=job.conflict, label_noise=job.label_noise,
+            num_train=job.num_train,
+            num_eval=job.num_eval,
+            seed=job.seed,
+            conflict=job.conflict,
+            label_noise=job.label_noise,
         ),
     )
     model = RewardModel(
-        "tiny", weighting=make_weighting(job.family, config),
-        learning_rate=config.get("learning_rate", BASE_LR), warmup_ratio=0.03, lr_schedule="constant",
+        "tiny",
+        weighting=make_weighting(job.family, config),
+        learning_rate=config.get("learning_rate", BASE_LR),
+        warmup_ratio=0.03,
+        lr_schedule="constant",
         init_seed=job.seed,
     )
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=job.epochs, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=str(RUNS_DIR / NAME), callbacks=[EpochAccuracy()],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=job.epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(RUNS_DIR / NAME),
+        callbacks=[EpochAccuracy()],
     )
     trainer.fit(model, datamodule=data)
     return records
 
 
 def _run_cell(job: Job) -> list[dict]:
-    return [{"method": job.method, "config": dict(job.config), "seed": job.seed, "conflict": job.conflict,
-             "label_noise": job.label_noise, **r} for r in train_run(job)]
+    return [
+        {
+            "method": job.method,
+            "config": dict(job.config),
+            "seed": job.seed,
+            "conflict": job.conflict,
+            "label_noise": job.label_noise,
+            **r,
+        }
+        for r in train_run(job)
+    ]
 
 
 def experiment(quick: bool, seeds) -> Experiment:
     """The declaration: methods, grids, seeds, regimes, selection and claims."""
     settings = QUICK_SETTINGS if quick else FULL_SETTINGS
     return Experiment(
-        name=NAME, title=TITLE, module=MODULE,
+        name=NAME,
+        title=TITLE,
+        module=MODULE,
         methods=QUICK_METHODS if quick else METHODS,
         seeds=tuple(seeds or (QUICK_SEEDS if quick else FULL_SEEDS)),
         regimes=QUICK_REGIMES if quick else REGIMES,
         settings=settings,
-        select_metric="val", test_metrics=("shifted", "minority", "val"),
-        claim_metric="shifted", claim_direction=+1,
+        select_metric="val",
+        test_metrics=("shifted", "minority", "val"),
+        claim_metric="shifted",
+        claim_direction=+1,
         claim="S000: a DR reward model beats Bradley–Terry on the shifted split (shifted accuracy)",
     )
 
@@ -166,9 +208,18 @@ def run(exp: Experiment, workers: int, progress=None, done: list[dict] | None = 
         if (regime["conflict"], regime["label_noise"]) in finished:
             continue
         jobs = [
-            Job(m.name, m.family, tuple(sorted(cfg.items())), regime["conflict"], regime["label_noise"], seed,
-                **exp.settings)
-            for seed in exp.seeds for m in exp.methods for cfg in m.grid_points()
+            Job(
+                m.name,
+                m.family,
+                tuple(sorted(cfg.items())),
+                regime["conflict"],
+                regime["label_noise"],
+                seed,
+                **exp.settings,
+            )
+            for seed in exp.seeds
+            for m in exp.methods
+            for cfg in m.grid_points()
         ]
         for out in run_jobs(_run_cell, jobs, workers):
             records.extend(out)
@@ -193,31 +244,55 @@ def resumable_records(exp: Experiment, args) -> list[dict]:
     for key in ("methods", "seeds", "settings"):
         if saved["protocol"][key] != mine[key]:
             raise SystemExit(f"--resume: {path} was run with other {key}; rerun without --resume")
-    per_regime = len(exp.seeds) * sum(len(m.grid_points()) for m in exp.methods) * exp.settings["epochs"]
+    per_regime = (
+        len(exp.seeds) * sum(len(m.grid_points()) for m in exp.methods) * exp.settings["epochs"]
+    )
     counts: dict = {}
     for r in saved["records"]:
-        counts[(r["conflict"], r["label_noise"])] = counts.get((r["conflict"], r["label_noise"]), 0) + 1
+        counts[(r["conflict"], r["label_noise"])] = (
+            counts.get((r["conflict"], r["label_noise"]), 0) + 1
+        )
     complete = {k for k, n in counts.items() if n == per_regime}
     return [r for r in saved["records"] if (r["conflict"], r["label_noise"]) in complete]
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--quick", action="store_true", help="CI smoke form (small data, 3 methods, 1 regime)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke form (small data, 3 methods, 1 regime)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
-    parser.add_argument("--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the finished regimes of the existing JSON (same methods, seeds, settings)")
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished regimes of the existing JSON (same methods, seeds, settings)",
+    )
     args = parser.parse_args(argv)
     exp = experiment(args.quick, args.seeds)
     done = resumable_records(exp, args) if args.resume else None
     started = time.perf_counter()
     import sys
 
-    command_argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"]  # same result
-    return run_experiment(exp, lambda progress: run(exp, args.workers, progress, done), args, command_argv, started,
-                          extra={"grid_size": GRID_SIZE, "job_fields": list(asdict(Job("", "", (), 0, 0, 0, 0, 0, 0, 0)))})
+    command_argv = [
+        a for a in (sys.argv[1:] if argv is None else argv) if a != "--resume"
+    ]  # same result
+    return run_experiment(
+        exp,
+        lambda progress: run(exp, args.workers, progress, done),
+        args,
+        command_argv,
+        started,
+        extra={
+            "grid_size": GRID_SIZE,
+            "job_fields": list(asdict(Job("", "", (), 0, 0, 0, 0, 0, 0, 0))),
+        },
+    )
 
 
 if __name__ == "__main__":
@@ -227,7 +302,11 @@ if __name__ == "__main__":
 # ----------------------------------------------------------------------------- report
 REGIME_FIELDS = ("conflict", "label_noise")
 METRIC_LABELS = {"val": "in-dist (val)", "shifted": "shifted (70 % β)", "minority": "minority β"}
-SUMMARY_METHODS = ("DR-TV", "DR-χ²", "group DRO")  # S000's claim + the strongest reference; all in the section
+SUMMARY_METHODS = (
+    "DR-TV",
+    "DR-χ²",
+    "group DRO",
+)  # S000's claim + the strongest reference; all in the section
 
 
 def regime_label(conflict: float, label_noise: float) -> str:
@@ -250,8 +329,13 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     regimes = [g for g in regimes if any(k[:2] == g for k in chosen)]
     settings = proto["settings"]
     grids = "; ".join(
-        f"{m['name']}: " + (", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in m["grid"].items())
-                            or "no hyper-parameter")
+        f"{m['name']}: "
+        + (
+            ", ".join(
+                f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in m["grid"].items()
+            )
+            or "no hyper-parameter"
+        )
         for m in methods
     )
     status = "" if payload.get("complete") else " **Partial run: not every regime finished.**"
@@ -267,45 +351,94 @@ def render(payload: dict) -> tuple[str, list[dict]]:
         f"chosen the same way for every method): {grids}. Group DRO uses the domain labels; importance "
         f"reweighting gives each domain equal total weight per batch (`GroupDRO(eta=0)`).",
     ]
-    header = ["regime", "method", *(METRIC_LABELS[m] for m in METRICS), "selected (per seed)", "seeds"]
+    header = [
+        "regime",
+        "method",
+        *(METRIC_LABELS[m] for m in METRICS),
+        "selected (per seed)",
+        "seeds",
+    ]
     body = []
     for g in regimes:
         for m in methods:
             picks = [chosen[k] for k in sorted(chosen) if k[:2] == g and k[2] == m["name"]]
             if not picks:
                 continue
-            body.append([regime_label(*g), m["name"], *(fmt_mean_std([p[x] for p in picks]) for x in METRICS),
-                         selection_summary(picks), len(picks)])
-    lines += ["### Accuracy at the validation-selected point (mean ± sample sd over seeds)",
-              markdown_table(header, body)]
+            body.append(
+                [
+                    regime_label(*g),
+                    m["name"],
+                    *(fmt_mean_std([p[x] for p in picks]) for x in METRICS),
+                    selection_summary(picks),
+                    len(picks),
+                ]
+            )
+    lines += [
+        "### Accuracy at the validation-selected point (mean ± sample sd over seeds)",
+        markdown_table(header, body),
+    ]
     claims, rows = [], []
     for g in regimes:
         for m in methods:
             if m["name"] == base:
                 continue
-            seeds = sorted(s for (*gg, name, s) in chosen if tuple(gg) == g and name == m["name"]
-                           and (*g, base, s) in chosen)
+            seeds = sorted(
+                s
+                for (*gg, name, s) in chosen
+                if tuple(gg) == g and name == m["name"] and (*g, base, s) in chosen
+            )
             if not seeds:
                 continue
             stats_by_metric = {
-                x: paired_t([chosen[(*g, m["name"], s)][x] for s in seeds], [chosen[(*g, base, s)][x] for s in seeds])
+                x: paired_t(
+                    [chosen[(*g, m["name"], s)][x] for s in seeds],
+                    [chosen[(*g, base, s)][x] for s in seeds],
+                )
                 for x in METRICS
             }
             st = stats_by_metric[proto["claim_metric"]]
             v = verdict(st["lo"], st["hi"], proto["claim_direction"])
-            claims.append({
-                "claim": ("S000 DR reward model > BT out of distribution" if m["family"] in ("tv", "chi2")
-                          else f"reference: {m['name']} (domain labels) > BT out of distribution"),
-                "regime": regime_label(*g),
-                "comparison": f"{m['name']} vs {base}", "metric_label": "shifted accuracy", **st, "verdict": v,
-                "summary": m["name"] in SUMMARY_METHODS, "command": payload["command"],
-            })
-            rows.append([regime_label(*g), f"{m['name']} − {base}",
-                         *(f"{fmt(s['mean'], sign=True)} [{fmt(s['lo'], sign=True)}, {fmt(s['hi'], sign=True)}]"
-                           for s in (stats_by_metric[x] for x in ("shifted", "minority", "val"))),
-                         fmt_p(st["p"]), f"{st['wins']}/{st['n']}", f"**{v}**"])
-    header = ["regime", "paired difference", "Δ shifted [95 % CI]", "Δ minority [95 % CI]", "Δ in-dist [95 % CI]",
-              "p (shifted)", "wins/seeds (shifted)", "verdict (shifted > 0)"]
-    lines += [f"### Paired against {base} (per seed, each at its own validation-selected point)",
-              markdown_table(header, rows)]
+            claims.append(
+                {
+                    "claim": (
+                        "S000 DR reward model > BT out of distribution"
+                        if m["family"] in ("tv", "chi2")
+                        else f"reference: {m['name']} (domain labels) > BT out of distribution"
+                    ),
+                    "regime": regime_label(*g),
+                    "comparison": f"{m['name']} vs {base}",
+                    "metric_label": "shifted accuracy",
+                    **st,
+                    "verdict": v,
+                    "summary": m["name"] in SUMMARY_METHODS,
+                    "command": payload["command"],
+                }
+            )
+            rows.append(
+                [
+                    regime_label(*g),
+                    f"{m['name']} − {base}",
+                    *(
+                        f"{fmt(s['mean'], sign=True)} [{fmt(s['lo'], sign=True)}, {fmt(s['hi'], sign=True)}]"
+                        for s in (stats_by_metric[x] for x in ("shifted", "minority", "val"))
+                    ),
+                    fmt_p(st["p"]),
+                    f"{st['wins']}/{st['n']}",
+                    f"**{v}**",
+                ]
+            )
+    header = [
+        "regime",
+        "paired difference",
+        "Δ shifted [95 % CI]",
+        "Δ minority [95 % CI]",
+        "Δ in-dist [95 % CI]",
+        "p (shifted)",
+        "wins/seeds (shifted)",
+        "verdict (shifted > 0)",
+    ]
+    lines += [
+        f"### Paired against {base} (per seed, each at its own validation-selected point)",
+        markdown_table(header, rows),
+    ]
     return "\n\n".join(lines), claims

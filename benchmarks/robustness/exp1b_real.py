@@ -52,19 +52,29 @@ METHODS = (
     Method("group DRO", "group_dro", {"eta": [0.03, 0.3]}),
     Method("importance reweighting", "reweight", {"learning_rate": [1e-3, 3e-3]}),
 )
-QUICK_METHODS = (Method("BT", "btl", {"learning_rate": [1e-3]}, baseline=True), Method("DR-TV", "tv", {"rho": [0.4]}))
+QUICK_METHODS = (
+    Method("BT", "btl", {"learning_rate": [1e-3]}, baseline=True),
+    Method("DR-TV", "tv", {"rho": [0.4]}),
+)
 EPOCHS = (1, 2, 4, 8, 16)
 QUICK_EPOCHS = (1, 2)
 FULL_SEEDS = tuple(range(10))
 QUICK_SEEDS = (0, 1)
 TEST_METRICS = ("minority", "hhh", "mt_bench", "rb_llmbar")
 ITEM_METRICS = ("hhh", "mt_bench", "rb_llmbar")
-METRIC_LABELS = {"val": "in-dist (val)", "minority": "held-out topic", "hhh": "HHH", "mt_bench": "MT-Bench human",
-                 "rb_llmbar": "LLMBar (RewardBench rows)"}
+METRIC_LABELS = {
+    "val": "in-dist (val)",
+    "minority": "held-out topic",
+    "hhh": "HHH",
+    "mt_bench": "MT-Bench human",
+    "rb_llmbar": "LLMBar (RewardBench rows)",
+}
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LIGHTNING_ROBUST_CACHE", Path.home() / ".cache" / "lightning_robust"))
+    return Path(
+        os.environ.get("LIGHTNING_ROBUST_CACHE", Path.home() / ".cache" / "lightning_robust")
+    )
 
 
 def missing_data(data_dir: Path) -> str | None:
@@ -99,9 +109,16 @@ class TextEmbeddings:
         with torch.no_grad():
             for start in range(0, len(todo), self.batch_size):
                 part = todo[start : start + self.batch_size]
-                enc = self.tokenizer(part, truncation=True, max_length=self.max_length, padding=True,
-                                     return_tensors="pt")
-                hidden = self.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                enc = self.tokenizer(
+                    part,
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+                hidden = self.encoder(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                ).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
                 for text, row in zip(part, pooled, strict=True):
@@ -113,7 +130,10 @@ class TextEmbeddings:
         if self.dirty:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             keys = list(self.store)
-            torch.save({"keys": keys, "features": torch.stack([self.store[k] for k in keys])}, self.cache_file)
+            torch.save(
+                {"keys": keys, "features": torch.stack([self.store[k] for k in keys])},
+                self.cache_file,
+            )
             self.dirty = False
 
 
@@ -125,7 +145,9 @@ class ResponseHeadScorer:
 
     def score(self, prompts, responses) -> torch.Tensor:
         with torch.no_grad():
-            return self.head((self.embed(list(responses)) - self.mean) / self.std).squeeze(-1).float()
+            return (
+                self.head((self.embed(list(responses)) - self.mean) / self.std).squeeze(-1).float()
+            )
 
 
 def item_correct(name: str, evaluator, scorer) -> list[bool]:
@@ -149,8 +171,12 @@ def item_correct(name: str, evaluator, scorer) -> list[bool]:
         return out
     if name == "rb_llmbar":
         flat = [r for rows in evaluator.rows().values() for r in rows]
-        chosen, rejected = pairwise_scores(scorer, [r["prompt"] for r in flat], [r["chosen"] for r in flat],
-                                           [r["rejected"] for r in flat])
+        chosen, rejected = pairwise_scores(
+            scorer,
+            [r["prompt"] for r in flat],
+            [r["chosen"] for r in flat],
+            [r["rejected"] for r in flat],
+        )
         return strict_correct(chosen, rejected).tolist()
     raise ValueError(f"no item rule for {name!r}")
 
@@ -167,7 +193,9 @@ def two_means(x: torch.Tensor, seed: int = 0, iters: int = 50) -> torch.Tensor:
     centers = x[torch.randperm(len(x), generator=gen)[:2]].clone()
     for _ in range(iters):
         labels = torch.cdist(x, centers).argmin(1)
-        new = torch.stack([x[labels == k].mean(0) if (labels == k).any() else centers[k] for k in range(2)])
+        new = torch.stack(
+            [x[labels == k].mean(0) if (labels == k).any() else centers[k] for k in range(2)]
+        )
         if torch.allclose(new, centers):
             break
         centers = new
@@ -176,17 +204,33 @@ def two_means(x: torch.Tensor, seed: int = 0, iters: int = 50) -> torch.Tensor:
     return labels
 
 
-def split_rows(labels: torch.Tensor, seed: int, minority_share: float = 0.1) -> dict[str, list[int]]:
+def split_rows(
+    labels: torch.Tensor, seed: int, minority_share: float = 0.1
+) -> dict[str, list[int]]:
     """Per-seed split: train / val = 70 % / 15 % of the majority plus minority rows making
     ``minority_share`` of each; test = the remaining minority rows."""
     gen = torch.Generator().manual_seed(1000 + seed)
-    major = [int(i) for i in torch.nonzero(labels == 0).flatten()[torch.randperm(int((labels == 0).sum()), generator=gen)]]
-    minor = [int(i) for i in torch.nonzero(labels == 1).flatten()[torch.randperm(int((labels == 1).sum()), generator=gen)]]
+    major = [
+        int(i)
+        for i in torch.nonzero(labels == 0).flatten()[
+            torch.randperm(int((labels == 0).sum()), generator=gen)
+        ]
+    ]
+    minor = [
+        int(i)
+        for i in torch.nonzero(labels == 1).flatten()[
+            torch.randperm(int((labels == 1).sum()), generator=gen)
+        ]
+    ]
     n_tr, n_va = round(0.7 * len(major)), round(0.15 * len(major))
     b_tr = round(n_tr * minority_share / (1 - minority_share))
     b_va = round(n_va * minority_share / (1 - minority_share))
-    return {"train": major[:n_tr] + minor[:b_tr], "val": major[n_tr : n_tr + n_va] + minor[b_tr : b_tr + b_va],
-            "test": minor[b_tr + b_va :], "train_groups": [0] * n_tr + [1] * b_tr}
+    return {
+        "train": major[:n_tr] + minor[:b_tr],
+        "val": major[n_tr : n_tr + n_va] + minor[b_tr : b_tr + b_va],
+        "test": minor[b_tr + b_va :],
+        "train_groups": [0] * n_tr + [1] * b_tr,
+    }
 
 
 def make_weighting(family: str, config: dict):
@@ -203,12 +247,22 @@ def run(exp: Experiment, data_dir: Path, quick: bool, progress) -> list[dict] | 
     max_rows = 120 if quick else None
     examples = PairwiseAccuracy(str(root / HH_FILE), schema="hh_rlhf", max_rows=max_rows).rows()
     evaluators = {
-        "hhh": (HHHAlignment(str(root / HHH_DIR), configs=("harmless",) if quick else
-                             ("harmless", "helpful", "honest", "other")), "overall"),
+        "hhh": (
+            HHHAlignment(
+                str(root / HHH_DIR),
+                configs=("harmless",) if quick else ("harmless", "helpful", "honest", "other"),
+            ),
+            "overall",
+        ),
         "mt_bench": (MTBenchHuman(str(root / MT_FILE), max_rows=10 if quick else None), "overall"),
-        "rb_llmbar": (RewardBench(str(root / RB_FILE), max_rows_per_subset=3 if quick else None), "chat_hard"),
+        "rb_llmbar": (
+            RewardBench(str(root / RB_FILE), max_rows_per_subset=3 if quick else None),
+            "chat_hard",
+        ),
     }
-    key = hashlib.sha256(f"{HH_FILE}:{(root / HH_FILE).stat().st_size}:minilm:128:v1".encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        f"{HH_FILE}:{(root / HH_FILE).stat().st_size}:minilm:128:v1".encode()
+    ).hexdigest()[:12]
     embed = TextEmbeddings(cache_dir() / f"minilm_text_{key}.pt")
     t0 = time.perf_counter()
     chosen_x = embed([e.chosen for e in examples])
@@ -216,10 +270,17 @@ def run(exp: Experiment, data_dir: Path, quick: bool, progress) -> list[dict] | 
     topics = two_means(embed([first_human_turn(e.prompt) for e in examples]), seed=0)
     zero = torch.nn.Linear(chosen_x.shape[1], 1)
     for evaluator, _ in evaluators.values():  # embed every benchmark response once
-        evaluator.evaluate(ResponseHeadScorer(embed, zero, torch.zeros(chosen_x.shape[1]), torch.ones(chosen_x.shape[1])))
+        evaluator.evaluate(
+            ResponseHeadScorer(
+                embed, zero, torch.zeros(chosen_x.shape[1]), torch.ones(chosen_x.shape[1])
+            )
+        )
     embed.save()
-    print(f"[{NAME}] embeddings ready ({time.perf_counter() - t0:.0f} s); topic sizes "
-          f"{int((topics == 0).sum())} / {int((topics == 1).sum())}", flush=True)
+    print(
+        f"[{NAME}] embeddings ready ({time.perf_counter() - t0:.0f} s); topic sizes "
+        f"{int((topics == 0).sum())} / {int((topics == 1).sum())}",
+        flush=True,
+    )
     records: list[dict] = []
     for seed in exp.seeds:
         split = split_rows(topics, seed)
@@ -235,24 +296,41 @@ def run(exp: Experiment, data_dir: Path, quick: bool, progress) -> list[dict] | 
         for m in exp.methods:
             for cfg in m.grid_points():
                 heads = train_head(
-                    z(chosen_x[tr]), z(rejected_x[tr]), make_weighting(m.family, cfg), list(exp.settings["epochs"]),
-                    seed, cfg.get("learning_rate", BASE_LR), 16, groups=groups,
+                    z(chosen_x[tr]),
+                    z(rejected_x[tr]),
+                    make_weighting(m.family, cfg),
+                    list(exp.settings["epochs"]),
+                    seed,
+                    cfg.get("learning_rate", BASE_LR),
+                    16,
+                    groups=groups,
                 )
                 trained[(m.name, json.dumps(cfg, sort_keys=True))] = heads
                 for epoch, head in heads.items():
                     with torch.no_grad():
                         margin = (head(z(chosen_x)) - head(z(rejected_x))).squeeze(-1)
                     correct = margin > 0
-                    record = {"method": m.name, "config": cfg, "seed": seed, "epoch": epoch,
-                              "val": float(correct[split["val"]].float().mean()),
-                              "minority": float(correct[split["test"]].float().mean()),
-                              "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])}
+                    record = {
+                        "method": m.name,
+                        "config": cfg,
+                        "seed": seed,
+                        "epoch": epoch,
+                        "val": float(correct[split["val"]].float().mean()),
+                        "minority": float(correct[split["test"]].float().mean()),
+                        "n_train": len(split["train"]),
+                        "n_val": len(split["val"]),
+                        "n_test": len(split["test"]),
+                    }
                     records.append(record)
         # benchmarks only at each method's validation-selected point of this seed
         from benchmarks.robustness.protocol import select
 
-        picked = select([r for r in records if r["seed"] == seed], [asdict(m) for m in exp.methods], (),
-                        exp.select_metric)
+        picked = select(
+            [r for r in records if r["seed"] == seed],
+            [asdict(m) for m in exp.methods],
+            (),
+            exp.select_metric,
+        )
         for (name, _), record in picked.items():
             head = trained[(name, json.dumps(record["config"], sort_keys=True))][record["epoch"]]
             scorer = ResponseHeadScorer(embed, head, mean, std)
@@ -268,11 +346,23 @@ def run(exp: Experiment, data_dir: Path, quick: bool, progress) -> list[dict] | 
 
 def experiment(quick: bool, seeds) -> Experiment:
     return Experiment(
-        name=NAME, title=TITLE, module=MODULE, methods=QUICK_METHODS if quick else METHODS,
-        seeds=tuple(seeds or (QUICK_SEEDS if quick else FULL_SEEDS)), regimes=({},),
-        settings={"epochs": list(QUICK_EPOCHS if quick else EPOCHS), "batch_size": 16, "minority_share": 0.1,
-                  "max_length": 128, "features": "all-MiniLM-L6-v2 mean-pooled response embedding"},
-        select_metric="val", test_metrics=TEST_METRICS, claim_metric="minority", claim_direction=+1,
+        name=NAME,
+        title=TITLE,
+        module=MODULE,
+        methods=QUICK_METHODS if quick else METHODS,
+        seeds=tuple(seeds or (QUICK_SEEDS if quick else FULL_SEEDS)),
+        regimes=({},),
+        settings={
+            "epochs": list(QUICK_EPOCHS if quick else EPOCHS),
+            "batch_size": 16,
+            "minority_share": 0.1,
+            "max_length": 128,
+            "features": "all-MiniLM-L6-v2 mean-pooled response embedding",
+        },
+        select_metric="val",
+        test_metrics=TEST_METRICS,
+        claim_metric="minority",
+        claim_direction=+1,
         claim="S000 on real data: a DR reward head beats BT on a held-out topic",
     )
 
@@ -280,9 +370,13 @@ def experiment(quick: bool, seeds) -> Experiment:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=TITLE)
     parser.add_argument("--quick", action="store_true", help="CI smoke form (120 rows, 2 methods)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
+    )
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
-    parser.add_argument("--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)")
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
+    )
     args = parser.parse_args(argv)
     exp = experiment(args.quick, args.seeds)
     reason = missing_data(args.data_dir)
@@ -291,7 +385,9 @@ def main(argv=None) -> dict:
         return {"skipped": reason}
     torch.set_num_threads(1)
     started = time.perf_counter()
-    return run_experiment(exp, lambda progress: run(exp, args.data_dir, args.quick, progress), args, argv, started)
+    return run_experiment(
+        exp, lambda progress: run(exp, args.data_dir, args.quick, progress), args, argv, started
+    )
 
 
 if __name__ == "__main__":
@@ -315,8 +411,13 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     chosen = select(payload["records"], methods, (), proto["select_metric"])
     metrics = ("val", *proto["test_metrics"])
     first = next(iter(chosen.values()))
-    grids = "; ".join(f"{m['name']}: " + ", ".join(f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}"
-                                                    for k, vals in m["grid"].items()) for m in methods)
+    grids = "; ".join(
+        f"{m['name']}: "
+        + ", ".join(
+            f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in m["grid"].items()
+        )
+        for m in methods
+    )
     status = "" if payload.get("complete") else " **Partial run: not every seed finished.**"
     lines = [
         f"Command: `{payload['command']}` · seeds {proto['seeds']} · records in "
@@ -335,35 +436,77 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     body = []
     for m in methods:
         picks = [chosen[k] for k in sorted(chosen) if k[0] == m["name"]]
-        body.append([m["name"], *(fmt_mean_std([p[x] for p in picks]) for x in metrics), selection_summary(picks),
-                     len(picks)])
-    lines += ["### Accuracy at the validation-selected point (mean ± sample sd over seeds)", markdown_table(header, body)]
+        body.append(
+            [
+                m["name"],
+                *(fmt_mean_std([p[x] for p in picks]) for x in metrics),
+                selection_summary(picks),
+                len(picks),
+            ]
+        )
+    lines += [
+        "### Accuracy at the validation-selected point (mean ± sample sd over seeds)",
+        markdown_table(header, body),
+    ]
     claims, rows = [], []
     for m in methods:
         if m["name"] == base:
             continue
         seeds = sorted(s for (name, s) in chosen if name == m["name"] and (base, s) in chosen)
-        st = {x: paired_t([chosen[(m["name"], s)][x] for s in seeds], [chosen[(base, s)][x] for s in seeds])
-              for x in metrics}
+        st = {
+            x: paired_t(
+                [chosen[(m["name"], s)][x] for s in seeds], [chosen[(base, s)][x] for s in seeds]
+            )
+            for x in metrics
+        }
         c = st[proto["claim_metric"]]
         v = verdict(c["lo"], c["hi"], proto["claim_direction"])
-        claims.append({"claim": "S000 on real data: DR head > BT on a held-out topic",
-                       "regime": "hh-rlhf, frozen MiniLM, held-out topic", "comparison": f"{m['name']} vs {base}",
-                       "metric_label": "held-out-topic accuracy", **c, "verdict": v,
-                       "summary": m["name"] in SUMMARY_METHODS, "command": payload["command"]})
-        rows.append([f"{m['name']} − {base}",
-                     *(f"{fmt(st[x]['mean'], sign=True)} [{fmt(st[x]['lo'], sign=True)}, {fmt(st[x]['hi'], sign=True)}]"
-                       f" p {fmt_p(st[x]['p'])}" for x in proto["test_metrics"]), f"{c['wins']}/{c['n']}", f"**{v}**"])
-    header = ["paired difference", *(f"Δ {METRIC_LABELS[x]} [95 % CI]" for x in proto["test_metrics"]),
-              "wins/seeds (held-out topic)", "verdict (held-out topic > 0)"]
-    lines += [f"### Paired against {base} (per seed; benchmarks are fixed item sets, seeds vary split and init)",
-              markdown_table(header, rows)]
+        claims.append(
+            {
+                "claim": "S000 on real data: DR head > BT on a held-out topic",
+                "regime": "hh-rlhf, frozen MiniLM, held-out topic",
+                "comparison": f"{m['name']} vs {base}",
+                "metric_label": "held-out-topic accuracy",
+                **c,
+                "verdict": v,
+                "summary": m["name"] in SUMMARY_METHODS,
+                "command": payload["command"],
+            }
+        )
+        rows.append(
+            [
+                f"{m['name']} − {base}",
+                *(
+                    f"{fmt(st[x]['mean'], sign=True)} [{fmt(st[x]['lo'], sign=True)}, {fmt(st[x]['hi'], sign=True)}]"
+                    f" p {fmt_p(st[x]['p'])}"
+                    for x in proto["test_metrics"]
+                ),
+                f"{c['wins']}/{c['n']}",
+                f"**{v}**",
+            ]
+        )
+    header = [
+        "paired difference",
+        *(f"Δ {METRIC_LABELS[x]} [95 % CI]" for x in proto["test_metrics"]),
+        "wins/seeds (held-out topic)",
+        "verdict (held-out topic > 0)",
+    ]
+    lines += [
+        f"### Paired against {base} (per seed; benchmarks are fixed item sets, seeds vary split and init)",
+        markdown_table(header, rows),
+    ]
     item_rows = []
     for m in methods:
         if m["name"] == base:
             continue
-        seeds = sorted(s for (name, s) in chosen if name == m["name"] and (base, s) in chosen
-                       and "items" in chosen[(name, s)] and "items" in chosen[(base, s)])
+        seeds = sorted(
+            s
+            for (name, s) in chosen
+            if name == m["name"]
+            and (base, s) in chosen
+            and "items" in chosen[(name, s)]
+            and "items" in chosen[(base, s)]
+        )
         if not seeds:
             continue
         cells = []
@@ -375,8 +518,10 @@ def render(payload: dict) -> tuple[str, list[dict]]:
             mean_b = [sum(run[i] for run in b) / len(seeds) for i in range(n_items)]
             boot = paired_bootstrap_mean(mean_a, mean_b)
             mc = mcnemar_exact([v > 0.5 for v in mean_a], [v > 0.5 for v in mean_b])
-            cells.append(f"{fmt(boot['mean'], sign=True)} [{fmt(boot['lo'], sign=True)}, {fmt(boot['hi'], sign=True)}]"
-                         f"; McNemar {mc['b']}/{mc['c']} p {fmt_p(mc['p'])} ({n_items} items)")
+            cells.append(
+                f"{fmt(boot['mean'], sign=True)} [{fmt(boot['lo'], sign=True)}, {fmt(boot['hi'], sign=True)}]"
+                f"; McNemar {mc['b']}/{mc['c']} p {fmt_p(mc['p'])} ({n_items} items)"
+            )
         item_rows.append([f"{m['name']} − {base}", *cells, len(seeds)])
     if item_rows:
         lines += [
@@ -384,6 +529,8 @@ def render(payload: dict) -> tuple[str, list[dict]]:
             "averaged over seeds, 95 % bootstrap interval over items; exact McNemar test on the per-item "
             "majority over seeds (b = items only the method gets right, c = only the baseline; RewardBench "
             "rows pooled, not section-weighted)",
-            markdown_table(["paired difference", *(METRIC_LABELS[x] for x in ITEM_METRICS), "seeds"], item_rows),
+            markdown_table(
+                ["paired difference", *(METRIC_LABELS[x] for x in ITEM_METRICS), "seeds"], item_rows
+            ),
         ]
     return "\n\n".join(lines), claims

@@ -44,8 +44,11 @@ METHODS = (
     Method("DRO", "dro", {"delta": GRID}),
     Method("greedy", "greedy", {}),
 )
-REGIMES = ({"noise": "gaussian", "sigma": 0.5}, {"noise": "gaussian", "sigma": 1.0},
-           {"noise": "cauchy", "sigma": 0.5})
+REGIMES = (
+    {"noise": "gaussian", "sigma": 0.5},
+    {"noise": "gaussian", "sigma": 1.0},
+    {"noise": "cauchy", "sigma": 0.5},
+)
 FULL_SEEDS = tuple(range(10))
 QUICK_SEEDS = (0, 1)
 FULL_SETTINGS = {"num_responses": 8, "num_val": 64, "num_test": 128}
@@ -93,33 +96,58 @@ def run(exp: Experiment, progress) -> list[dict]:
     s = exp.settings
     for regime in exp.regimes:
         for seed in exp.seeds:
-            val = instances(seed, "val", s["num_val"], s["num_responses"], regime["sigma"], regime["noise"])
-            test = instances(seed, "test", s["num_test"], s["num_responses"], regime["sigma"], regime["noise"])
+            val = instances(
+                seed, "val", s["num_val"], s["num_responses"], regime["sigma"], regime["noise"]
+            )
+            test = instances(
+                seed, "test", s["num_test"], s["num_responses"], regime["sigma"], regime["noise"]
+            )
             for m in exp.methods:
                 for cfg in m.grid_points():
                     v, t = gold_values(m.family, cfg, *val), gold_values(m.family, cfg, *test)
-                    records.append({"method": m.name, "config": cfg, "seed": seed, **regime,
-                                    "val": round(sum(v) / len(v), 6), "test": round(sum(t) / len(t), 6),
-                                    "test_items": [round(x, 4) for x in t]})
+                    records.append(
+                        {
+                            "method": m.name,
+                            "config": cfg,
+                            "seed": seed,
+                            **regime,
+                            "val": round(sum(v) / len(v), 6),
+                            "test": round(sum(t) / len(t), 6),
+                            "test_items": [round(x, 4) for x in t],
+                        }
+                    )
         progress(records)
     return records
 
 
 def experiment(quick: bool, seeds) -> Experiment:
     return Experiment(
-        name=NAME, title=TITLE, module=MODULE, methods=METHODS,
-        seeds=tuple(seeds or (QUICK_SEEDS if quick else FULL_SEEDS)), regimes=REGIMES[:1] if quick else REGIMES,
-        settings=QUICK_SETTINGS if quick else FULL_SETTINGS, select_metric="val", test_metrics=("test",),
-        claim_metric="test", claim_direction=+1,
+        name=NAME,
+        title=TITLE,
+        module=MODULE,
+        methods=METHODS,
+        seeds=tuple(seeds or (QUICK_SEEDS if quick else FULL_SEEDS)),
+        regimes=REGIMES[:1] if quick else REGIMES,
+        settings=QUICK_SETTINGS if quick else FULL_SETTINGS,
+        select_metric="val",
+        test_metrics=("test",),
+        claim_metric="test",
+        claim_direction=+1,
         claim="S003: DRRO reaches a higher gold reward than the KL-regularised optimum and DRO",
     )
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--quick", action="store_true", help="CI smoke form (16 + 16 prompts, one regime)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)")
-    parser.add_argument("--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke form (16 + 16 prompts, one regime)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
+    )
     args = parser.parse_args(argv)
     exp = experiment(args.quick, args.seeds)
     return run_experiment(exp, lambda progress: run(exp, progress), args, argv, time.perf_counter())
@@ -136,50 +164,99 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     methods = proto["methods"]
     base = next(m["name"] for m in methods if m["baseline"])
     chosen = select(payload["records"], methods, ("noise", "sigma"), "val")
-    chosen = {((k[0], k[1]), *k[2:]): v for k, v in chosen.items()}  # key: ((noise, sigma), method, seed)
-    sigmas = [(r["noise"], r["sigma"]) for r in proto["regimes"] if any(k[0] == (r["noise"], r["sigma"]) for k in chosen)]
+    chosen = {
+        ((k[0], k[1]), *k[2:]): v for k, v in chosen.items()
+    }  # key: ((noise, sigma), method, seed)
+    sigmas = [
+        (r["noise"], r["sigma"])
+        for r in proto["regimes"]
+        if any(k[0] == (r["noise"], r["sigma"]) for k in chosen)
+    ]
     s = proto["settings"]
     lines = [
         f"Command: `{payload['command']}` · seeds {proto['seeds']} · records in "
         f"[`results/{payload['experiment']}.json`](results/{payload['experiment']}.json)"
-        + ("" if payload.get("complete") else " **(partial run)**") + ".",
+        + ("" if payload.get("complete") else " **(partial run)**")
+        + ".",
         f"Exact optimal policies on simplex instances: K = {s['num_responses']} responses per prompt, gold "
         f"g ~ N(0, 1)^K, proxy r = g + σ·N(0, 1)^K. Per seed {s['num_val']} validation prompts choose each "
         f"method's δ / β from {{{', '.join(f'{v:g}' for v in GRID)}}} (highest mean gold); the result is the mean "
         f"gold on {s['num_test']} separate test prompts. Regimes: Gaussian proxy noise (inside Theorem 6.1's regime: E[g | r] increases with r) and Cauchy noise (heavy-tailed errors, outside it: a very high proxy is likely an error). The KL-regularised optimum p ∝ exp(r/β) (what "
         f"KL-penalised PPO/GRPO training aims at) is the baseline; greedy = the proxy's argmax.",
     ]
-    header = ["proxy noise", "method", "test gold (mean ± sd over seeds)", "selected (per seed)", "seeds"]
+    header = [
+        "proxy noise",
+        "method",
+        "test gold (mean ± sd over seeds)",
+        "selected (per seed)",
+        "seeds",
+    ]
     body = []
     for sigma in sigmas:
         for m in methods:
             picks = [chosen[k] for k in sorted(chosen) if k[0] == sigma and k[1] == m["name"]]
-            body.append([f"{sigma[0]} σ={sigma[1]:g}", m["name"], fmt_mean_std([p["test"] for p in picks]),
-                         selection_summary(picks), len(picks)])
+            body.append(
+                [
+                    f"{sigma[0]} σ={sigma[1]:g}",
+                    m["name"],
+                    fmt_mean_std([p["test"] for p in picks]),
+                    selection_summary(picks),
+                    len(picks),
+                ]
+            )
     lines += ["### Test gold at the validation-selected point", markdown_table(header, body)]
     comparisons = [("DRRO", base), ("DRRO", "DRO"), ("DRRO", "greedy"), ("DRO", base)]
     claims, rows = [], []
     for sigma in sigmas:
         for a, b in comparisons:
-            seeds = sorted(k[2] for k in chosen if k[0] == sigma and k[1] == a and (sigma, b, k[2]) in chosen)
+            seeds = sorted(
+                k[2] for k in chosen if k[0] == sigma and k[1] == a and (sigma, b, k[2]) in chosen
+            )
             if not seeds:
                 continue
-            st = paired_t([chosen[(sigma, a, x)]["test"] for x in seeds], [chosen[(sigma, b, x)]["test"] for x in seeds])
+            st = paired_t(
+                [chosen[(sigma, a, x)]["test"] for x in seeds],
+                [chosen[(sigma, b, x)]["test"] for x in seeds],
+            )
             items_a = [v for x in seeds for v in chosen[(sigma, a, x)]["test_items"]]
             items_b = [v for x in seeds for v in chosen[(sigma, b, x)]["test_items"]]
             boot = paired_bootstrap_mean(items_a, items_b)
             v = verdict(st["lo"], st["hi"], +1)
-            claims.append({"claim": "S003 DRRO > baseline in gold (simplex, proxy = gold + noise)",
-                           "regime": f"simplex, {sigma[0]} noise σ={sigma[1]:g}", "comparison": f"{a} vs {b}",
-                           "metric_label": "test gold", "digits": 4, **st, "verdict": v,
-                           "summary": a in SUMMARY and b != "greedy", "command": payload["command"]})
-            rows.append([f"{sigma[0]} σ={sigma[1]:g}", f"{a} − {b}", fmt(st["mean"], 4, sign=True),
-                         f"[{fmt(st['lo'], 4, sign=True)}, {fmt(st['hi'], 4, sign=True)}]", fmt_p(st["p"]),
-                         f"{st['wins']}/{st['n']}",
-                         f"[{fmt(boot['lo'], 4, sign=True)}, {fmt(boot['hi'], 4, sign=True)}] ({boot['n']} prompts)",
-                         f"**{v}**"])
-    header = ["proxy noise", "paired difference", "mean Δ gold", "95 % CI (seeds, t)", "p", "wins/seeds",
-              "95 % CI (prompts pooled, bootstrap)", "verdict (Δ > 0)"]
+            claims.append(
+                {
+                    "claim": "S003 DRRO > baseline in gold (simplex, proxy = gold + noise)",
+                    "regime": f"simplex, {sigma[0]} noise σ={sigma[1]:g}",
+                    "comparison": f"{a} vs {b}",
+                    "metric_label": "test gold",
+                    "digits": 4,
+                    **st,
+                    "verdict": v,
+                    "summary": a in SUMMARY and b != "greedy",
+                    "command": payload["command"],
+                }
+            )
+            rows.append(
+                [
+                    f"{sigma[0]} σ={sigma[1]:g}",
+                    f"{a} − {b}",
+                    fmt(st["mean"], 4, sign=True),
+                    f"[{fmt(st['lo'], 4, sign=True)}, {fmt(st['hi'], 4, sign=True)}]",
+                    fmt_p(st["p"]),
+                    f"{st['wins']}/{st['n']}",
+                    f"[{fmt(boot['lo'], 4, sign=True)}, {fmt(boot['hi'], 4, sign=True)}] ({boot['n']} prompts)",
+                    f"**{v}**",
+                ]
+            )
+    header = [
+        "proxy noise",
+        "paired difference",
+        "mean Δ gold",
+        "95 % CI (seeds, t)",
+        "p",
+        "wins/seeds",
+        "95 % CI (prompts pooled, bootstrap)",
+        "verdict (Δ > 0)",
+    ]
     lines += ["### Paired per-prompt differences on the test prompts", markdown_table(header, rows)]
     return "\n\n".join(lines), claims
 

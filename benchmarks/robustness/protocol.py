@@ -33,7 +33,10 @@ class Method:
 
     def grid_points(self) -> list[dict]:
         keys = sorted(self.grid)
-        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(self.grid[k] for k in keys))]
+        return [
+            dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(self.grid[k] for k in keys))
+        ]
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class Experiment:
         if sum(m.baseline for m in self.methods) != 1:
             raise ValueError(f"{self.name}: exactly one method must be the baseline")
         if self.select_metric in (self.claim_metric,):
-            raise ValueError(f"{self.name}: the selection metric must not be the claim's test metric")
+            raise ValueError(
+                f"{self.name}: the selection metric must not be the claim's test metric"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"{self.name}: duplicate seeds {list(self.seeds)}")
 
@@ -72,19 +77,27 @@ def regime_key(record: dict, regime_fields: Sequence[str]) -> tuple:
     return tuple(record[f] for f in regime_fields)
 
 
-def select(records: Sequence[dict], methods: Sequence[dict], regime_fields: Sequence[str], select_metric: str,
-           ) -> dict[tuple, dict]:
+def select(
+    records: Sequence[dict],
+    methods: Sequence[dict],
+    regime_fields: Sequence[str],
+    select_metric: str,
+) -> dict[tuple, dict]:
     """``{(regime..., method, seed): record}``: per regime, method and seed the record with the
     highest ``select_metric`` (validation). Records are visited in grid order then epoch order,
     and only a strictly better value replaces the current choice (ties keep the earlier)."""
     order = {m["name"]: i for i, m in enumerate(methods)}
     grid_index = {
-        m["name"]: [json.dumps(p, sort_keys=True) for p in Method(**m).grid_points()] for m in methods
+        m["name"]: [json.dumps(p, sort_keys=True) for p in Method(**m).grid_points()]
+        for m in methods
     }
     ranked = sorted(
         (r for r in records if r["method"] in order),
-        key=lambda r: (order[r["method"]], grid_index[r["method"]].index(json.dumps(r["config"], sort_keys=True)),
-                       r.get("epoch", 0)),
+        key=lambda r: (
+            order[r["method"]],
+            grid_index[r["method"]].index(json.dumps(r["config"], sort_keys=True)),
+            r.get("epoch", 0),
+        ),
     )
     chosen: dict[tuple, dict] = {}
     for r in ranked:
@@ -112,8 +125,14 @@ def write_json(path: Path, payload: dict) -> Path:
     return path
 
 
-def run_experiment(exp: Experiment, body: Callable[[Callable[[list], None]], list], args, argv, started: float,
-                   extra: dict | None = None) -> dict:
+def run_experiment(
+    exp: Experiment,
+    body: Callable[[Callable[[list], None]], list],
+    args,
+    argv,
+    started: float,
+    extra: dict | None = None,
+) -> dict:
     """Run ``body(progress)`` (which returns the raw records and calls ``progress(records)``
     after each finished part) and write the payload: the declaration, the command, the records
     and ``complete``. The full form writes ``docs/results/<name>.json`` (after every part, so a
@@ -146,7 +165,12 @@ def selection_summary(picks: Sequence[dict]) -> str:
     from collections import Counter
 
     def label(config: dict) -> str:
-        return ", ".join(f"{'lr' if k == 'learning_rate' else k}={v:g}" for k, v in sorted(config.items())) or "—"
+        return (
+            ", ".join(
+                f"{'lr' if k == 'learning_rate' else k}={v:g}" for k, v in sorted(config.items())
+            )
+            or "—"
+        )
 
     configs = Counter(label(p["config"]) for p in picks)
     text = ", ".join(f"{c} ×{n}" for c, n in configs.most_common())

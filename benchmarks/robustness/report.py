@@ -79,13 +79,29 @@ def load_payloads(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict | Non
 
 
 def summary_table(claims: list[dict]) -> str:
-    header = ["claim", "regime", "method vs baseline", "effect (mean Δ)", "95 % CI", "p", "wins/seeds", "verdict"]
+    header = [
+        "claim",
+        "regime",
+        "method vs baseline",
+        "effect (mean Δ)",
+        "95 % CI",
+        "p",
+        "wins/seeds",
+        "verdict",
+    ]
     rows = [
-        [c["claim"], c["regime"], c["comparison"], fmt(c["mean"], c.get("digits", 3), sign=True),
-         f"[{fmt(c['lo'], c.get('digits', 3), sign=True)}, {fmt(c['hi'], c.get('digits', 3), sign=True)}]",
-         fmt_p(c["p"]), f"{c['wins']}/{c['n']}",
-         f"**{c['verdict']}**"]
-        for c in claims if c.get("summary", True)
+        [
+            c["claim"],
+            c["regime"],
+            c["comparison"],
+            fmt(c["mean"], c.get("digits", 3), sign=True),
+            f"[{fmt(c['lo'], c.get('digits', 3), sign=True)}, {fmt(c['hi'], c.get('digits', 3), sign=True)}]",
+            fmt_p(c["p"]),
+            f"{c['wins']}/{c['n']}",
+            f"**{c['verdict']}**",
+        ]
+        for c in claims
+        if c.get("summary", True)
     ]
     return markdown_table(header, rows)
 
@@ -95,15 +111,22 @@ def generate(results_dir: Path = RESULTS_DIR) -> tuple[str, str]:
     sections, claims = [], []
     for number, (name, payload, module) in enumerate(load_payloads(results_dir), start=1):
         if payload is None:
-            sections.append(f"## {number}. {module.TITLE}\n\nNot run yet: `docs/results/{name}.json` is missing "
-                            f"(run `python -m {module.MODULE}`).")
+            sections.append(
+                f"## {number}. {module.TITLE}\n\nNot run yet: `docs/results/{name}.json` is missing "
+                f"(run `python -m {module.MODULE}`)."
+            )
             continue
         body, found = module.render(payload)
         sections.append(f"## {number}. {module.TITLE}\n\n{body.strip()}")
         claims += [{**c, "section": number} for c in found]
-    summary = "## Summary: each claim under the protocol\n\n" + summary_table(claims) + (
-        "\n\nEffect = mean over seeds of (method − baseline) on the claim's test metric, each method at "
-        "its validation-selected point; interval and p from the paired t distribution over seeds.")
+    summary = (
+        "## Summary: each claim under the protocol\n\n"
+        + summary_table(claims)
+        + (
+            "\n\nEffect = mean over seeds of (method − baseline) on the claim's test metric, each method at "
+            "its validation-selected point; interval and p from the paired t distribution over seeds."
+        )
+    )
     text = "\n\n".join([INTRO, summary, *sections, OLD_PROTOCOL]).rstrip() + "\n"
     return text, readme_block(claims)
 
@@ -117,9 +140,18 @@ def all_claims(results_dir: Path = RESULTS_DIR) -> str:
             continue
         for c in module.render(payload)[1]:
             d = c.get("digits", 3)
-            rows.append([c["comparison"], c["regime"], fmt(c["mean"], d, sign=True),
-                         f"[{fmt(c['lo'], d, sign=True)}, {fmt(c['hi'], d, sign=True)}]", fmt_p(c["p"]), c["n"],
-                         c["verdict"], f"`{c['command']}`"])
+            rows.append(
+                [
+                    c["comparison"],
+                    c["regime"],
+                    fmt(c["mean"], d, sign=True),
+                    f"[{fmt(c['lo'], d, sign=True)}, {fmt(c['hi'], d, sign=True)}]",
+                    fmt_p(c["p"]),
+                    c["n"],
+                    c["verdict"],
+                    f"`{c['command']}`",
+                ]
+            )
     return markdown_table(header, rows)
 
 
@@ -128,7 +160,7 @@ def readme_block(claims: list[dict]) -> str:
     lines = [
         "Generated from `docs/results/*.json`, as the summary of `docs/results.md` (paired over seeds, selection on "
         "in-distribution validation only; "
-        "\"not shown\" = the 95 % interval includes zero):",
+        '"not shown" = the 95 % interval includes zero):',
         "",
     ]
     for c in claims:
@@ -153,33 +185,52 @@ def replace_readme_block(readme_text: str, block: str) -> str | None:
 
 
 def diff(old: str, new: str, name: str) -> str:
-    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"{name} (committed)",
-                                        f"{name} (generated)", n=1))
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(True),
+            new.splitlines(True),
+            f"{name} (committed)",
+            f"{name} (generated)",
+            n=1,
+        )
+    )
 
 
-def check(results_dir: Path = RESULTS_DIR, results_md: Path = RESULTS_MD, readme: Path = README) -> list[str]:
+def check(
+    results_dir: Path = RESULTS_DIR, results_md: Path = RESULTS_MD, readme: Path = README
+) -> list[str]:
     """Problems (empty when the committed markdown equals the generated one)."""
     text, block = generate(results_dir)
     problems = []
     committed = Path(results_md).read_text(encoding="utf-8") if Path(results_md).exists() else ""
     if committed != text:
-        problems.append(f"{results_md} differs from the text generated from {results_dir}/*.json:\n"
-                        + diff(committed, text, str(results_md))[:4000])
+        problems.append(
+            f"{results_md} differs from the text generated from {results_dir}/*.json:\n"
+            + diff(committed, text, str(results_md))[:4000]
+        )
     readme_text = Path(readme).read_text(encoding="utf-8")
     updated = replace_readme_block(readme_text, block)
     if updated is None:
-        problems.append(f"{readme}: the generated block markers {README_BEGIN!r} ... {README_END!r} are missing")
+        problems.append(
+            f"{readme}: the generated block markers {README_BEGIN!r} ... {README_END!r} are missing"
+        )
     elif updated != readme_text:
-        problems.append(f"{readme}: the robustness block differs from the generated summary:\n"
-                        + diff(readme_text, updated, str(readme))[:4000])
+        problems.append(
+            f"{readme}: the robustness block differs from the generated summary:\n"
+            + diff(readme_text, updated, str(readme))[:4000]
+        )
     return problems
 
 
-def write(results_dir: Path = RESULTS_DIR, results_md: Path = RESULTS_MD, readme: Path = README) -> None:
+def write(
+    results_dir: Path = RESULTS_DIR, results_md: Path = RESULTS_MD, readme: Path = README
+) -> None:
     text, block = generate(results_dir)
     Path(results_md).write_text(text, encoding="utf-8")
     readme_text = Path(readme).read_text(encoding="utf-8")
     updated = replace_readme_block(readme_text, block)
     if updated is None:
-        raise SystemExit(f"{readme}: add the markers {README_BEGIN!r} and {README_END!r} where the block goes")
+        raise SystemExit(
+            f"{readme}: add the markers {README_BEGIN!r} and {README_END!r} where the block goes"
+        )
     Path(readme).write_text(updated, encoding="utf-8")

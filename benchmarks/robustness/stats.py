@@ -39,8 +39,10 @@ def _beta_continued_fraction(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, 500):
         m2 = 2 * m
-        for numerator in (m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
-                          -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))):
+        for numerator in (
+            m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c
@@ -57,7 +59,9 @@ def betainc(a: float, b: float, x: float) -> float:
         raise ValueError(f"x must be in [0, 1], got {x}")
     if x in (0.0, 1.0):
         return x
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
     return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
@@ -72,7 +76,11 @@ def t_cdf(t: float, df: float) -> float:
     # tail = I_x(df/2, 1/2) / 2 with x = df / (df + t²); for small |t| through the complement
     # 1 - I_y(1/2, df/2), y = t² / (df + t²), so that t is not lost in 1 - x
     y = t * t / (df + t * t)
-    tail = 0.5 * (1.0 - betainc(0.5, df / 2.0, y)) if y < 0.5 else 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    tail = (
+        0.5 * (1.0 - betainc(0.5, df / 2.0, y))
+        if y < 0.5
+        else 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    )
     return 1.0 - tail if t >= 0 else tail
 
 
@@ -101,16 +109,30 @@ def paired_t(x: Sequence[float], y: Sequence[float] | None = None, level: float 
     ``None``): ``n``, ``mean`` (of ``x - y``), ``sd``, ``lo``/``hi`` (t interval), ``p``
     (two-sided paired t-test), ``wins`` (differences > 0). With n < 2 the interval and p are NaN;
     with zero spread the interval is the point and p is 0 (or 1 when the mean is 0)."""
-    diffs = [float(a) for a in x] if y is None else [float(a) - float(b) for a, b in zip(x, y, strict=True)]
+    diffs = (
+        [float(a) for a in x]
+        if y is None
+        else [float(a) - float(b) for a, b in zip(x, y, strict=True)]
+    )
     n = len(diffs)
-    out = {"n": n, "mean": statistics.fmean(diffs) if diffs else math.nan, "wins": sum(d > 0 for d in diffs),
-           "losses": sum(d < 0 for d in diffs)}
+    out = {
+        "n": n,
+        "mean": statistics.fmean(diffs) if diffs else math.nan,
+        "wins": sum(d > 0 for d in diffs),
+        "losses": sum(d < 0 for d in diffs),
+    }
     if n < 2:
         return {**out, "sd": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan}
     sd = statistics.stdev(diffs)
     se = sd / math.sqrt(n)
     if se == 0:
-        return {**out, "sd": 0.0, "lo": out["mean"], "hi": out["mean"], "p": 1.0 if out["mean"] == 0 else 0.0}
+        return {
+            **out,
+            "sd": 0.0,
+            "lo": out["mean"],
+            "hi": out["mean"],
+            "p": 1.0 if out["mean"] == 0 else 0.0,
+        }
     half = t_ppf(0.5 + level / 2.0, n - 1) * se
     p = 2.0 * (1.0 - t_cdf(abs(out["mean"]) / se, n - 1))
     return {**out, "sd": sd, "lo": out["mean"] - half, "hi": out["mean"] + half, "p": min(1.0, p)}
@@ -124,8 +146,12 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
-def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 10_000, seed: int = 0, level: float = LEVEL,
-                      ) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: Sequence[float],
+    n_boot: int = 10_000,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement;
     numpy ``default_rng(seed)``, ``n_boot`` resamples, linear-interpolation percentiles)."""
     import numpy as np
@@ -139,11 +165,18 @@ def bootstrap_mean_ci(values: Sequence[float], n_boot: int = 10_000, seed: int =
         stop = min(start + 1000, n_boot)
         means[start:stop] = x[rng.integers(0, x.size, size=(stop - start, x.size))].mean(axis=1)
     means.sort()
-    return _percentile(means.tolist(), (1 - level) / 2), _percentile(means.tolist(), (1 + level) / 2)
+    return _percentile(means.tolist(), (1 - level) / 2), _percentile(
+        means.tolist(), (1 + level) / 2
+    )
 
 
-def paired_bootstrap_mean(x: Sequence[float], y: Sequence[float], n_boot: int = 10_000, seed: int = 0,
-                          level: float = LEVEL) -> dict:
+def paired_bootstrap_mean(
+    x: Sequence[float],
+    y: Sequence[float],
+    n_boot: int = 10_000,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict:
     """Item-level paired comparison: mean of ``x_i - y_i`` with the percentile bootstrap
     interval over items (both resampled with the same indices)."""
     d = [float(a) - float(b) for a, b in zip(x, y, strict=True)]
@@ -170,16 +203,26 @@ def mcnemar_exact(first_correct: Sequence[bool], second_correct: Sequence[bool])
     return {"n": len(pairs), "b": b, "c": c, "p": p}
 
 
-def paired_bootstrap_accuracy(first_correct: Sequence[bool], second_correct: Sequence[bool], n_boot: int = 5_000,
-                              seed: int = 0, level: float = LEVEL) -> dict:
+def paired_bootstrap_accuracy(
+    first_correct: Sequence[bool],
+    second_correct: Sequence[bool],
+    n_boot: int = 5_000,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict:
     """Accuracy difference (first − second) on the same items, with the percentile bootstrap
     interval over items (both methods resampled with the same indices)."""
-    return paired_bootstrap_mean([float(bool(f)) for f in first_correct], [float(bool(s)) for s in second_correct],
-                                 n_boot=n_boot, seed=seed, level=level)
+    return paired_bootstrap_mean(
+        [float(bool(f)) for f in first_correct],
+        [float(bool(s)) for s in second_correct],
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+    )
 
 
 def verdict(lo: float, hi: float, direction: int = 1) -> str:
-    """"reproduces" when the interval ``[lo, hi]`` excludes zero on the claimed side
+    """ "reproduces" when the interval ``[lo, hi]`` excludes zero on the claimed side
     (``direction`` +1: above zero, −1: below), "reversed" when it excludes zero on the other
     side, "not shown" otherwise (also for NaN bounds)."""
     if direction not in (1, -1):
