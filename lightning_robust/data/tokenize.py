@@ -172,6 +172,22 @@ def _encode_chunk(tokenizer, examples, mode, max_length, eos_id, prefix):
     return out
 
 
+def _encoding_setup(tokenizer, max_length: int, chat_template, append_eos: bool):
+    """The checked settings shared by :func:`encode_examples` and the cached path: the render
+    mode, the eos id appended to answers (``None`` when ``append_eos`` is off) and the special
+    prefix of concatenated (template-free) rows."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    mode = render_mode(tokenizer, chat_template)
+    eos_id = None
+    if append_eos:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("append_eos=True but the tokenizer has no eos token")
+        eos_id = tokenizer.eos_token_id
+    prefix = _special_prefix(tokenizer) if mode == CONCAT else []
+    return mode, eos_id, prefix
+
+
 def encode_examples(
     examples: Sequence[PreferenceExample],
     tokenizer,
@@ -191,15 +207,7 @@ def encode_examples(
         append_eos: end every answer with the eos token (unless it already ends with it).
         chunk_size: examples per tokenizer call.
     """
-    if max_length < 1:
-        raise ValueError(f"max_length must be positive, got {max_length}")
-    mode = render_mode(tokenizer, chat_template)
-    eos_id = None
-    if append_eos:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("append_eos=True but the tokenizer has no eos token")
-        eos_id = tokenizer.eos_token_id
-    prefix = _special_prefix(tokenizer) if mode == CONCAT else []
+    mode, eos_id, prefix = _encoding_setup(tokenizer, max_length, chat_template, append_eos)
     out: list[EncodedPair | BadRow] = []
     for start in range(0, len(examples), chunk_size):
         chunk = examples[start : start + chunk_size]
@@ -279,15 +287,7 @@ def encode_examples_cached(
 
     from datasets import Dataset, config, load_from_disk
 
-    if max_length < 1:
-        raise ValueError(f"max_length must be positive, got {max_length}")
-    mode = render_mode(tokenizer, chat_template)
-    eos_id = None
-    if append_eos:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("append_eos=True but the tokenizer has no eos token")
-        eos_id = tokenizer.eos_token_id
-    prefix = _special_prefix(tokenizer) if mode == CONCAT else []
+    mode, eos_id, prefix = _encoding_setup(tokenizer, max_length, chat_template, append_eos)
     if not examples:  # nothing to cache (an empty Arrow table does not round-trip)
         return []
     root = cache_dir or os.path.join(config.HF_DATASETS_CACHE, "lightning_robust_tokenized")
