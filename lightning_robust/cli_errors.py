@@ -231,6 +231,7 @@ def check_checkpoint_against_config(
     checkpoint = load_checkpoint_metadata(str(ckpt_path))
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
+    stored = hparams
     hparams = translate_legacy_hparams(hparams)  # flat options of older checkpoints
     trust = bool(_get(config, TRUST_OPTION, False))
     if trust:
@@ -241,7 +242,9 @@ def check_checkpoint_against_config(
                 f"beside it ({', '.join(given)}) would be ignored: drop them, or drop "
                 f"--{TRUST_OPTION} to use the configured model"
             )
-        if hparams:
+        if hparams and hparams != stored:  # flat options: parse the translated groups
+            _parse_checkpoint_model(cli, subcommand, hparams)
+        elif hparams:
             trusted_parse()
         return checkpoint
     model = _get(config, "model")
@@ -322,6 +325,15 @@ def _differing_settings(init_args, hparams: dict) -> list[str]:
         elif mine != value:
             differing.append(f"{key}={mine!r} (checkpoint: {value!r})")
     return differing
+
+
+def _parse_checkpoint_model(cli, subcommand: str, hparams: dict) -> None:
+    """LightningCLI's ``_parse_ckpt_path`` for hparams translated from the flat options: the
+    checkpoint's model (class and settings) replaces the configured one."""
+    hparams = dict(hparams)
+    if "_class_path" in hparams:
+        hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+    cli.config = cli.parser.parse_object({subcommand: {"model": hparams}}, cli.config)
 
 
 def _group(value):

@@ -895,3 +895,73 @@ def test_cli_a_bug_keeps_its_traceback(cli_env, monkeypatch):
 
 
 assert signal  # imported for the fault cases below
+
+
+def _legacy_checkpoint(cli_env, name: str = "legacy.ckpt", **overrides) -> str:
+    """``cli_env``'s checkpoint with its hyperparameters written the way checkpoints were before
+    the grouped options: flat ``model_name_or_path``, ``learning_rate``, ..."""
+    from lightning_robust.models.backbone import LEGACY_MODEL_KEYS, LEGACY_OPTIMIZER_KEYS
+
+    path = cli_env["root"] / name
+    if not path.exists():
+        checkpoint = torch.load(cli_env["ckpt"], map_location="cpu", weights_only=True)
+        hparams = dict(checkpoint["hyper_parameters"])
+        backbone, optimizer = hparams.pop("backbone"), hparams.pop("optimizer")
+        for old, new in LEGACY_MODEL_KEYS.items():
+            hparams[old] = backbone[new]
+        for key in LEGACY_OPTIMIZER_KEYS:
+            hparams[key] = optimizer[key]
+        checkpoint["hyper_parameters"] = {**hparams, **overrides}
+        torch.save(checkpoint, path)
+    return str(path)
+
+
+def test_cli_checks_a_checkpoint_with_flat_hparams(cli_env, capsys, caplog):
+    """A checkpoint of the flat options (before the groups) is checked the same way: another
+    backbone is an error naming both, a differing optimiser setting is listed."""
+    from lightning_robust.cli import main
+
+    legacy = _legacy_checkpoint(cli_env)
+    line = cli_error_line(
+        [
+            f"--ckpt_path={legacy}",
+            "--trainer.max_steps=2",
+            "--model.init_args.backbone.name_or_path=minilm",
+        ],
+        capsys,
+        env=cli_env,
+    )
+    assert re.search(
+        r"\(backbone\.name_or_path 'tiny' in the checkpoint, 'minilm' configured\)", line
+    )
+    with caplog.at_level(logging.WARNING, logger="lightning_robust.cli_errors"):
+        main(
+            [
+                "validate",
+                "--config",
+                cli_env["config"],
+                f"--ckpt_path={legacy}",
+                "--model.init_args.optimizer.learning_rate=0.5",
+            ]
+        )
+    assert "optimizer.learning_rate=0.5 (checkpoint: 1e-05)" in caplog.text
+
+
+def test_cli_trusts_a_checkpoint_with_flat_hparams(cli_env):
+    """``--trust_checkpoint_config`` builds the model of a flat-options checkpoint."""
+    from lightning_robust.cli import build_cli
+
+    legacy = _legacy_checkpoint(cli_env, "legacy_lr.ckpt", learning_rate=2e-3)
+    cli = build_cli(
+        [
+            "validate",
+            "--config",
+            cli_env["config"],
+            f"--ckpt_path={legacy}",
+            "--trust_checkpoint_config=true",
+        ],
+        run=True,
+    )
+    stored = torch.load(legacy, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert cli.model.model_options.name_or_path == stored["model_name_or_path"]
+    assert cli.model.optimizer_options.learning_rate == stored["learning_rate"] == 2e-3
