@@ -684,7 +684,7 @@ def _finetune_run(job: FinetuneJob) -> dict:
     )
     model = RewardModel(
         weighting=make_weighting(job.family, job.rho),
-        frozen_parameters=["embeddings", r"layer\.[0-4]\."],
+        frozen_parameters=["embeddings", r"layer\.[0-4]\."],  # train the top layer, pooler and head
         backbone={"name_or_path": "minilm", "init_seed": job.seed},
         optimizer={"learning_rate": job.learning_rate, "warmup_ratio": 0.1},
     )
