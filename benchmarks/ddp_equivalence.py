@@ -26,12 +26,12 @@ KINDS = {
     "DPO + TV ball (global scope)": {
         "class_path": "lightning_robust.modules.DPO",
         "init_args": {
-            "model_name_or_path": "tiny",
-            "learning_rate": 3.0e-3,
-            "warmup_ratio": 0.2,
-            "lr_schedule": "cosine",
+            "backbone": {
+                "name_or_path": "tiny",
+                "tiny_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
+            },
+            "optimizer": {"learning_rate": 3.0e-3, "warmup_ratio": 0.2, "lr_schedule": "cosine"},
             "beta": 0.1,
-            "tiny_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
             "weighting": {
                 "class_path": "lightning_robust.weighting.TVBall",
                 "init_args": {"rho": 0.3, "scope": "global"},

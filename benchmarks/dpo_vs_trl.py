@@ -96,7 +96,7 @@ def anchor_config(tokenizer):
 
 def _model_args(spec: dict) -> dict:
     if spec.get("model") == "smollm2":
-        return {"model_name_or_path": "smollm2"}
+        return {"backbone": {"name_or_path": "smollm2"}}
     import lightning_robust.models.causal_lm as causal_lm
 
     # tiny_config cannot override the vocabulary size (it is tiny_llama_config's positional
@@ -109,7 +109,7 @@ def _model_args(spec: dict) -> dict:
         return config
 
     causal_lm.tiny_llama_config = widened
-    return {"tiny_config": {k: v for k, v in ANCHOR.items() if k != "vocab_size"}}
+    return {"backbone": {"tiny_config": {k: v for k, v in ANCHOR.items() if k != "vocab_size"}}}
 
 
 def worker_ours(spec: dict, data_path: str) -> dict:
@@ -130,12 +130,10 @@ def worker_ours(spec: dict, data_path: str) -> dict:
 
     model = DPO(
         **_model_args(spec),
-        learning_rate=1e-4,
-        warmup_ratio=0.0,
-        lr_schedule="linear",
         reference=spec.get("reference", "frozen_copy"),
         reference_cache_dir=tempfile.mkdtemp(),
         fast_head=spec.get("fast_head", True),
+        optimizer={"learning_rate": 1e-4, "warmup_ratio": 0.0, "lr_schedule": "linear"},
     )
     if "share_prompt" in spec:
         model.share_prompt = spec["share_prompt"]

@@ -233,13 +233,13 @@ def run_ours(a, group_by_length: bool, checkpointing: bool) -> dict:
             clock.end()
 
     module = RewardModel(
-        model_name_or_path=a.model,
-        tiny_config=TINY if a.model == "tiny" else None,
-        learning_rate=LEARNING_RATE,
-        warmup_ratio=0.0,
-        lr_schedule="linear",
-        init_seed=0,
-        gradient_checkpointing=checkpointing,
+        backbone={
+            "name_or_path": a.model,
+            "tiny_config": TINY if a.model == "tiny" else None,
+            "init_seed": 0,
+            "gradient_checkpointing": checkpointing,
+        },
+        optimizer={"learning_rate": LEARNING_RATE, "warmup_ratio": 0.0, "lr_schedule": "linear"},
     )
     module.configure_model()  # load the backbone before the memory baseline, as TRL gets a built model
     if a.worker == "ours_tworows":

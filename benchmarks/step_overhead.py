@@ -99,7 +99,11 @@ def measure(
         callbacks=[timer],
         log_every_n_steps=10,
     )
-    model = RewardModel(weighting=weighting, learning_rate=1e-3, tiny_config=tiny_config)
+    model = RewardModel(
+        weighting=weighting,
+        backbone={"tiny_config": tiny_config},
+        optimizer={"learning_rate": 1e-3},
+    )
     trainer.fit(model, datamodule=data)
     steps_done = len(timer.times)
     step = sum(timer.times) / steps_done

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import asdict, is_dataclass
 
 import torch
 from lightning.pytorch import Callback
@@ -57,6 +58,12 @@ def _plain(value):
 def describe_run(pl_module, trainer=None) -> dict:
     """The facts a model card states, from the module, its weighting and the data module."""
     hp = dict(getattr(pl_module, "hparams", {}) or {})
+    for group in ("backbone", "optimizer"):  # the grouped options, flattened for the card
+        value = hp.get(group)
+        if is_dataclass(value) and not isinstance(value, type):
+            value = asdict(value)
+        if isinstance(value, dict):
+            hp.update({k: v for k, v in value.items() if k not in hp})
     weighting = getattr(pl_module, "weighting", None)
     robust = {}
     if weighting is not None:
@@ -81,7 +88,7 @@ def describe_run(pl_module, trainer=None) -> dict:
                 metrics[key] = _plain(value)
     return {
         "module": type(pl_module).__name__,
-        "base_model": hp.get("model_name_or_path"),
+        "base_model": hp.get("name_or_path", hp.get("model_name_or_path")),
         "method": {k: _plain(hp[k]) for k in METHOD_KNOBS if k in hp},
         "robust": robust,
         "data": data,

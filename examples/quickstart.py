@@ -43,7 +43,7 @@ def run(tag: str, overlay: list[str], seed: int, root: Path) -> dict:
         *overlay,
         f"--seed_everything={seed}",
         f"--data.init_args.synthetic.seed={seed}",
-        f"--model.init_args.init_seed={seed}",
+        f"--model.init_args.backbone.init_seed={seed}",
         f"--trainer.default_root_dir={out}",
         f"--trainer.logger.init_args.save_dir={out}",
         "--trainer.enable_progress_bar=false",

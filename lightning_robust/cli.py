@@ -3,7 +3,7 @@
 Any LightningModule / LightningDataModule can be named by ``class_path`` in the config; the
 project's own classes also by their short names (``--model DPO``, ``--model.help DPO``,
 ``--data PreferenceDataModule``, ``--model.weighting TVBall``), since the CLI imports them before
-parsing. The model's ``model_name_or_path`` is linked to the data module's ``tokenizer`` so both
+parsing. The model's ``backbone.name_or_path`` is linked to the data module's ``tokenizer`` so both
 always use the same vocabulary.
 
 Commands beside Lightning's ``fit`` / ``validate`` / ``test`` / ``predict`` are listed in
@@ -71,11 +71,24 @@ def register_classes() -> None:
     import lightning_robust.weighting  # noqa: F401
 
 
+def backbone_name(backbone) -> str:
+    """The model's ``backbone.name_or_path`` (the data module's tokenizer): the group is a
+    namespace (possibly ``{class_path, init_args}``), a dict or ``None`` (default ``"tiny"``)."""
+    if backbone is None:
+        return "tiny"
+    backbone = getattr(backbone, "init_args", None) or backbone  # {class_path, init_args} form
+    getter = getattr(backbone, "get", None)
+    name = getter("name_or_path") if callable(getter) else getattr(backbone, "name_or_path", None)
+    return name or "tiny"
+
+
 class RobustCLI(LightningCLI):
     """LightningCLI with the project's argument links."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        parser.link_arguments(
+            "model.init_args.backbone", "data.init_args.tokenizer", compute_fn=backbone_name
+        )
         cli_errors.add_checkpoint_arguments(parser)
 
     # checkpoint checks and runs that would do nothing: lightning_robust/cli_errors.py
@@ -142,7 +155,9 @@ def apply_thread_policy(config) -> int | None:
 
         accelerator = str(get("trainer.accelerator") or "auto")
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-        model = get("model.init_args.model_name_or_path")
+        model = get("model.init_args.backbone.name_or_path") or backbone_name(
+            get("model.init_args.backbone")
+        )
         if not (on_cpu and model in SMALL_MODELS):
             return None
         count = 1

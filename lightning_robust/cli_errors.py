@@ -9,7 +9,7 @@
 * :func:`check_checkpoint_against_config` replaces LightningCLI's ``_parse_ckpt_path``, which
   silently swaps the configured model for the checkpoint's (class and every hyperparameter,
   command-line overrides included). Here the configuration stays in charge: a checkpoint whose
-  module class or backbone (``model_name_or_path``) differs from the configured one is an error
+  module class or backbone (``backbone.name_or_path``) differs from the configured one is an error
   naming both, and ``--trust_checkpoint_config=true`` takes the checkpoint's model instead
   (then ``--model.*`` options given beside it are refused rather than dropped). Other settings
   that differ are applied from the configuration, and listed in one warning line.
@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from lightning_robust.models.backbone import translate_legacy_hparams
 from lightning_robust.modules.checkpoint_io import check_torch_archive
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def add_checkpoint_arguments(parser) -> None:
         default=False,
         help="with --ckpt_path: build the model the checkpoint was trained as (its module class "
         "and settings) instead of the configured one; without it a checkpoint whose class or "
-        "model_name_or_path differs from the configuration is an error",
+        "backbone.name_or_path differs from the configuration is an error",
     )
 
 
@@ -230,6 +231,8 @@ def check_checkpoint_against_config(
     checkpoint = load_checkpoint_metadata(str(ckpt_path))
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
+    stored = hparams
+    hparams = translate_legacy_hparams(hparams)  # flat options of older checkpoints
     trust = bool(_get(config, TRUST_OPTION, False))
     if trust:
         given = _explicit_model_options(args)
@@ -239,16 +242,21 @@ def check_checkpoint_against_config(
                 f"beside it ({', '.join(given)}) would be ignored: drop them, or drop "
                 f"--{TRUST_OPTION} to use the configured model"
             )
-        if hparams:
+        if hparams and hparams != stored:  # flat options: parse the translated groups
+            _parse_checkpoint_model(cli, subcommand, hparams)
+        elif hparams:
             trusted_parse()
         return checkpoint
     model = _get(config, "model")
     init_args = _get(model, "init_args") or {}
     configured = {
         "class": _get(model, "class_path"),
-        "backbone": _get(init_args, "model_name_or_path"),
+        "backbone": _get(_group(_get(init_args, "backbone")), "name_or_path"),
     }
-    stored = {"class": hparams.get("_class_path"), "backbone": hparams.get("model_name_or_path")}
+    stored = {
+        "class": hparams.get("_class_path"),
+        "backbone": _get(_group(hparams.get("backbone")), "name_or_path"),
+    }
     problems = []
     if (
         stored["class"]
@@ -264,7 +272,7 @@ def check_checkpoint_against_config(
         and stored["backbone"] != configured["backbone"]
     ):
         problems.append(
-            f"model_name_or_path {stored['backbone']!r} in the checkpoint, "
+            f"backbone.name_or_path {stored['backbone']!r} in the checkpoint, "
             f"{configured['backbone']!r} configured"
         )
     if problems:
@@ -273,13 +281,7 @@ def check_checkpoint_against_config(
             f"configure the model the checkpoint was trained as, or pass --{TRUST_OPTION}=true "
             "to build the checkpoint's model instead"
         )
-    differing = []
-    for key, value in sorted(hparams.items()):
-        if key.startswith("_") or key == "model_name_or_path":
-            continue
-        mine = _get(init_args, key, _MISSING)
-        if mine is not _MISSING and _plain(mine) != _plain(value):
-            differing.append(f"{key}={_plain(mine)!r} (checkpoint: {_plain(value)!r})")
+    differing = _differing_settings(init_args, hparams)
     if differing:
         log.warning(
             "using the configured model settings, not those stored in %s: %s",
@@ -302,6 +304,45 @@ def check_before_run(cli, args: Sequence[str] | None, trusted_parse: Callable[[]
 
 
 _MISSING = object()
+
+
+def _differing_settings(init_args, hparams: dict) -> list[str]:
+    """``key=configured (checkpoint: stored)`` for each configured setting that differs from the
+    checkpoint's; a group (``backbone``, ``optimizer``) is compared field by field."""
+    differing = []
+    for key, value in sorted(hparams.items()):
+        if key.startswith("_"):
+            continue
+        mine = _get(init_args, key, _MISSING)
+        if mine is _MISSING:
+            continue
+        mine, value = _group(mine), _group(value)
+        if isinstance(mine, dict) and isinstance(value, dict):
+            for field_name in sorted(set(mine) & set(value)):
+                a, b = _plain(mine[field_name]), _plain(value[field_name])
+                if a != b:
+                    differing.append(f"{key}.{field_name}={a!r} (checkpoint: {b!r})")
+        elif mine != value:
+            differing.append(f"{key}={mine!r} (checkpoint: {value!r})")
+    return differing
+
+
+def _parse_checkpoint_model(cli, subcommand: str, hparams: dict) -> None:
+    """LightningCLI's ``_parse_ckpt_path`` for hparams translated from the flat options: the
+    checkpoint's model (class and settings) replaces the configured one."""
+    hparams = dict(hparams)
+    if "_class_path" in hparams:
+        hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+    cli.config = cli.parser.parse_object({subcommand: {"model": hparams}}, cli.config)
+
+
+def _group(value):
+    """``_plain(value)``, a ``{class_path, init_args}`` group (a dataclass option as parsed)
+    reduced to its ``init_args``."""
+    value = _plain(value)
+    if isinstance(value, dict) and set(value) >= {"class_path", "init_args"}:
+        value = _plain(value["init_args"])
+    return value
 
 
 def _plain(value):

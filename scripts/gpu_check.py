@@ -190,7 +190,7 @@ def build_run(name: str, args, arch: dict, attn: str, dtype_note: str):
             reference="frozen_copy",
             wdpo_rho=0.01,
             **dict(common, tiny_config=dict(arch, attn_implementation="sdpa")),
-            attn_implementation="sdpa",
+            backbone={"attn_implementation": "sdpa"},
         )
     elif name == "drro_grpo":
         module = GRPO(

@@ -27,11 +27,9 @@ def build(weighting, micro_batch_size=None):
 
     return RewardModel(
         weighting=weighting,
-        learning_rate=1e-2,
-        warmup_ratio=0.0,
-        lr_schedule="constant",
-        tiny_config=TINY,
         micro_batch_size=micro_batch_size,
+        backbone={"tiny_config": TINY},
+        optimizer={"learning_rate": 1e-2, "warmup_ratio": 0.0, "lr_schedule": "constant"},
     )
 
 

@@ -55,7 +55,7 @@ def build(kind: str):
     from lightning_robust.weighting import TVBall
 
     cls = RewardModel if kind == "reward" else DPO
-    model = cls(weighting=TVBall(RHO, scope="global"), tiny_config=TINY)
+    model = cls(weighting=TVBall(RHO, scope="global"), backbone={"tiny_config": TINY})
     model.configure_model()
     if kind == "dpo":  # move the policy off its reference, else every DPO loss is log 2
         g = torch.Generator().manual_seed(7)

@@ -49,7 +49,7 @@ def run_one(options: dict, hidden: int, layers: int) -> dict:
         "num_attention_heads": max(1, hidden // 64),
         "num_key_value_heads": max(1, hidden // 64),
     }
-    model = DPO(tiny_config=tiny, learning_rate=1e-4, **kw)
+    model = DPO(**kw, backbone={"tiny_config": tiny}, optimizer={"learning_rate": 1e-4})
     root = tempfile.mkdtemp()
     data = PreferenceDataModule(
         train="synthetic",

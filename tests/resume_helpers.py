@@ -117,11 +117,19 @@ def config(root: Path, processes: int = 1, kill: dict | None = None) -> dict:
         "model": {
             "class_path": "lightning_robust.modules.RewardModel",
             "init_args": {
-                "model_name_or_path": "tiny",
-                "learning_rate": 3.0e-3,
-                "warmup_ratio": 0.2,
-                "lr_schedule": "cosine",
-                "tiny_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
+                "backbone": {
+                    "name_or_path": "tiny",
+                    "tiny_config": {
+                        "hidden_size": 16,
+                        "intermediate_size": 32,
+                        "num_hidden_layers": 1,
+                    },
+                },
+                "optimizer": {
+                    "learning_rate": 3.0e-3,
+                    "warmup_ratio": 0.2,
+                    "lr_schedule": "cosine",
+                },
                 "weighting": {
                     "class_path": "lightning_robust.weighting.GroupDRO",
                     "init_args": {"num_groups": 2, "eta": 0.5},

@@ -35,11 +35,9 @@ def _fit(weighting, batch_size: int, accumulate: int = 1, micro_batch_size=None,
     seed_everything(0)
     model = RecordingRewardModel(
         weighting=weighting,
-        learning_rate=1e-2,
-        warmup_ratio=0.0,
-        lr_schedule="constant",
-        tiny_config=TINY,
         micro_batch_size=micro_batch_size,
+        backbone={"tiny_config": TINY},
+        optimizer={"learning_rate": 1e-2, "warmup_ratio": 0.0, "lr_schedule": "constant"},
     )
     model.recorded = []
     data = PreferenceDataModule(
@@ -89,7 +87,7 @@ def test_erm_accumulation_4x2_equals_1x8():
     torch.testing.assert_close(per_step, torch.tensor(full_losses), rtol=0, atol=1e-5)
     # and training moved the parameters well beyond that tolerance
     seed_everything(0)
-    start = RewardModel(tiny_config=TINY)
+    start = RewardModel(backbone={"tiny_config": TINY})
     start.configure_model()
     initial = torch.cat([p.detach().flatten() for p in start.backbone.parameters()])
     assert _max_diff(full, initial) > 1e-3
@@ -149,7 +147,7 @@ def test_split_batch_and_concat_terms():
 def test_micro_batch_size_needs_the_accumulated_scope():
     with pytest.raises(ValueError, match="micro_batch_size"):
         RewardModel(micro_batch_size=0)
-    model = RewardModel(weighting=TVBall(0.3), micro_batch_size=2, tiny_config=TINY)
+    model = RewardModel(weighting=TVBall(0.3), micro_batch_size=2, backbone={"tiny_config": TINY})
     model.configure_model()
     with pytest.raises(ValueError, match="scope='accumulated'"):
         model.robust_training_step({"x": torch.zeros(2)}, 0, model.step_terms)
@@ -176,11 +174,9 @@ def _fit_dpo(weighting, micro_batch_size=None):
     seed_everything(0)
     model = DPO(
         weighting=weighting,
-        tiny_config=TINY,
-        learning_rate=1e-2,
-        warmup_ratio=0.0,
-        lr_schedule="constant",
         micro_batch_size=micro_batch_size,
+        backbone={"tiny_config": TINY},
+        optimizer={"learning_rate": 1e-2, "warmup_ratio": 0.0, "lr_schedule": "constant"},
     )
     model.configure_model()
     g = torch.Generator().manual_seed(7)

@@ -291,7 +291,7 @@ def test_invalid_optimiser_option(kw, match):
     from lightning_robust.modules import RewardModel
 
     with pytest.raises(ValueError, match=match):
-        RewardModel(**kw)
+        RewardModel(optimizer=kw)
 
 
 def test_drro_needs_two_generations():
@@ -337,7 +337,7 @@ def test_token_ids_outside_the_model_vocab(tmp_path):
         ValueError,
         match=r"token id \d+ in the data is outside the model's vocabulary \(input embeddings: \d+ rows\): the data module's tokenizer='minilm' does not match the model",
     ):
-        _fit(RewardModel(tiny_config=TINY), dm, tmp_path)
+        _fit(RewardModel(backbone={"tiny_config": TINY}), dm, tmp_path)
 
 
 def test_tokenizer_vocab_differs_from_the_model(tmp_path):
@@ -347,7 +347,7 @@ def test_tokenizer_vocab_differs_from_the_model(tmp_path):
     dm = setup_dm(
         tmp_path, tokenizer="tiny", synthetic=SyntheticShiftConfig(num_train=16, num_eval=8)
     )
-    module = RewardModel("minilm")
+    module = RewardModel({"name_or_path": "minilm"})
     module.configure_model()
     with pytest.raises(
         ValueError,
@@ -363,7 +363,7 @@ def _tiny_checkpoint(tmp_path):
     dm = PreferenceDataModule(
         synthetic=SyntheticShiftConfig(num_train=16, num_eval=8), batch_size=4
     )
-    trainer = _fit(RewardModel(tiny_config=TINY), dm, tmp_path)
+    trainer = _fit(RewardModel(backbone={"tiny_config": TINY}), dm, tmp_path)
     path = tmp_path / "good.ckpt"
     trainer.save_checkpoint(path)
     return path, dm
@@ -386,7 +386,7 @@ def test_truncated_checkpoint_on_resume(tmp_path):
         default_root_dir=str(tmp_path),
     )
     with pytest.raises(ValueError, match=r"checkpoint .*truncated\.ckpt is unreadable"):
-        trainer.fit(RewardModel(tiny_config=TINY), datamodule=dm, ckpt_path=str(bad))
+        trainer.fit(RewardModel(backbone={"tiny_config": TINY}), datamodule=dm, ckpt_path=str(bad))
 
 
 def test_missing_checkpoint_on_resume(tmp_path):
@@ -407,7 +407,9 @@ def test_missing_checkpoint_on_resume(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match=r"Checkpoint file not found: .*nope\.ckpt"):
         trainer.fit(
-            RewardModel(tiny_config=TINY), datamodule=dm, ckpt_path=str(tmp_path / "nope.ckpt")
+            RewardModel(backbone={"tiny_config": TINY}),
+            datamodule=dm,
+            ckpt_path=str(tmp_path / "nope.ckpt"),
         )
 
 
@@ -526,7 +528,7 @@ def _base_config(root: Path) -> dict:
         },
         "model": {
             "class_path": "lightning_robust.modules.RewardModel",
-            "init_args": {"model_name_or_path": "tiny", "tiny_config": CLI_TINY},
+            "init_args": {"backbone": {"name_or_path": "tiny", "tiny_config": CLI_TINY}},
         },
         "data": {
             "class_path": "lightning_robust.data.PreferenceDataModule",
@@ -752,20 +754,21 @@ CLI_CASES = {
         r"num_groups must be a positive integer",
     ),
     "negative learning rate": (
-        lambda t, e: ["--model.init_args.learning_rate=-1.0"],
+        lambda t, e: ["--model.init_args.optimizer.learning_rate=-1.0"],
         r"^error: learning_rate must be > 0, got learning_rate=-1\.0$",
     ),
     "unknown lr schedule": (
-        lambda t, e: ["--model.init_args.lr_schedule=step"],
+        lambda t, e: ["--model.init_args.optimizer.lr_schedule=step"],
         r"Parser key \"model\": Problem with given class_path 'lightning_robust\.modules\.RewardModel': "
+        r"Parser key \"optimizer\": Problem with given class_path 'lightning_robust\.modules\.optim\.OptimizerOptions': "
         r"Parser key \"lr_schedule\": Expected a typing\.Literal\['cosine', 'linear', 'constant'\]\. Got value: step$",
     ),
     "missing model directory": (
-        lambda t, e: [f"--model.init_args.model_name_or_path={t / 'no_model'}"],
+        lambda t, e: [f"--model.init_args.backbone.name_or_path={t / 'no_model'}"],
         r"^error: model directory not found: .*no_model \(a local path",
     ),
     "relative missing model directory": (
-        lambda t, e: ["--model.init_args.model_name_or_path=./models/nope"],
+        lambda t, e: ["--model.init_args.backbone.name_or_path=./models/nope"],
         r"model directory not found: \./models/nope",
     ),
     "max_epochs 0": (
@@ -800,9 +803,9 @@ CLI_CASES = {
         lambda t, e: [
             f"--ckpt_path={e['ckpt']}",
             "--trainer.max_steps=2",
-            "--model.init_args.model_name_or_path=minilm",
+            "--model.init_args.backbone.name_or_path=minilm",
         ],
-        r"does not match the configured model \(model_name_or_path 'tiny' in the "
+        r"does not match the configured model \(backbone\.name_or_path 'tiny' in the "
         r"checkpoint, 'minilm' configured\).*--trust_checkpoint_config=true",
     ),
     "model options beside a trusted checkpoint": (
@@ -810,9 +813,9 @@ CLI_CASES = {
             f"--ckpt_path={e['ckpt']}",
             "--trainer.max_steps=2",
             "--trust_checkpoint_config=true",
-            "--model.init_args.learning_rate=0.1",
+            "--model.init_args.optimizer.learning_rate=0.1",
         ],
-        r"the model options given beside it \(--model\.init_args\.learning_rate\) would be ignored",
+        r"the model options given beside it \(--model\.init_args\.optimizer\.learning_rate\) would be ignored",
     ),
 }
 
@@ -865,7 +868,7 @@ def test_cli_checkpoint_settings_that_differ_are_applied_and_listed(cli_env, cap
                 "--config",
                 cli_env["config"],
                 f"--ckpt_path={cli_env['ckpt']}",
-                "--model.init_args.learning_rate=0.5",
+                "--model.init_args.optimizer.learning_rate=0.5",
             ]
         )
     assert "learning_rate=0.5 (checkpoint: 1e-05)" in caplog.text
@@ -892,3 +895,73 @@ def test_cli_a_bug_keeps_its_traceback(cli_env, monkeypatch):
 
 
 assert signal  # imported for the fault cases below
+
+
+def _legacy_checkpoint(cli_env, name: str = "legacy.ckpt", **overrides) -> str:
+    """``cli_env``'s checkpoint with its hyperparameters written the way checkpoints were before
+    the grouped options: flat ``model_name_or_path``, ``learning_rate``, ..."""
+    from lightning_robust.models.backbone import LEGACY_MODEL_KEYS, LEGACY_OPTIMIZER_KEYS
+
+    path = cli_env["root"] / name
+    if not path.exists():
+        checkpoint = torch.load(cli_env["ckpt"], map_location="cpu", weights_only=True)
+        hparams = dict(checkpoint["hyper_parameters"])
+        backbone, optimizer = hparams.pop("backbone"), hparams.pop("optimizer")
+        for old, new in LEGACY_MODEL_KEYS.items():
+            hparams[old] = backbone[new]
+        for key in LEGACY_OPTIMIZER_KEYS:
+            hparams[key] = optimizer[key]
+        checkpoint["hyper_parameters"] = {**hparams, **overrides}
+        torch.save(checkpoint, path)
+    return str(path)
+
+
+def test_cli_checks_a_checkpoint_with_flat_hparams(cli_env, capsys, caplog):
+    """A checkpoint of the flat options (before the groups) is checked the same way: another
+    backbone is an error naming both, a differing optimiser setting is listed."""
+    from lightning_robust.cli import main
+
+    legacy = _legacy_checkpoint(cli_env)
+    line = cli_error_line(
+        [
+            f"--ckpt_path={legacy}",
+            "--trainer.max_steps=2",
+            "--model.init_args.backbone.name_or_path=minilm",
+        ],
+        capsys,
+        env=cli_env,
+    )
+    assert re.search(
+        r"\(backbone\.name_or_path 'tiny' in the checkpoint, 'minilm' configured\)", line
+    )
+    with caplog.at_level(logging.WARNING, logger="lightning_robust.cli_errors"):
+        main(
+            [
+                "validate",
+                "--config",
+                cli_env["config"],
+                f"--ckpt_path={legacy}",
+                "--model.init_args.optimizer.learning_rate=0.5",
+            ]
+        )
+    assert "optimizer.learning_rate=0.5 (checkpoint: 1e-05)" in caplog.text
+
+
+def test_cli_trusts_a_checkpoint_with_flat_hparams(cli_env):
+    """``--trust_checkpoint_config`` builds the model of a flat-options checkpoint."""
+    from lightning_robust.cli import build_cli
+
+    legacy = _legacy_checkpoint(cli_env, "legacy_lr.ckpt", learning_rate=2e-3)
+    cli = build_cli(
+        [
+            "validate",
+            "--config",
+            cli_env["config"],
+            f"--ckpt_path={legacy}",
+            "--trust_checkpoint_config=true",
+        ],
+        run=True,
+    )
+    stored = torch.load(legacy, map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert cli.model.model_options.name_or_path == stored["model_name_or_path"]
+    assert cli.model.optimizer_options.learning_rate == stored["learning_rate"] == 2e-3

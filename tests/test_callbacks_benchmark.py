@@ -94,7 +94,7 @@ def test_tiny_fit_logs_keys_and_writes_json_and_png(tmp_path, benchmarks):
         callbacks=[callback],
         default_root_dir=tmp_path,
     )
-    model = RewardModel("tiny", learning_rate=1e-3)
+    model = RewardModel("tiny", optimizer={"learning_rate": 1e-3})
     trainer.fit(model, datamodule=dm)
 
     expected = {

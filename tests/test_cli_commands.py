@@ -39,7 +39,7 @@ def test_short_class_names_resolve(tmp_path, monkeypatch):
         [
             "--model",
             "DPO",
-            "--model.model_name_or_path",
+            "--model.backbone.name_or_path",
             "tiny",
             "--model.weighting",
             "TVBall",
@@ -207,14 +207,14 @@ def threads_restored(monkeypatch):
 
 def test_thread_policy(threads_restored):
     monkeypatch = threads_restored
-    tiny_cpu = {"trainer.accelerator": "cpu", "model.init_args.model_name_or_path": "tiny"}
+    tiny_cpu = {"trainer.accelerator": "cpu", "model.init_args.backbone.name_or_path": "tiny"}
     torch.set_num_threads(2)
     assert cli.apply_thread_policy(tiny_cpu) == 1 and torch.get_num_threads() == 1
     torch.set_num_threads(2)
     # a real model, or a GPU run: left to torch
     assert (
         cli.apply_thread_policy(
-            {**tiny_cpu, "model.init_args.model_name_or_path": "google/gemma-2b-it"}
+            {**tiny_cpu, "model.init_args.backbone.name_or_path": "google/gemma-2b-it"}
         )
         is None
     )

@@ -50,4 +50,4 @@ def test_tokenizer_is_linked_to_the_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["--config", str(CONFIGS / "reward" / "dr_tv.yaml"), *CPU], run=False)
     assert cli.datamodule.tokenizer_name == "google/gemma-2b-it"
-    assert cli.model.hparams.model_name_or_path == "google/gemma-2b-it"
+    assert cli.model.model_options.name_or_path == "google/gemma-2b-it"

@@ -189,7 +189,9 @@ def test_fit_from_the_annotated_file_lowers_the_distillation_loss(
     scorers = [_scorer(m, tokenizer) for m, _ in reward_models[:k]]
     path = str(annotate_pairs(SOURCE, scorers, tmp_path / "scored.jsonl", max_rows=32))
     torch.manual_seed(0)
-    model = DPO(loss_type="distill", learning_rate=2e-3, warmup_ratio=0.0, beta=0.1)
+    model = DPO(
+        loss_type="distill", beta=0.1, optimizer={"learning_rate": 2e-3, "warmup_ratio": 0.0}
+    )
     before, dm = _distill_val_loss(model, path, tmp_path)
     _trainer(tmp_path).fit(model, datamodule=dm)
     after, _ = _distill_val_loss(model, path, tmp_path)

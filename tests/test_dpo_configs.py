@@ -32,13 +32,13 @@ def test_paper_recipes_name_the_papers_settings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto"]
     dr = build_cli(["--config", str(CONFIGS / "dr_dpo_tv.yaml"), *cpu], run=False).model
-    assert dr.hparams.model_name_or_path == "google/gemma-2b-it" and dr.hparams.beta == 0.1
+    assert dr.model_options.name_or_path == "google/gemma-2b-it" and dr.hparams.beta == 0.1
     assert dr.lora_options.r == 32 and dr.lora_options.alpha == 64
     assert dr.hparams.reference == "lora_disabled"
     assert type(dr.weighting).__name__ == "TVBall"
     kl = build_cli(["--config", str(CONFIGS / "kldpo.yaml"), *cpu], run=False)
     assert kl.model.weighting.tau == 0.05 and kl.model.weighting.form == "seed"
-    assert kl.model.hparams.beta == 0.01 and kl.model.hparams.min_lr_ratio == 0.1
+    assert kl.model.hparams.beta == 0.01 and kl.model.optimizer_options.min_lr_ratio == 0.1
     assert kl.datamodule.batch_size * kl.trainer.accumulate_grad_batches * 8 == 128
     wd = build_cli(["--config", str(CONFIGS / "wdpo.yaml"), *cpu], run=False)
     assert wd.model.hparams.wdpo_rho == 0.01 and wd.datamodule.batch_size == 1

@@ -70,7 +70,7 @@ def test_score_columns_reach_the_batch_and_bad_scores_are_named(tmp_path):
 def test_d_dpo_and_dp_dpo_losses(tmp_path):
     _, batch = _datamodule(tmp_path, _rows(1))
     assert batch["chosen_scores"].shape == (8, 1)
-    model = DPO(loss_type="distill", lora=None, learning_rate=1e-3)
+    model = DPO(loss_type="distill", lora=None, optimizer={"learning_rate": 1e-3})
     model.configure_model()
     with torch.no_grad():
         for p in model.backbone.parameters():

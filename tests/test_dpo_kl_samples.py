@@ -14,6 +14,7 @@ from lightning import Trainer
 import lightning_robust.modules.reference as reference_module
 from lightning_robust.data import PreferenceDataModule, PreferenceExample, encode_examples
 from lightning_robust.data.synthetic import SyntheticShiftConfig
+from lightning_robust.models.backbone import translate_legacy_hparams
 from lightning_robust.models.lora import LoraOptions
 from lightning_robust.modules import DPO
 from lightning_robust.modules.reference import reference_logps
@@ -44,7 +45,7 @@ def _model(tmp_path, **kw):
         kl_sample_max_new_tokens=6,
     )
     options.update(kw)
-    return DPO(**options)
+    return DPO(**translate_legacy_hparams(options))  # flat options -> backbone / optimizer
 
 
 def _count_builds(monkeypatch):
@@ -207,8 +208,7 @@ def test_fit_with_generated_reference_samples_lowers_the_loss(tmp_path, caplog):
         kl_gamma_start=0.05,
         kl_samples="reference",
         kl_sample_max_new_tokens=8,
-        learning_rate=2e-3,
-        warmup_ratio=0.0,
+        optimizer={"learning_rate": 2e-3, "warmup_ratio": 0.0},
     )
     dm = _dm(num_train=96, batch_size=16)
     trainer = Trainer(

@@ -12,6 +12,7 @@ from lightning import Trainer
 
 from lightning_robust.data import PreferenceDataModule
 from lightning_robust.data.synthetic import SyntheticShiftConfig
+from lightning_robust.models.backbone import translate_legacy_hparams
 from lightning_robust.models.lora import LoraOptions
 from lightning_robust.modules import DPO
 from lightning_robust.objectives.dpo import dr_dpo_loss, preference_losses, preference_margin
@@ -128,7 +129,7 @@ def test_precomputed_cache_matches_live_and_is_invalidated(tmp_path, monkeypatch
     DPO(reference="precomputed", reference_cache_dir=str(cache)).precompute_reference(dm2)
     assert len(calls) == 2 * len(splits)
     # a model change (other initial weights) invalidates it too
-    other = DPO(reference="precomputed", reference_cache_dir=str(cache), init_seed=1)
+    other = DPO(reference="precomputed", reference_cache_dir=str(cache), backbone={"init_seed": 1})
     other.precompute_reference(dm)
     assert len(calls) == 3 * len(splits)
     assert not torch.allclose(other._ref_tables["train"], cached._ref_tables["train"])
@@ -203,7 +204,7 @@ def _trainer(tmp_path, **kw):
 
 
 def test_fit_logs_trl_names_robust_stats_and_val_sets(tmp_path):
-    model = DPO(weighting=TVBall(rho=0.4), learning_rate=1e-3)
+    model = DPO(weighting=TVBall(rho=0.4), optimizer={"learning_rate": 1e-3})
     trainer = _trainer(tmp_path, limit_train_batches=3)
     trainer.fit(model, datamodule=_dm())
     m = trainer.callback_metrics
@@ -226,7 +227,7 @@ def test_fit_logs_trl_names_robust_stats_and_val_sets(tmp_path):
 
 
 def test_fit_with_precomputed_reference_writes_the_cache(tmp_path):
-    model = DPO(reference="precomputed", learning_rate=1e-3)
+    model = DPO(reference="precomputed", optimizer={"learning_rate": 1e-3})
     trainer = _trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, datamodule=_dm())
     files = os.listdir(tmp_path / "reference_cache")
@@ -308,7 +309,7 @@ def test_export_round_trip_merges_lora(tmp_path):
 def test_every_method_learns_on_synthetic_data(kwargs, tmp_path):
     torch.manual_seed(0)
     options = {"learning_rate": 2e-3, "warmup_ratio": 0.0, **kwargs}
-    model = DPO(**options)
+    model = DPO(**translate_legacy_hparams(options))  # flat options -> backbone / optimizer
     dm = _dm(num_train=96, batch_size=16)
     trainer = _trainer(tmp_path, max_epochs=2, limit_val_batches=1)
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]
@@ -321,7 +322,7 @@ def test_every_method_learns_on_synthetic_data(kwargs, tmp_path):
 def test_checkpoint_omits_the_frozen_reference_and_restores(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    model = DPO(learning_rate=1e-3)
+    model = DPO(optimizer={"learning_rate": 1e-3})
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = _trainer(
         tmp_path,
@@ -348,7 +349,7 @@ def test_checkpoint_omits_the_frozen_reference_and_restores(tmp_path):
 
 def test_precomputed_after_training_reads_the_cache_and_refuses_to_refill_it(tmp_path):
     dm = _dm()
-    model = DPO(reference="precomputed", learning_rate=1e-2)
+    model = DPO(reference="precomputed", optimizer={"learning_rate": 1e-2})
     trainer = _trainer(tmp_path, limit_train_batches=3, limit_val_batches=1)
     trainer.fit(model, datamodule=dm)
     # validate after training: the cache of the initial model is read (not recomputed from the trained policy)
@@ -371,7 +372,9 @@ def test_kl_gamma_is_annealed_linearly_over_the_fit(tmp_path):
             seen.append(self.kl_gamma())
             return super().training_step(batch, batch_idx)
 
-    model = Spy(kl_gamma_start=0.4, kl_gamma_end=0.0, learning_rate=1e-3, kl_samples="data")
+    model = Spy(
+        kl_gamma_start=0.4, kl_gamma_end=0.0, kl_samples="data", optimizer={"learning_rate": 1e-3}
+    )
     assert model.kl_gamma() == 0.4  # outside a fit: the start value
     trainer = _trainer(tmp_path, max_steps=4, limit_val_batches=0)
     trainer.fit(model, datamodule=_dm())
@@ -413,7 +416,7 @@ def test_per_group_train_metrics_are_epoch_means_of_each_group(tmp_path):
             return super().training_step(batch, batch_idx)
 
     dm = _dm()
-    model = Spy(learning_rate=1e-3)
+    model = Spy(optimizer={"learning_rate": 1e-3})
     trainer = _trainer(tmp_path, limit_train_batches=3, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     m = trainer.callback_metrics
@@ -432,4 +435,4 @@ def test_per_group_train_metrics_are_epoch_means_of_each_group(tmp_path):
 
 def test_wdpo_refuses_gradient_checkpointing():
     with pytest.raises(ValueError, match="gradient_checkpointing"):
-        DPO(wdpo_rho=0.1, gradient_checkpointing=True)
+        DPO(wdpo_rho=0.1, backbone={"gradient_checkpointing": True})

@@ -28,12 +28,10 @@ HH = SHARED_DATA / "hh_rlhf_harmless_base" / "harmless_base_test_shared.jsonl"
 def test_smollm2_lora_dpo_smoke(tmp_path):
     torch.manual_seed(0)
     model = DPO(
-        model_name_or_path="smollm2",
         lora=LoraOptions(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]),
         beta=0.1,
-        learning_rate=5e-4,
-        warmup_ratio=0.0,
-        dtype="float32",
+        backbone={"name_or_path": "smollm2", "dtype": "float32"},
+        optimizer={"learning_rate": 5e-4, "warmup_ratio": 0.0},
     )
     model.configure_model()
     assert model.reference_model is None  # LoRA: the reference is the base with adapters disabled

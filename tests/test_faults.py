@@ -58,10 +58,9 @@ def _config(root: Path, *, callbacks=(), nonfinite="error", max_steps=3) -> str:
         "model": {
             "class_path": "lightning_robust.modules.RewardModel",
             "init_args": {
-                "model_name_or_path": "tiny",
-                "tiny_config": TINY,
+                "backbone": {"name_or_path": "tiny", "tiny_config": TINY},
+                "optimizer": {"learning_rate": 1.0e-3},
                 "nonfinite": nonfinite,
-                "learning_rate": 1.0e-3,
             },
         },
         "data": {

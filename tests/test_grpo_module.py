@@ -12,6 +12,7 @@ import torch
 from lightning_robust.callbacks import RewardKLFrontier
 from lightning_robust.data import PromptDataModule
 from lightning_robust.data.synthetic_prompts import SyntheticPromptConfig
+from lightning_robust.models.backbone import translate_legacy_hparams
 from lightning_robust.modules import GRPO
 from lightning_robust.objectives.drro import dynamic_budget
 from lightning_robust.weighting import TVBall
@@ -51,7 +52,7 @@ def module(**kwargs):
         num_generations=4,
     )
     options.update(kwargs)
-    return GRPO(**options)
+    return GRPO(**translate_legacy_hparams(options))  # flat options -> backbone / optimizer
 
 
 def fit(model, datamodule, tmp_path, callbacks=(), val=False, ckpt_path=None, **trainer_kwargs):

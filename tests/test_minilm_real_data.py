@@ -52,11 +52,10 @@ def test_minilm_reward_model_beats_chance_in_distribution(tmp_path):
         seed=0,
     )
     model = RewardModel(
-        model_name_or_path="minilm",
         weighting=ERM(),
-        learning_rate=3e-4,
-        warmup_ratio=0.1,
-        frozen_parameters=["embeddings", r"layer\.[0-4]\."],  # train the top layer, pooler and head
+        frozen_parameters=["embeddings", r"layer\.[0-4]\."],
+        backbone={"name_or_path": "minilm"},
+        optimizer={"learning_rate": 3e-4, "warmup_ratio": 0.1},
     )
     trainer = Trainer(
         accelerator="cpu",

@@ -106,7 +106,10 @@ def _assert_only_bad_step_skipped(snaps, model):
 
 def _reward_model(**kw):
     return RewardModel(
-        tiny_config=TINY, use_margin=True, learning_rate=1e-2, warmup_ratio=0.0, **kw
+        use_margin=True,
+        **kw,
+        backbone={"tiny_config": TINY},
+        optimizer={"learning_rate": 1e-2, "warmup_ratio": 0.0},
     )
 
 
@@ -186,7 +189,9 @@ def test_unknown_policy_is_named():
 
 
 def _dpo(**kw):
-    return DPO(tiny_config=TINY, learning_rate=1e-2, warmup_ratio=0.0, **kw)
+    return DPO(
+        **kw, backbone={"tiny_config": TINY}, optimizer={"learning_rate": 1e-2, "warmup_ratio": 0.0}
+    )
 
 
 @pytest.mark.slow

@@ -6,9 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_robust.models.backbone import ModelOptions, load_backbone
+from lightning_robust.models.backbone import ModelOptions, load_backbone, translate_legacy_hparams
 from lightning_robust.modules import DPO, GRPO, RewardModel
-from lightning_robust.modules.optim import OptimizerOptions, build_optimizer, no_weight_decay_ids
+from lightning_robust.modules.optim import (
+    OptimizerOptions,
+    TorchOptimizer,
+    build_optimizer,
+    no_weight_decay_ids,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,10 +38,10 @@ def test_model_options_are_checked_by_every_module():
         ModelOptions(dtype="fp8")
     for cls in (DPO, RewardModel, GRPO):
         with pytest.raises(ValueError, match="unknown dtype"):
-            cls(dtype="fp8")
+            cls(backbone={"dtype": "fp8"})
         with pytest.raises(ValueError, match="warmup_ratio"):
-            cls(warmup_ratio=-0.5)
-    assert DPO(init_seed=3).model_options == ModelOptions(init_seed=3)
+            cls(optimizer={"warmup_ratio": -0.5})
+    assert DPO(backbone={"init_seed": 3}).model_options == ModelOptions(init_seed=3)
 
 
 def test_one_loader_for_both_kinds():
@@ -74,7 +79,12 @@ def test_weight_decay_spares_biases_and_norm_weights():
     take no weight decay. Checked by effect: one AdamW step with zero gradients moves a weight
     only by its decay, ``p <- p (1 - lr wd)``."""
     model = RewardModel(
-        weight_decay=0.1, learning_rate=0.5, warmup_ratio=0.0, lr_schedule="constant"
+        optimizer={
+            "weight_decay": 0.1,
+            "learning_rate": 0.5,
+            "warmup_ratio": 0.0,
+            "lr_schedule": "constant",
+        }
     )
     model.configure_model()
     named = dict(model.backbone.named_parameters())
@@ -191,3 +201,105 @@ def test_optimizer_choice_from_the_command_line(tmp_path, monkeypatch):
     betas = DPO(optimizer={"kwargs": {"betas": [0.9, 0.95]}}).optimizer_options.kwargs["betas"]
     assert betas == (0.9, 0.95)
     assert DPO().optimizer_options.name == "AdamW"  # the default stays AdamW
+
+
+TINY = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+
+#: the hyperparameters a RewardModel checkpoint held before the grouped options (flat)
+LEGACY_HPARAMS = {
+    "model_name_or_path": "tiny",
+    "weighting": None,
+    "lora": None,
+    "learning_rate": 2e-3,
+    "weight_decay": 0.01,
+    "warmup_ratio": 0.1,
+    "lr_schedule": "linear",
+    "min_lr_ratio": 0.2,
+    "optimizer": TorchOptimizer(name="AdamW", kwargs={"betas": (0.9, 0.95)}),
+    "use_margin": False,
+    "center_rewards_coefficient": None,
+    "tiny_config": TINY,
+    "dtype": None,
+    "attn_implementation": None,
+    "gradient_checkpointing": False,
+    "dropout": False,
+    "frozen_parameters": None,
+    "trust_remote_code": False,
+    "init_seed": 5,
+    "nonfinite": "error",
+    "micro_batch_size": None,
+    "atomic_checkpoints": True,
+}
+
+
+def test_legacy_flat_hparams_translate_to_the_groups():
+    grouped = translate_legacy_hparams(LEGACY_HPARAMS)
+    assert grouped["backbone"] == {
+        "name_or_path": "tiny",
+        "tiny_config": TINY,
+        "dtype": None,
+        "attn_implementation": None,
+        "gradient_checkpointing": False,
+        "dropout": False,
+        "trust_remote_code": False,
+        "init_seed": 5,
+    }
+    assert grouped["optimizer"] == {
+        "name": "AdamW",
+        "kwargs": {"betas": (0.9, 0.95)},
+        "learning_rate": 2e-3,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.1,
+        "lr_schedule": "linear",
+        "min_lr_ratio": 0.2,
+    }
+    assert grouped["use_margin"] is False and "learning_rate" not in grouped
+    assert translate_legacy_hparams(grouped) == grouped  # grouped hparams pass unchanged
+    # a partial legacy optimiser takes the module's own defaults (GRPO: constant, no warmup)
+    partial = translate_legacy_hparams({"model_name_or_path": "tiny", "learning_rate": 1e-3})
+    grpo = GRPO.OPTIMIZER_OPTIONS.coerce(partial["optimizer"])
+    assert (grpo.learning_rate, grpo.lr_schedule, grpo.warmup_ratio) == (1e-3, "constant", 0.0)
+
+
+def test_checkpoint_with_flat_hparams_reloads_to_the_same_model(tmp_path):
+    """A checkpoint written before the grouped options (flat hyperparameters, built here by
+    writing the old hparams dict) loads through ``load_from_checkpoint`` to the same model."""
+    import lightning
+
+    model = RewardModel(
+        backbone={"tiny_config": TINY, "init_seed": 5},
+        optimizer={
+            "learning_rate": 2e-3,
+            "weight_decay": 0.01,
+            "warmup_ratio": 0.1,
+            "lr_schedule": "linear",
+            "min_lr_ratio": 0.2,
+            "kwargs": {"betas": (0.9, 0.95)},
+        },
+    )
+    model.configure_model()
+    with torch.no_grad():  # move the weights off their seeded initialisation
+        for p in model.backbone.parameters():
+            p.add_(0.01)
+    path = tmp_path / "legacy.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(LEGACY_HPARAMS),
+            "pytorch-lightning_version": lightning.__version__,
+            "epoch": 0,
+            "global_step": 0,
+        },
+        path,
+    )
+    loaded = RewardModel.load_from_checkpoint(path, map_location="cpu")
+    assert loaded.model_options == model.model_options
+    assert loaded.optimizer_options == model.optimizer_options
+    loaded.configure_model()
+    mine, theirs = model.state_dict(), loaded.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    ids = torch.tensor([[1, 5, 7, 9]])
+    mask = torch.ones_like(ids)
+    model.eval(), loaded.eval()
+    assert torch.equal(model(ids, mask), loaded(ids, mask))

@@ -28,7 +28,7 @@ def trained_rm(tmp_path_factory):
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("rm")
-    module = RewardModel(learning_rate=1e-3)
+    module = RewardModel(optimizer={"learning_rate": 1e-3})
     dm = PreferenceDataModule(
         batch_size=8,
         max_length=48,

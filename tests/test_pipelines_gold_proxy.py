@@ -117,7 +117,7 @@ def test_pipeline_labels_trains_calibrates_and_feeds_grpo(tmp_path):
         bonus_form="weight",
         num_generations=4,
         max_new_tokens=6,
-        learning_rate=1e-3,
+        optimizer={"learning_rate": 1e-3},
     )
     dm = PromptDataModule(
         batch_size=2,

@@ -11,6 +11,7 @@ import torch
 
 from lightning_robust.data import PromptDataModule
 from lightning_robust.data.synthetic_prompts import SyntheticPromptConfig
+from lightning_robust.models.backbone import translate_legacy_hparams
 from lightning_robust.models.rollout import Rollout
 from lightning_robust.modules import PPO
 from lightning_robust.objectives.rl import kl_regularised_returns, ppo_advantages, ppo_token_rewards
@@ -53,7 +54,7 @@ def module(**kwargs):
         temperature=1.0,
     )
     options.update(kwargs)
-    return PPO(**options)
+    return PPO(**translate_legacy_hparams(options))  # flat options -> backbone / optimizer
 
 
 def fit(model, datamodule, tmp_path, val=False, **trainer_kwargs):

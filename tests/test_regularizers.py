@@ -38,7 +38,7 @@ def test_chunked_wdpo_penalty_equals_the_whole_batch_path():
     """Same losses, penalty and parameter gradients (float64) with chunks of 2 pairs (5 pairs:
     an uneven last chunk) as with the plain double backward over the whole batch."""
     torch.manual_seed(0)
-    model = DPO(tiny_config=TINY, wdpo_rho=0.5)
+    model = DPO(wdpo_rho=0.5, backbone={"tiny_config": TINY})
     model.configure_model()
     model.backbone.double()
     model.reference_model.double()

@@ -82,7 +82,7 @@ def test_reward_model_checkpoint(tmp_path):
     from lightning_robust.data.synthetic import SyntheticShiftConfig
     from lightning_robust.modules import RewardModel
 
-    module = RewardModel(learning_rate=1e-3)
+    module = RewardModel(optimizer={"learning_rate": 1e-3})
     dm = PreferenceDataModule(
         batch_size=8,
         max_length=48,

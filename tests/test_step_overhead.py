@@ -17,7 +17,7 @@ TINY = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
 
 
 def test_erm_fast_path_equals_the_weighting_call():
-    model = RewardModel(tiny_config=TINY)
+    model = RewardModel(backbone={"tiny_config": TINY})
     losses = torch.randn(7, dtype=torch.float64, requires_grad=True)
     fast = model._weigh(losses, None)
     full = ERM()(losses)
@@ -33,7 +33,9 @@ def test_erm_fast_path_equals_the_weighting_call():
 
 def _fit_params(lightning_clipping: bool, steps: int = 3, clip: float | None = 0.05):
     torch.manual_seed(0)
-    model = RewardModel(tiny_config=TINY, learning_rate=1e-2, warmup_ratio=0.0)
+    model = RewardModel(
+        backbone={"tiny_config": TINY}, optimizer={"learning_rate": 1e-2, "warmup_ratio": 0.0}
+    )
     if lightning_clipping:  # Lightning's own clip_grad_norm_ (a second norm pass)
         model.configure_gradient_clipping = lambda *a, **k: (
             LightningModule.configure_gradient_clipping(model, *a, **k)
@@ -92,7 +94,7 @@ def test_dpo_prompt_shared_rows_equal_two_rows_policy_and_reference():
     from lightning_robust.modules import DPO
     from tests.test_logprobs import _pair_batch
 
-    model = DPO(tiny_config=TINY)
+    model = DPO(backbone={"tiny_config": TINY})
     model.configure_model()
     with torch.no_grad():  # policy != reference, so the two are told apart
         for p in model.backbone.parameters():
@@ -117,7 +119,7 @@ def test_reward_model_prompt_shared_rows_equal_two_rows():
     packed = {**batch, **pack_shared_prompts(batch)}
     for lora in (None, LoraOptions(r=4, dropout=0.0)):
         torch.manual_seed(0)
-        model = RewardModel(tiny_config=TINY, lora=lora)
+        model = RewardModel(lora=lora, backbone={"tiny_config": TINY})
         model.configure_model()
         with torch.no_grad():
             for p in model.backbone.parameters():

@@ -106,8 +106,10 @@ def test_gradient_checkpointing_switch(cls_name):
     from lightning_robust import modules
 
     model = getattr(modules, cls_name)(
-        gradient_checkpointing=True,
-        tiny_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
+        backbone={
+            "gradient_checkpointing": True,
+            "tiny_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
+        }
     )
     model.configure_model()
     assert model.backbone.is_gradient_checkpointing

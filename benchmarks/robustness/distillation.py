@@ -326,13 +326,14 @@ def _distill_run(job: DistillJob) -> list[dict]:
         cache_dir=str(Path(job.data_dir) / "hf_cache"),
     )
     model = DPO(
-        "tiny",
         beta=job.beta,
-        learning_rate=job.learning_rate,
-        warmup_ratio=0.03,
-        lr_schedule="constant",
-        init_seed=job.seed,
         **options,
+        backbone={"name_or_path": "tiny", "init_seed": job.seed},
+        optimizer={
+            "learning_rate": job.learning_rate,
+            "warmup_ratio": 0.03,
+            "lr_schedule": "constant",
+        },
     )
     trainer = L.Trainer(
         accelerator="cpu",

@@ -142,12 +142,13 @@ def train_run(job: Job) -> list[dict]:
         ),
     )
     model = RewardModel(
-        "tiny",
         weighting=make_weighting(job.family, config),
-        learning_rate=config.get("learning_rate", BASE_LR),
-        warmup_ratio=0.03,
-        lr_schedule="constant",
-        init_seed=job.seed,
+        backbone={"name_or_path": "tiny", "init_seed": job.seed},
+        optimizer={
+            "learning_rate": config.get("learning_rate", BASE_LR),
+            "warmup_ratio": 0.03,
+            "lr_schedule": "constant",
+        },
     )
     trainer = L.Trainer(
         accelerator="cpu",

@@ -106,13 +106,11 @@ def _module(job: OverOptJob):
         raise ValueError(f"unknown method {job.method!r}; expected one of {list(METHODS)}")
     kind, kwargs = METHODS[job.method]
     common = dict(
-        model_name_or_path="tiny",
+        backbone={"name_or_path": "tiny", "init_seed": job.seed},
         reward_model="synthetic:proxy",
         gold_reward_model="synthetic:gold",
         max_new_tokens=job.max_new_tokens,
         temperature=1.0,
-        learning_rate=job.learning_rate,
-        init_seed=job.seed,
     )
     if kind == "PPO":
         # the repo's tiny PPO config (S000 Table 13 beta, TRL epochs), one completion per prompt
@@ -122,17 +120,20 @@ def _module(job: OverOptJob):
             ppo_epochs=4,
             num_minibatches=2,
             num_generations=1,
-            lr_schedule="linear",
             **common,
+            optimizer={"learning_rate": job.learning_rate, "lr_schedule": "linear"},
         )
     return GRPO(
         num_generations=job.num_generations,
         clip=0.2,
         ppo_epochs=1,
-        lr_schedule="constant",
-        warmup_ratio=0.0,
         **common,
         **kwargs,
+        optimizer={
+            "learning_rate": job.learning_rate,
+            "lr_schedule": "constant",
+            "warmup_ratio": 0.0,
+        },
     )
 
 

@@ -287,14 +287,15 @@ def run_shift(job: ShiftJob) -> list[dict]:
         shuffle=True,
     )
     model = DPO(
-        "tiny",
         beta=job.beta,
-        learning_rate=job.learning_rate,
-        warmup_ratio=0.03,
-        lr_schedule="constant",
-        init_seed=job.seed,
         reference_cache_dir=str(work / "ref"),
         **method_kwargs(job),
+        backbone={"name_or_path": "tiny", "init_seed": job.seed},
+        optimizer={
+            "learning_rate": job.learning_rate,
+            "warmup_ratio": 0.03,
+            "lr_schedule": "constant",
+        },
     )
     trainer = L.Trainer(
         accelerator="cpu",

@@ -162,12 +162,13 @@ def _synthetic_run(job: SyntheticJob) -> list[dict]:
         ),
     )
     model = RewardModel(
-        "tiny",
         weighting=make_weighting(job.family, job.rho),
-        learning_rate=job.learning_rate,
-        warmup_ratio=0.03,
-        lr_schedule="constant",
-        init_seed=job.seed,
+        backbone={"name_or_path": "tiny", "init_seed": job.seed},
+        optimizer={
+            "learning_rate": job.learning_rate,
+            "warmup_ratio": 0.03,
+            "lr_schedule": "constant",
+        },
     )
     trainer = L.Trainer(
         accelerator="cpu",
@@ -682,12 +683,10 @@ def _finetune_run(job: FinetuneJob) -> dict:
         max_rows=job.max_hh_rows,
     )
     model = RewardModel(
-        "minilm",
         weighting=make_weighting(job.family, job.rho),
-        learning_rate=job.learning_rate,
-        warmup_ratio=0.1,
-        frozen_parameters=["embeddings", r"layer\.[0-4]\."],
-        init_seed=job.seed,
+        frozen_parameters=["embeddings", r"layer\.[0-4]\."],  # train the top layer, pooler and head
+        backbone={"name_or_path": "minilm", "init_seed": job.seed},
+        optimizer={"learning_rate": job.learning_rate, "warmup_ratio": 0.1},
     )
     trainer = L.Trainer(
         accelerator="cpu",

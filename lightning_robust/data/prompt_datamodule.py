@@ -49,7 +49,7 @@ class PromptDataModule(ResumableTrainData, LightningDataModule):
         val: validation prompts. ``None``: with synthetic training data its ``val`` split;
             otherwise ``val_fraction`` of the distinct training prompts (none by default).
         tokenizer: tokenizer name or path (``"tiny"``, a local directory, a hub id, a GGUF
-            file); the CLI links it to ``model.init_args.model_name_or_path``.
+            file); the CLI links it to ``model.init_args.backbone.name_or_path``.
         schema: ``"auto"`` or a name of :data:`~lightning_robust.data.prompts.PROMPT_SCHEMAS`
             (a ``DataSource.schema`` other than ``"auto"`` wins for its source).
         max_prompt_length: longest prompt in tokens (special tokens included); longer prompts

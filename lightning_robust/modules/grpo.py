@@ -25,15 +25,17 @@ The math is in :mod:`lightning_robust.objectives.drro` and :mod:`lightning_robus
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from lightning_robust.models.backbone import ModelOptions
 from lightning_robust.models.lora import LoraOptions
 from lightning_robust.models.rollout import Rollout
 from lightning_robust.modules.base import validate_step_options
 from lightning_robust.modules.online import LossAggregation, OnlineRLModule
-from lightning_robust.modules.optim import Schedule, TorchOptimizer
+from lightning_robust.modules.optim import OptimizerOptions, Schedule
 from lightning_robust.objectives.drro import (
     BONUS_FORMS,
     DEFAULT_TAU,
@@ -52,6 +54,19 @@ from lightning_robust.weighting import RobustWeighting
 
 Shaping = Literal["none", "drro_hard", "drro_soft", "dro"]
 KL_HISTORY_KEY = "grpo_kl_history"
+
+
+@dataclass(frozen=True)
+class GRPOOptimizerOptions(OptimizerOptions):
+    """GRPO's optimiser defaults: a constant learning rate without warmup (S003 App. G);
+    the other fields as :class:`OptimizerOptions`."""
+
+    warmup_ratio: float = 0.0
+    lr_schedule: Schedule = "constant"
+
+
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([GRPOOptimizerOptions])
 
 
 class GRPO(OnlineRLModule):
@@ -82,16 +97,18 @@ class GRPO(OnlineRLModule):
             (``None``: off, as S003).
         temperature, top_p, top_k, max_new_tokens: sampling (1.0, 1.0, 0, 32; chosen here).
         reward_model, gold_reward_model: proxy (the loss) and gold (logging only) scorer specs.
-        learning_rate, lr_schedule, warmup_ratio: AdamW constant lr, no warmup (S003 App. G; the
-            lr value, 1e-5, is chosen here).
+        optimizer: :class:`GRPOOptimizerOptions`: AdamW, constant lr, no warmup (S003 App. G;
+            the lr value, 1e-5, is chosen here); a partial group takes these defaults.
         nonfinite: ``error`` (default) raises on a non-finite gradient naming the parameters;
             ``skip`` drops that update and counts it (``train/skipped_steps``).
             Other args: see :class:`OnlineRLModule`.
     """
 
+    OPTIMIZER_OPTIONS = GRPOOptimizerOptions
+
     def __init__(
         self,
-        model_name_or_path: str = "tiny",
+        backbone: ModelOptions | None = None,
         reward_model: str = "synthetic:proxy",
         gold_reward_model: str | None = None,
         num_generations: int = 4,
@@ -115,24 +132,12 @@ class GRPO(OnlineRLModule):
         top_p: float = 1.0,
         top_k: int = 0,
         lora: LoraOptions | None = None,
-        learning_rate: float = 1e-5,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        lr_schedule: Schedule = "constant",
-        min_lr_ratio: float = 0.0,
-        optimizer: TorchOptimizer | None = None,
+        optimizer: GRPOOptimizerOptions | None = None,
         max_grad_norm: float | None = 1.0,
         reward_batch_size: int = 16,
         reward_max_length: int = 1024,
         val_do_sample: bool = True,
         rollout_backend: Literal["hf", "vllm"] = "hf",
-        tiny_config: dict | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] | None = None,
-        attn_implementation: str | None = None,
-        gradient_checkpointing: bool = False,
-        dropout: bool = False,
-        trust_remote_code: bool = False,
-        init_seed: int = 0,
         nonfinite: Literal["error", "skip"] = "error",
     ):
         if shaping not in SHAPINGS:
@@ -160,9 +165,11 @@ class GRPO(OnlineRLModule):
             raise ValueError(f"tau must be > 0, got {tau!r}")
         if budget_window < 1:
             raise ValueError(f"budget_window must be >= 1, got {budget_window!r}")
+        backbone, optimizer = self.coerce_options(backbone, optimizer)
         super().__init__(**OnlineRLModule.common_args(locals()))
         validate_step_options(nonfinite)
         self.save_hyperparameters(ignore=["weighting"])
+        self.store_options(backbone, optimizer)
         #: batch KL estimates (sequence k3, float64 means) of the dynamic budget, newest last
         self.kl_history: list[float] = []
         #: seconds spent in the shaping call (reward shaping + group advantages), accumulated

@@ -44,8 +44,6 @@ from lightning_robust.modules.base import BackboneModule
 from lightning_robust.modules.metrics import FiniteMean
 from lightning_robust.modules.optim import (
     OptimizerOptions,
-    Schedule,
-    TorchOptimizer,
     build_optimizer,
     no_weight_decay_ids,
 )
@@ -97,7 +95,8 @@ class OnlineRLModule(BackboneModule):
     :meth:`build_extra_modules` (the PPO value head) and :meth:`trainable_parameters`.
 
     Common args (subclasses document their defaults):
-        model_name_or_path: policy (``"tiny"``, a local directory or a hub id; see ``DPO``).
+        backbone: how the policy loads (:class:`~lightning_robust.models.backbone.ModelOptions`;
+            ``name_or_path`` ``"tiny"``, a local directory or a hub id; see ``DPO``).
         reward_model: proxy reward scorer spec for ``load_reward_scorer`` (``"synthetic:proxy"``,
             a Hugging Face sequence-classifier directory or hub id, or a RewardModel ``.ckpt``).
         gold_reward_model: gold scorer spec, for logging (``train/reward/gold``, ``val/reward/gold``)
@@ -110,11 +109,9 @@ class OnlineRLModule(BackboneModule):
         loss_aggregation: VERL's ``token_mean`` | ``seq_mean_token_mean`` | ``seq_mean_token_sum``.
         weighting: a RobustWeighting (see the subclass for what it weights); ``None``: none.
         lora: LoRA options; ``None`` trains every weight (reference = frozen copy).
-        learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and its
-            per-update schedule.
-        optimizer: the ``torch.optim`` class and its extra arguments
-            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
-            decay skips biases and normalisation weights (as HF Trainer / TRL).
+        optimizer: the optimiser and its per-update schedule
+            (:class:`~lightning_robust.modules.optim.OptimizerOptions`, the subclass's defaults).
+            Weight decay skips biases and normalisation weights (as HF Trainer / TRL).
         max_grad_norm: gradient-norm clip of each update (``None``: off).
         reward_batch_size, reward_max_length: batching and truncation of the reward scorers.
         val_do_sample: validation completions sampled at ``temperature`` (default: the KL
@@ -122,14 +119,12 @@ class OnlineRLModule(BackboneModule):
         rollout_backend: ``hf`` (Hugging Face ``generate``, default, tested) or ``vllm``
             (UNTESTED: :mod:`lightning_robust.models.vllm_rollout`; needs the ``vllm`` extra and a
             GPU; the policy's weights are pushed to the engine after each rollout's updates).
-        tiny_config, dtype, attn_implementation, gradient_checkpointing, dropout,
-        trust_remote_code, init_seed: model loading as in ``DPO``.
     """
 
     def __init__(
         self,
         *,
-        model_name_or_path: str,
+        backbone: ModelOptions,
         reward_model: str,
         gold_reward_model: str | None,
         num_generations: int,
@@ -143,47 +138,14 @@ class OnlineRLModule(BackboneModule):
         loss_aggregation: LossAggregation,
         weighting,
         lora: LoraOptions | None,
-        learning_rate: float,
-        weight_decay: float,
-        warmup_ratio: float,
-        lr_schedule: Schedule,
-        min_lr_ratio: float,
-        optimizer,
+        optimizer: OptimizerOptions,
         max_grad_norm: float | None,
         reward_batch_size: int,
         reward_max_length: int,
         val_do_sample: bool,
         rollout_backend: Literal["hf", "vllm"],
-        tiny_config: dict | None,
-        dtype: str | None,
-        attn_implementation: str | None,
-        gradient_checkpointing: bool,
-        dropout: bool,
-        trust_remote_code: bool,
-        init_seed: int,
     ):
         super().__init__()
-        # the grouped options, checked before any model is loaded
-        choice = TorchOptimizer.coerce(optimizer)
-        OptimizerOptions(
-            learning_rate,
-            weight_decay,
-            warmup_ratio,
-            lr_schedule,
-            min_lr_ratio,
-            choice.name,
-            dict(choice.kwargs or {}),
-        )
-        ModelOptions(
-            model_name_or_path,
-            tiny_config,
-            dtype,
-            attn_implementation,
-            gradient_checkpointing,
-            dropout,
-            trust_remote_code,
-            init_seed,
-        )
         checks = {
             "num_generations": num_generations >= 1,
             "max_new_tokens": max_new_tokens >= 1,
@@ -210,7 +172,7 @@ class OnlineRLModule(BackboneModule):
         self.reference_policy = ReferencePolicy(
             None,
             lora=self.lora_options is not None,
-            name=f"{model_name_or_path}|{dtype}",
+            name=f"{backbone.name_or_path}|{backbone.dtype}",
             allowed=("lora_disabled", "frozen_copy"),
         )
         self.backbone = None
@@ -235,7 +197,6 @@ class OnlineRLModule(BackboneModule):
         deferred here so configs construct offline without weights."""
         if self.backbone is not None:
             return
-        hp = self.hparams
         self.tokenizer, model = load_backbone(
             self.model_options,
             "causal_lm",
@@ -245,7 +206,10 @@ class OnlineRLModule(BackboneModule):
         # the frozen copy (no LoRA) before LoRA: get_peft_model edits in place
         self.reference_model = self.reference_policy.build(model)
         self.backbone = prepare_for_training(
-            model, hp.gradient_checkpointing, self.lora_options, task_type="CAUSAL_LM"
+            model,
+            self.model_options.gradient_checkpointing,
+            self.lora_options,
+            task_type="CAUSAL_LM",
         )
         self.reference_policy.attach(self.backbone)
         self.build_extra_modules(self.backbone)
@@ -325,9 +289,9 @@ class OnlineRLModule(BackboneModule):
     def vllm_engine(self):
         """The vLLM engine of ``rollout_backend="vllm"``, built on first use (untested path)."""
         if self._vllm_engine is None:
-            hp = self.hparams
+            options = self.model_options
             self._vllm_engine = VLLMRolloutEngine(
-                hp.model_name_or_path, dtype=hp.dtype or "bfloat16", seed=hp.init_seed
+                options.name_or_path, dtype=options.dtype or "bfloat16", seed=options.init_seed
             )
             self._vllm_engine.push_weights(self.backbone)
         return self._vllm_engine
@@ -464,7 +428,9 @@ class OnlineRLModule(BackboneModule):
         )
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(hp.init_seed * 1_000_003 + self.global_step * 1009 + batch_idx)
+            torch.manual_seed(
+                self.model_options.init_seed * 1_000_003 + self.global_step * 1009 + batch_idx
+            )
             rollout = self.rollout(batch, 1, do_sample=hp.val_do_sample)
         responses = self.decode_responses(rollout)
         values = {"reward/proxy": self.score("proxy", batch["prompts"], rollout, responses)}

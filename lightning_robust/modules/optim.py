@@ -91,7 +91,7 @@ class OptimizerOptions:
     learning_rate: float = 1e-5
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
-    lr_schedule: str = "cosine"
+    lr_schedule: Schedule = "cosine"
     min_lr_ratio: float = 0.0
     name: str = "AdamW"
     kwargs: dict = field(default_factory=dict)
@@ -116,6 +116,19 @@ class OptimizerOptions:
                 raise ValueError(
                     f"optimizer kwargs must not set {reserved!r}: use learning_rate / weight_decay"
                 )
+
+    @classmethod
+    def coerce(cls, value) -> OptimizerOptions:
+        """``None`` (this class's defaults), an ``OptimizerOptions`` (kept) or the plain dict
+        LightningCLI hands over, whose missing fields take this class's defaults (each module
+        has its own subclass: GRPO's constant schedule, PPO's linear one)."""
+        if value is None:
+            return cls()
+        return cls(**value) if isinstance(value, dict) else value
+
+
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([OptimizerOptions])
 
 
 def lr_lambda(

@@ -27,15 +27,17 @@ at all, so the run is exactly PPO.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from lightning_robust.models.backbone import ModelOptions
 from lightning_robust.models.lora import LoraOptions
 from lightning_robust.models.rollout import Rollout, token_logprobs_and_values
 from lightning_robust.modules.base import validate_step_options
 from lightning_robust.modules.online import LossAggregation, OnlineRLModule
-from lightning_robust.modules.optim import Schedule, TorchOptimizer
+from lightning_robust.modules.optim import OptimizerOptions, Schedule
 from lightning_robust.objectives.rl import (
     aggregate_token_losses,
     clipped_value_loss,
@@ -47,6 +49,19 @@ from lightning_robust.objectives.rl import (
     ppo_token_rewards,
 )
 from lightning_robust.weighting import RobustWeighting
+
+
+@dataclass(frozen=True)
+class PPOOptimizerOptions(OptimizerOptions):
+    """PPO's optimiser defaults: no warmup, linear decay;
+    the other fields as :class:`OptimizerOptions`."""
+
+    warmup_ratio: float = 0.0
+    lr_schedule: Schedule = "linear"
+
+
+# checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([PPOOptimizerOptions])
 
 
 class PPO(OnlineRLModule):
@@ -68,15 +83,17 @@ class PPO(OnlineRLModule):
         num_generations: completions per prompt (1, PPO's usual setting).
         temperature, top_p, top_k, max_new_tokens: sampling (0.7: TRL's default temperature;
             1.0, 0, 32 chosen here).
-        learning_rate, lr_schedule, warmup_ratio: 1e-5 (S000 Table 13), linear decay, no warmup
-            (chosen here). Other args: see :class:`OnlineRLModule`.
+        optimizer: :class:`PPOOptimizerOptions`: lr 1e-5 (S000 Table 13), linear decay, no
+            warmup (chosen here); a partial group takes these defaults. Other args: see :class:`OnlineRLModule`.
         nonfinite: ``error`` (default) raises on a non-finite gradient naming the parameters;
             ``skip`` drops that update and counts it (``train/skipped_steps``).
     """
 
+    OPTIMIZER_OPTIONS = PPOOptimizerOptions
+
     def __init__(
         self,
-        model_name_or_path: str = "tiny",
+        backbone: ModelOptions | None = None,
         reward_model: str = "synthetic:proxy",
         gold_reward_model: str | None = None,
         beta: float = 0.02,
@@ -99,24 +116,12 @@ class PPO(OnlineRLModule):
         top_p: float = 1.0,
         top_k: int = 0,
         lora: LoraOptions | None = None,
-        learning_rate: float = 1e-5,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        lr_schedule: Schedule = "linear",
-        min_lr_ratio: float = 0.0,
-        optimizer: TorchOptimizer | None = None,
+        optimizer: PPOOptimizerOptions | None = None,
         max_grad_norm: float | None = 1.0,
         reward_batch_size: int = 16,
         reward_max_length: int = 1024,
         val_do_sample: bool = True,
         rollout_backend: Literal["hf", "vllm"] = "hf",
-        tiny_config: dict | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] | None = None,
-        attn_implementation: str | None = None,
-        gradient_checkpointing: bool = False,
-        dropout: bool = False,
-        trust_remote_code: bool = False,
-        init_seed: int = 0,
         nonfinite: Literal["error", "skip"] = "error",
     ):
         if dr_version not in ("A", "B"):
@@ -128,9 +133,11 @@ class PPO(OnlineRLModule):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if not (0 <= lam <= 1 and 0 <= gamma <= 1):
             raise ValueError(f"gamma and lam must lie in [0, 1], got gamma={gamma!r}, lam={lam!r}")
+        backbone, optimizer = self.coerce_options(backbone, optimizer)
         super().__init__(**OnlineRLModule.common_args(locals()))
         validate_step_options(nonfinite)
         self.save_hyperparameters(ignore=["weighting"])
+        self.store_options(backbone, optimizer)
         self.value_head = None
 
     # ------------------------------------------------------------------ value head

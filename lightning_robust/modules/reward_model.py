@@ -13,12 +13,12 @@ from typing import Literal
 
 import torch
 
-from lightning_robust.models.backbone import load_backbone
+from lightning_robust.models.backbone import ModelOptions, load_backbone
 from lightning_robust.models.logprobs import pair_scores, supports_pair_scores
 from lightning_robust.models.lora import LoraOptions, freeze_parameters, prepare_for_training
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import PairwiseMetrics
-from lightning_robust.modules.optim import Schedule, TorchOptimizer
+from lightning_robust.modules.optim import OptimizerOptions
 from lightning_robust.objectives import (
     bradley_terry_losses,
     pairwise_correct,
@@ -33,28 +33,24 @@ class RewardModel(BackboneModule):
     """Scalar reward model trained with a (robust) Bradley–Terry objective.
 
     Args:
-        model_name_or_path: ``"tiny"`` (random-init tiny Llama, offline), ``"minilm"`` (the
+        backbone: how the backbone loads (:class:`~lightning_robust.models.backbone.ModelOptions`:
+            ``name_or_path`` ``"tiny"`` (random-init tiny Llama, offline), ``"minilm"`` (the
             offline all-MiniLM-L6-v2 encoder), a local directory or a hub id (e.g.
-            ``google/gemma-2b-it``, the paper's backbone).
+            ``google/gemma-2b-it``, the paper's backbone); ``tiny_config``, ``dtype``,
+            ``attn_implementation``, ``gradient_checkpointing``, ``dropout`` (``False``, default,
+            as TRL's ``disable_dropout=True``), ``trust_remote_code``, ``init_seed``).
         weighting: robust weighting of the per-pair losses; ``None`` is ERM (plain BT).
         lora: LoRA options (paper: r=32, alpha=64, dropout 0.05); ``None`` trains all weights.
-        learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio: AdamW and the
-            per-step schedule (paper: 1e-5, 0, 0.03, cosine).
-        optimizer: the ``torch.optim`` class and its extra arguments
-            (:class:`~lightning_robust.modules.optim.TorchOptimizer`; default AdamW). Weight
-            decay skips biases and normalisation weights (as HF Trainer / TRL).
+        optimizer: the optimiser (:class:`~lightning_robust.modules.optim.OptimizerOptions`):
+            ``learning_rate``, ``weight_decay``, ``warmup_ratio``, ``lr_schedule``,
+            ``min_lr_ratio`` (defaults as the paper: 1e-5, 0, 0.03, cosine, 0), the
+            ``torch.optim`` class ``name`` (AdamW) and its ``kwargs``; fields left out of a
+            partial group take these defaults. Weight decay skips biases and normalisation
+            weights (as HF Trainer / TRL).
         use_margin: subtract a per-pair ``margin`` column from the reward difference (TRL).
         center_rewards_coefficient: weight of ``mean((r+ + r-)^2)`` (TRL); ``None`` disables.
-        tiny_config: overrides of the tiny Llama config (``model_name_or_path="tiny"`` only).
-        dtype: ``"bfloat16"``, ``"float32"`` ... for hub models; ``None`` keeps the checkpoint's.
-        attn_implementation: ``None`` picks flash-attn 2 when installed on a GPU, else SDPA.
-        gradient_checkpointing: trade compute for activation memory.
-        dropout: ``False`` (default, as TRL's ``disable_dropout=True``) sets every dropout of the
-            backbone to 0; ``True`` keeps the checkpoint's dropout.
         frozen_parameters: regexes of parameter names to freeze (e.g. ``["embeddings",
             "layer\\.[0-3]\\."]``: train only the top of an encoder); ignored with LoRA.
-        trust_remote_code: off unless turned on here.
-        init_seed: seed of the tiny model's random initialisation.
         nonfinite: ``"error"`` (default): a non-finite loss, reward or gradient raises naming the
             step and what was not finite; ``"skip"``: the optimiser step is dropped (parameters
             and AdamW state untouched) and counted in ``train/skipped_steps``
@@ -68,32 +64,22 @@ class RewardModel(BackboneModule):
 
     def __init__(
         self,
-        model_name_or_path: str = "tiny",
+        backbone: ModelOptions | None = None,
         weighting: RobustWeighting | None = None,
         lora: LoraOptions | None = None,
-        learning_rate: float = 1e-5,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.03,
-        lr_schedule: Schedule = "cosine",
-        min_lr_ratio: float = 0.0,
-        optimizer: TorchOptimizer | None = None,
+        optimizer: OptimizerOptions | None = None,
         use_margin: bool = False,
         center_rewards_coefficient: float | None = None,
-        tiny_config: dict | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] | None = None,
-        attn_implementation: str | None = None,
-        gradient_checkpointing: bool = False,
-        dropout: bool = False,
         frozen_parameters: list[str] | None = None,
-        trust_remote_code: bool = False,
-        init_seed: int = 0,
         nonfinite: Literal["error", "skip"] = "error",
         micro_batch_size: int | None = None,
         atomic_checkpoints: bool = True,
     ):
         super().__init__()
         validate_step_options(nonfinite, micro_batch_size)
+        backbone, optimizer = self.coerce_options(backbone, optimizer)
         self.save_hyperparameters(ignore=["weighting"])
+        self.store_options(backbone, optimizer)
         self.check_options()
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI hands nested dataclasses over as plain dicts
@@ -119,7 +105,7 @@ class RewardModel(BackboneModule):
         if self.lora_options is None and hp.frozen_parameters:
             freeze_parameters(model, hp.frozen_parameters)
         self.backbone = prepare_for_training(
-            model, hp.gradient_checkpointing, self.lora_options, task_type="SEQ_CLS"
+            model, self.model_options.gradient_checkpointing, self.lora_options, task_type="SEQ_CLS"
         )
 
     def setup(self, stage: str) -> None:

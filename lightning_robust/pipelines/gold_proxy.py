@@ -114,10 +114,8 @@ def train_proxy(
 
     seed_everything(seed, workers=True)
     module = RewardModel(
-        model_name_or_path=model_name_or_path,
-        learning_rate=learning_rate,
-        lr_schedule="cosine",
-        warmup_ratio=0.03,
+        backbone={"name_or_path": model_name_or_path},
+        optimizer={"learning_rate": learning_rate, "lr_schedule": "cosine", "warmup_ratio": 0.03},
     )
     dm = PreferenceDataModule(
         train=os.fspath(labelled),
