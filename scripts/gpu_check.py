@@ -177,7 +177,10 @@ def build_run(name: str, args, arch: dict, attn: str, dtype_note: str):
         max_length=args.max_length,
         synthetic=SyntheticShiftConfig(num_train=n, num_eval=args.batch_size, seed=0),
     )
-    common = dict(tiny_config=tiny, learning_rate=1e-5, warmup_ratio=0.0, lr_schedule="constant")
+    common = dict(
+        backbone={"name_or_path": "tiny", "tiny_config": tiny},
+        optimizer={"learning_rate": 1e-5, "warmup_ratio": 0.0, "lr_schedule": "constant"},
+    )
     strategy = "auto"
     if name == "reward":
         module = RewardModel(weighting=TVBall(rho=0.4), **common)
@@ -189,8 +192,14 @@ def build_run(name: str, args, arch: dict, attn: str, dtype_note: str):
         module = DPO(
             reference="frozen_copy",
             wdpo_rho=0.01,
-            **dict(common, tiny_config=dict(arch, attn_implementation="sdpa")),
-            backbone={"attn_implementation": "sdpa"},
+            **dict(
+                common,
+                backbone={
+                    "name_or_path": "tiny",
+                    "tiny_config": dict(arch, attn_implementation="sdpa"),
+                    "attn_implementation": "sdpa",
+                },
+            ),
         )
     elif name == "drro_grpo":
         module = GRPO(
