@@ -117,20 +117,17 @@ def child(args) -> dict:
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    backbone = {"gradient_checkpointing": args.gradient_checkpointing}
     options = dict(
         wdpo_rho=0.01 if args.method.startswith("wdpo") else 0.0,
-        learning_rate=1e-5,
-        gradient_checkpointing=args.gradient_checkpointing,
+        optimizer={"learning_rate": 1e-5},
     )
     if args.model == "tiny":
-        options.update(tiny_config=TINY)
+        backbone.update(name_or_path="tiny", tiny_config=TINY)
     else:
-        options.update(
-            model_name_or_path=args.model,
-            lora=LoraOptions(r=8, alpha=16, dropout=0.0),
-            attn_implementation="sdpa",
-        )
-    model = DPO(**options)
+        backbone.update(name_or_path=args.model, attn_implementation="sdpa")
+        options.update(lora=LoraOptions(r=8, alpha=16, dropout=0.0))
+    model = DPO(backbone=backbone, **options)
     # "wdpo": the default chunked double backward (DPO.wdpo_chunk_pairs pairs per chunk);
     # "wdpo_plain": the whole batch's second-order graph at once (the path before issue 14)
     if args.method == "wdpo_plain":
