@@ -79,10 +79,12 @@ def train_proxy(labelled: str | os.PathLike, output_dir: str | os.PathLike, *,
                 model_name_or_path: str = "tiny", max_epochs: int = 1, max_steps: int = -1,
                 batch_size: int = 16, max_length: int = 512, learning_rate: float = 1e-5,
                 val_fraction: float = 0.1, seed: int = 0, accelerator: str = "auto",
-                default_root_dir: str | None = None) -> dict:
+                default_root_dir: str | None = None, on_bad_row: Literal["error", "skip"] = "error") -> dict:
     """Train the proxy :class:`~lightning_robust.modules.RewardModel` on gold-labelled rows
     (S003: 1 epoch, batch 16, max length 512), export it to ``output_dir`` and return the
-    held-out proxy-vs-gold agreement (``val/accuracy`` on the labelled pairs held out by prompt)."""
+    held-out proxy-vs-gold agreement (``val/accuracy`` on the labelled pairs held out by prompt).
+    ``on_bad_row`` is the data module's (``skip``: rows longer than ``max_length`` are counted and
+    dropped)."""
     from lightning import Trainer, seed_everything
 
     from lightning_robust.data import PreferenceDataModule
@@ -92,7 +94,7 @@ def train_proxy(labelled: str | os.PathLike, output_dir: str | os.PathLike, *,
     module = RewardModel(model_name_or_path=model_name_or_path, learning_rate=learning_rate,
                          lr_schedule="cosine", warmup_ratio=0.03)
     dm = PreferenceDataModule(train=os.fspath(labelled), tokenizer=model_name_or_path, batch_size=batch_size,
-                              max_length=max_length, val_fraction=val_fraction, seed=seed)
+                              max_length=max_length, val_fraction=val_fraction, seed=seed, on_bad_row=on_bad_row)
     trainer = Trainer(accelerator=accelerator, devices=1, max_epochs=max_epochs, max_steps=max_steps,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, num_sanity_val_steps=0,
@@ -169,7 +171,8 @@ def gold_proxy_pipeline(source, gold_reward_model, work_dir: str | os.PathLike, 
     summary["proxy"] = train_proxy(labelled, proxy_dir, model_name_or_path=proxy_base, max_epochs=proxy_epochs,
                                    max_steps=proxy_max_steps, batch_size=proxy_batch_size,
                                    max_length=proxy_max_length, learning_rate=proxy_learning_rate, seed=seed,
-                                   accelerator=accelerator, default_root_dir=os.path.join(work_dir, "proxy_run"))
+                                   accelerator=accelerator, default_root_dir=os.path.join(work_dir, "proxy_run"),
+                                   on_bad_row=on_bad_row)
     overrides = {"model.reward_model": proxy_dir, "model.gold_reward_model": os.fspath(gold_reward_model)}
     if pilot_prompts is not None:
         if policy is None:
