@@ -25,11 +25,18 @@ KINDS = {
     "RewardModel + GroupDRO": None,
     "DPO + TV ball (global scope)": {
         "class_path": "lightning_robust.modules.DPO",
-        "init_args": {"model_name_or_path": "tiny", "learning_rate": 3.0e-3, "warmup_ratio": 0.2,
-                      "lr_schedule": "cosine", "beta": 0.1,
-                      "tiny_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
-                      "weighting": {"class_path": "lightning_robust.weighting.TVBall",
-                                    "init_args": {"rho": 0.3, "scope": "global"}}},
+        "init_args": {
+            "model_name_or_path": "tiny",
+            "learning_rate": 3.0e-3,
+            "warmup_ratio": 0.2,
+            "lr_schedule": "cosine",
+            "beta": 0.1,
+            "tiny_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
+            "weighting": {
+                "class_path": "lightning_robust.weighting.TVBall",
+                "init_args": {"rho": 0.3, "scope": "global"},
+            },
+        },
     },
 }
 
@@ -49,9 +56,15 @@ def run(root: Path, processes: int, model: dict | None, num_eval: int) -> tuple[
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(h.TESTS), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, str(h.RUN_SCRIPT), "fit", "--config", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(h.RUN_SCRIPT), "fit", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=root,
+        start_new_session=True,
+    )
     code, out = h.wait(proc, timeout=400)
     assert code == 0, out[-3000:]
     return h.final_state(root), h.metrics(root)
@@ -65,10 +78,20 @@ def main() -> None:
             one = run(base / f"{len(kind)}_{num_eval}_p1", 1, model, num_eval)
             two = run(base / f"{len(kind)}_{num_eval}_p2", 2, model, num_eval)
             print(f"\n## {kind}, validation sets of {num_eval} pairs")
-            print(f"max |parameter difference| (1 vs 2 processes): {h.max_param_diff(one[0], two[0]):.3g}")
-            last_one, last_two = (next(r for r in reversed(rows) if any(k.startswith("val/") and v for k, v in r.items()))
-                                  for rows in (one[1], two[1]))
-            keys = sorted(k for k in last_one if k.startswith("val/") and last_one[k] and "group" not in k)
+            print(
+                f"max |parameter difference| (1 vs 2 processes): {h.max_param_diff(one[0], two[0]):.3g}"
+            )
+            last_one, last_two = (
+                next(
+                    r
+                    for r in reversed(rows)
+                    if any(k.startswith("val/") and v for k, v in r.items())
+                )
+                for rows in (one[1], two[1])
+            )
+            keys = sorted(
+                k for k in last_one if k.startswith("val/") and last_one[k] and "group" not in k
+            )
             print("| metric (end of epoch 2) | 1 process | 2 processes | difference |")
             print("|---|---|---|---|")
             for key in keys:

@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/dpo_vs_trl.py [--rounds 3] [--steps 30] [--breakdown]
     OMP_NUM_THREADS=1 python benchmarks/dpo_vs_trl.py --skip-anchor --smollm2 [--smollm2-steps 8]
 
-Anchor (ENVIRONMENT.md "Speed reference"; issue 14): random-init Llama (hidden 128, MLP 256,
+Anchor (docs/ENVIRONMENT.md "Speed reference"; issue 14): random-init Llama (hidden 128, MLP 256,
 2 layers, vocab 2048; identical initial weights on both sides), 64 prompt tokens + 64 response
 tokens (63 words and EOS) per side, batch 8, fp32, plain DPO (sigmoid loss, beta 0.1), AdamW
 lr 1e-4 linearly decayed to 0 over the run, gradient clipping at norm 1 (TRL's default), rows in
@@ -55,7 +55,11 @@ def anchor_rows(n: int, seed: int = 0) -> list[dict]:
         return " ".join(rng.choice(TINY_WORDS) for _ in range(k))
 
     return [
-        {"prompt": words(PROMPT_WORDS), "chosen": " " + words(RESPONSE_WORDS), "rejected": " " + words(RESPONSE_WORDS)}
+        {
+            "prompt": words(PROMPT_WORDS),
+            "chosen": " " + words(RESPONSE_WORDS),
+            "rejected": " " + words(RESPONSE_WORDS),
+        }
         for _ in range(n)
     ]
 
@@ -235,7 +239,14 @@ def worker_trl(spec: dict, data_path: str) -> dict:
 
 def run_worker(spec: dict, data_path: str, threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec), "--data", data_path]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        json.dumps(spec),
+        "--data",
+        data_path,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -244,9 +255,15 @@ def run_worker(spec: dict, data_path: str, threads: int) -> dict:
 
 
 def table(title: str, runs: list[dict], results: dict, base: str, rounds: int) -> list[str]:
-    out = [title, f"{'run':46s} {'steps/CPU-s':>11s} {'vs TRL':>7s} {'steps/s wall':>12s} {'vs TRL':>7s} {'step-2 loss':>12s} {'|diff|':>8s}"]
+    out = [
+        title,
+        f"{'run':46s} {'steps/CPU-s':>11s} {'vs TRL':>7s} {'steps/s wall':>12s} {'vs TRL':>7s} {'step-2 loss':>12s} {'|diff|':>8s}",
+    ]
     med = {
-        k: (statistics.median(r["steps_per_cpu_s"] for r in v), statistics.median(r["steps_per_s"] for r in v))
+        k: (
+            statistics.median(r["steps_per_cpu_s"] for r in v),
+            statistics.median(r["steps_per_s"] for r in v),
+        )
         for k, v in results.items()
     }
     base_loss = results[base][0]["losses"]
@@ -259,8 +276,14 @@ def table(title: str, runs: list[dict], results: dict, base: str, rounds: int) -
             f"{name:46s} {cpu:11.3f} {cpu / med[base][0]:6.2f}x {wall:12.3f} {wall / med[base][1]:6.2f}x "
             f"{loss[1]:12.7f} {diff:8.1e}"
         )
-    out.append(f"(median of {rounds} interleaved rounds; per-round steps/CPU-s: "
-               + "; ".join(f"{s['name']}: " + ", ".join(f"{r['steps_per_cpu_s']:.2f}" for r in results[s["name"]]) for s in runs) + ")")
+    out.append(
+        f"(median of {rounds} interleaved rounds; per-round steps/CPU-s: "
+        + "; ".join(
+            f"{s['name']}: " + ", ".join(f"{r['steps_per_cpu_s']:.2f}" for r in results[s["name"]])
+            for s in runs
+        )
+        + ")"
+    )
     return out
 
 
@@ -271,8 +294,12 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--breakdown", action="store_true", help="also the rows that undo one choice of ours")
-    p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M (batch 2, --smollm2-steps)")
+    p.add_argument(
+        "--breakdown", action="store_true", help="also the rows that undo one choice of ours"
+    )
+    p.add_argument(
+        "--smollm2", action="store_true", help="also SmolLM2-135M (batch 2, --smollm2-steps)"
+    )
     p.add_argument("--smollm2-steps", type=int, default=8)
     p.add_argument("--smollm2-rounds", type=int, default=2)
     p.add_argument("--skip-anchor", action="store_true", help="only the SmolLM2 table")
@@ -305,7 +332,11 @@ def main():
     ]
     if a.breakdown:
         runs += [
-            {"name": "ours, prompt in both rows (no sharing)", "impl": "ours", "share_prompt": False},
+            {
+                "name": "ours, prompt in both rows (no sharing)",
+                "impl": "ours",
+                "share_prompt": False,
+            },
             {"name": "ours, LM head on all positions", "impl": "ours", "fast_head": False},
         ]
     runs = [dict(common, **r) for r in runs]
@@ -336,7 +367,10 @@ def main():
                 sres[spec["name"]].append(run_worker(spec, data_path, a.threads))
         lines += [""] + table(
             f"SmolLM2-135M-Instruct full fine-tune, batch 2, {a.smollm2_steps} timed steps",
-            sruns, sres, "SmolLM2 TRL DPOTrainer (default)", a.smollm2_rounds,
+            sruns,
+            sres,
+            "SmolLM2 TRL DPOTrainer (default)",
+            a.smollm2_rounds,
         )
     print("\n".join(lines))
 

@@ -29,7 +29,13 @@ from lightning_robust.evals import (
 )
 from lightning_robust.models import load_sequence_classifier, load_tokenizer, tiny_llama_config
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rewardbench_llmbar" / "llmbar_rewardbench_format_shared.jsonl"
+DATA = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "rewardbench_llmbar"
+    / "llmbar_rewardbench_format_shared.jsonl"
+)
 
 
 def _data(tmp: Path) -> str:
@@ -37,8 +43,12 @@ def _data(tmp: Path) -> str:
         return str(DATA)
     words = "the cat sat on a mat and then it went home to eat some food".split()
     rows = [
-        {"prompt": " ".join(words[: 3 + i % 7]), "chosen": " ".join(words * (1 + i % 4)),
-         "rejected": " ".join(words[::-1] * (1 + i % 3)), "subset": "llmbar-natural"}
+        {
+            "prompt": " ".join(words[: 3 + i % 7]),
+            "chosen": " ".join(words * (1 + i % 4)),
+            "rejected": " ".join(words[::-1] * (1 + i % 3)),
+            "subset": "llmbar-natural",
+        }
         for i in range(210)
     ]
     path = tmp / "synthetic_rb.jsonl"
@@ -54,10 +64,18 @@ def _time(bench, scorer) -> tuple[float, float, float]:
     bench.evaluate(scorer)
     second = time.perf_counter() - t0
     # tokenisation alone: a fresh cache filled without running the model
-    cache = type(scorer.cache)(scorer.tokenizer, scorer.cache.max_length, scorer.cache.chat_template, scorer.cache.append_eos)
+    cache = type(scorer.cache)(
+        scorer.tokenizer,
+        scorer.cache.max_length,
+        scorer.cache.chat_template,
+        scorer.cache.append_eos,
+    )
     rows = [r for rs in bench.rows().values() for r in rs]
     t0 = time.perf_counter()
-    cache.get([r["prompt"] for r in rows for _ in range(2)], [x for r in rows for x in (r["chosen"], r["rejected"])])
+    cache.get(
+        [r["prompt"] for r in rows for _ in range(2)],
+        [x for r in rows for x in (r["chosen"], r["rejected"])],
+    )
     tokenise = time.perf_counter() - t0
     return first, second, tokenise
 
@@ -85,20 +103,30 @@ def main() -> None:
         ref = LlamaForCausalLM(tiny_llama_config(len(tok), tok.pad_token_id)).eval()
         kw = {"max_length": args.max_length, "batch_size": args.batch_size}
         scorers = {
-            "reward (tiny Llama)": RewardModelScorer(load_sequence_classifier("tiny", tok, seed=0), tok, **kw),
+            "reward (tiny Llama)": RewardModelScorer(
+                load_sequence_classifier("tiny", tok, seed=0), tok, **kw
+            ),
             "likelihood (tiny Llama)": LikelihoodScorer(lm, tok, **kw),
             "DPO implicit, ref-free (tiny)": DPOImplicitRewardScorer(lm, tok, **kw),
             "DPO implicit, with ref (tiny)": DPOImplicitRewardScorer(lm, tok, reference=ref, **kw),
         }
         if args.minilm:
             mtok = load_tokenizer("minilm")
-            scorers["reward (MiniLM-L6, 22M)"] = RewardModelScorer(load_sequence_classifier("minilm", mtok), mtok, **kw)
-        print(f"{n} pairs, max_length {args.max_length}, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}")
-        print("| scorer | first run pairs/s | repeated run pairs/s | tokenisation share of first run |")
+            scorers["reward (MiniLM-L6, 22M)"] = RewardModelScorer(
+                load_sequence_classifier("minilm", mtok), mtok, **kw
+            )
+        print(
+            f"{n} pairs, max_length {args.max_length}, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}"
+        )
+        print(
+            "| scorer | first run pairs/s | repeated run pairs/s | tokenisation share of first run |"
+        )
         print("|---|---|---|---|")
         for name, scorer in scorers.items():
             first, second, tokenise = _time(bench, scorer)
-            print(f"| {name} | {n / first:.0f} | {n / second:.0f} | {100 * tokenise / first:.0f} % |")
+            print(
+                f"| {name} | {n / first:.0f} | {n / second:.0f} | {100 * tokenise / first:.0f} % |"
+            )
 
 
 if __name__ == "__main__":

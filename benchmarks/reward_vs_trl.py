@@ -6,7 +6,7 @@
                                        [--runs ours,ours_random,ours_ckpt,trl,trl_nockpt,...]
 
 Same backbone with identical initial weights (the tiny random-init Llama sequence classifier,
-hidden 128 / 2 layers, the size of ENVIRONMENT.md's speed reference; ``--model minilm`` the
+hidden 128 / 2 layers, the size of docs/ENVIRONMENT.md's speed reference; ``--model minilm`` the
 offline all-MiniLM-L6-v2 encoder), the same token ids (the hh-rlhf harmless-base rows of
 ``../shared/data`` tokenised once by ``PreferenceDataModule`` and handed to TRL pre-tokenised, so
 neither side truncates or filters differently), the same batch size, max length, AdamW with
@@ -75,7 +75,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore")
 
-HH_RLHF = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf_harmless_base" / "harmless_base_test_shared.jsonl"
+HH_RLHF = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "hh_rlhf_harmless_base"
+    / "harmless_base_test_shared.jsonl"
+)
 TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2}
 LEARNING_RATE = 1e-5
 # name -> (label, group_by_length, gradient checkpointing); "trl" is TRL as a user runs it
@@ -171,10 +177,14 @@ def fixed_rows_file(rows: int) -> str:
     return path
 
 
-def datamodule(model: str, rows: int, batch_size: int, max_length: int, group_by_length: bool, fixed: int = 0):
+def datamodule(
+    model: str, rows: int, batch_size: int, max_length: int, group_by_length: bool, fixed: int = 0
+):
     from lightning_robust.data import PreferenceDataModule
 
-    source = {"path": fixed_rows_file(fixed)} if fixed else {"path": str(HH_RLHF), "schema": "hh_rlhf"}
+    source = (
+        {"path": fixed_rows_file(fixed)} if fixed else {"path": str(HH_RLHF), "schema": "hh_rlhf"}
+    )
     dm = PreferenceDataModule(
         train=source,
         chat_template=False if fixed else None,
@@ -195,7 +205,9 @@ def datamodule(model: str, rows: int, batch_size: int, max_length: int, group_by
 def backbone(model: str, tokenizer):
     from lightning_robust.models import load_sequence_classifier
 
-    return load_sequence_classifier(model, tokenizer, tiny_config=TINY if model == "tiny" else None, seed=0)
+    return load_sequence_classifier(
+        model, tokenizer, tiny_config=TINY if model == "tiny" else None, seed=0
+    )
 
 
 # ---------------------------------------------------------------------- the two sides
@@ -206,7 +218,9 @@ def run_ours(a, group_by_length: bool, checkpointing: bool) -> dict:
 
     dm = datamodule(a.model, a.rows, a.batch_size, a.max_length, group_by_length, a.fixed)
     counter = PadCounter(
-        dm.collator, ("chosen_input_ids", "rejected_input_ids"), ("chosen_attention_mask", "rejected_attention_mask")
+        dm.collator,
+        ("chosen_input_ids", "rejected_input_ids"),
+        ("chosen_attention_mask", "rejected_attention_mask"),
     )
     type(dm).collator = property(lambda self: counter)  # count what the model sees
     clock = StepClock()
@@ -261,7 +275,9 @@ def run_trl(a, group_by_length: bool, checkpointing: bool) -> dict:
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    dm = datamodule(a.model, a.rows, a.batch_size, a.max_length, group_by_length=False, fixed=a.fixed)
+    dm = datamodule(
+        a.model, a.rows, a.batch_size, a.max_length, group_by_length=False, fixed=a.fixed
+    )
     train = dm.datasets["train"]
     data = Dataset.from_dict(
         {
@@ -272,7 +288,11 @@ def run_trl(a, group_by_length: bool, checkpointing: bool) -> dict:
     )
     tokenizer = dm.tokenizer
     model = backbone(a.model, tokenizer)
-    counter = PadCounter(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id), ("input_ids",), ("attention_mask",))
+    counter = PadCounter(
+        DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id),
+        ("input_ids",),
+        ("attention_mask",),
+    )
     clock = StepClock()
 
     class Clock(TrainerCallback):
@@ -349,9 +369,24 @@ def worker(a) -> None:
 
 def spawn(a, run: str, model: str) -> dict:
     cmd = [
-        sys.executable, __file__, "--worker", run, "--model", model, "--rows", str(a.rows),
-        "--batch-size", str(a.batch_size), "--max-length", str(a.max_length), "--epochs", str(a.epochs),
-        "--threads", str(a.threads), "--fixed", str(a.fixed),
+        sys.executable,
+        __file__,
+        "--worker",
+        run,
+        "--model",
+        model,
+        "--rows",
+        str(a.rows),
+        "--batch-size",
+        str(a.batch_size),
+        "--max-length",
+        str(a.max_length),
+        "--epochs",
+        str(a.epochs),
+        "--threads",
+        str(a.threads),
+        "--fixed",
+        str(a.fixed),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -388,24 +423,34 @@ def report(a, model: str, results: dict[str, list[dict]]) -> None:
             f"{med(run, 'tokens_per_cpu_s') / base_cpu:6.2f}x {med(run, 'pad_share'):9.1%} "
             f"{med(run, 'peak_rss_mb'):11.0f} {med(run, 'train_rss_increase_mb'):13.1f}"
         )
-    print("tokens = non-pad tokens of chosen + rejected; tok/CPU-s = the same tokens over the process's CPU "
-          "time (user + sys), robust to other load on the machine when each run uses one thread")
-    print("memory: peak RSS = ru_maxrss of the run's own subprocess; train +RSS = peak RSS during fit/train "
-          "minus RSS at its start, sampled every 5 ms by a thread")
+    print(
+        "tokens = non-pad tokens of chosen + rejected; tok/CPU-s = the same tokens over the process's CPU "
+        "time (user + sys), robust to other load on the machine when each run uses one thread"
+    )
+    print(
+        "memory: peak RSS = ru_maxrss of the run's own subprocess; train +RSS = peak RSS during fit/train "
+        "minus RSS at its start, sampled every 5 ms by a thread"
+    )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny", choices=["tiny", "minilm", "both"])
-    p.add_argument("--rows", type=int, default=640, help="hh-rlhf rows read (before bad rows are skipped)")
+    p.add_argument(
+        "--rows", type=int, default=640, help="hh-rlhf rows read (before bad rows are skipped)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads per run (0: torch's default)"
+    )
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {list(RUNS)}")
     p.add_argument(
-        "--fixed", type=int, default=0,
+        "--fixed",
+        type=int,
+        default=0,
         help="N fixed-length rows (64 prompt + 64 answer tokens, the DPO anchor's) instead of hh-rlhf; "
         f"default runs then {FIXED_RUNS}",
     )
@@ -427,9 +472,12 @@ def main():
             for run in runs:  # interleaved
                 results[run].append(spawn(a, run, model))
                 r = results[run][-1]
-                print(f"  round {k + 1} {model} {run:12s} {r['steps_per_s']:.2f} steps/s "
-                      f"{r['tokens_per_s']:.0f} tok/s {r['tokens_per_cpu_s']:.0f} tok/CPU-s "
-                      f"pad {r['pad_share']:.1%}", flush=True)
+                print(
+                    f"  round {k + 1} {model} {run:12s} {r['steps_per_s']:.2f} steps/s "
+                    f"{r['tokens_per_s']:.0f} tok/s {r['tokens_per_cpu_s']:.0f} tok/CPU-s "
+                    f"pad {r['pad_share']:.1%}",
+                    flush=True,
+                )
         report(a, model, results)
 
 

@@ -8,7 +8,7 @@ through the CLI's parser for ``--steps`` rollouts each and times, per training b
 - the whole training step (callback hooks around each batch);
 - for GRPO, the reward-shaping call (``shaped_rewards`` + ``group_advantages``, timed inside
   ``GRPO.prepare`` and accumulated in ``GRPO.shaping_seconds``): its share of the step time is
-  the measured shaping time over the measured step time, summed over many steps (DESIGN.md
+  the measured shaping time over the measured step time, summed over many steps (docs/DESIGN.md
   settled point; goal <= 1 %). GRPO (``shaping: none``) times the same call (group
   advantages only) as the baseline.
 

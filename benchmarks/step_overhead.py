@@ -3,7 +3,7 @@
 Runs the tiny reward model on the synthetic data for a number of steps with a given weighting,
 timing every weighting call (forward hooks on the strategy module) and every training step
 (callback hooks). The overhead is the *measured* weighting time as a fraction of the step time
-over many steps, not a difference of two noisy step times (DESIGN.md settled points).
+over many steps, not a difference of two noisy step times (docs/DESIGN.md, further choices).
 
     python benchmarks/step_overhead.py
 """
@@ -34,8 +34,14 @@ class _StepTimer(Callback):
             self.times.append(time.perf_counter() - self._start)
 
 
-HH_RLHF = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf_harmless_base" / "harmless_base_test_shared.jsonl"
-# The model size of ENVIRONMENT.md's speed reference (hidden 128, 2 layers), on real
+HH_RLHF = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "hh_rlhf_harmless_base"
+    / "harmless_base_test_shared.jsonl"
+)
+# The model size of docs/ENVIRONMENT.md's speed reference (hidden 128, 2 layers), on real
 # variable-length hh-rlhf rows cut to 128 tokens.
 REFERENCE = {"tiny_config": {"hidden_size": 128, "intermediate_size": 512}, "max_length": 128}
 
@@ -43,18 +49,29 @@ REFERENCE = {"tiny_config": {"hidden_size": 128, "intermediate_size": 512}, "max
 def _data(batch_size: int, rows: int, max_length: int, real: bool) -> PreferenceDataModule:
     if real:
         return PreferenceDataModule(
-            train={"path": str(HH_RLHF), "schema": "hh_rlhf"}, on_bad_row="skip", val_fraction=0.0,
-            batch_size=batch_size, max_length=max_length, max_rows=rows,
+            train={"path": str(HH_RLHF), "schema": "hh_rlhf"},
+            on_bad_row="skip",
+            val_fraction=0.0,
+            batch_size=batch_size,
+            max_length=max_length,
+            max_rows=rows,
         )
     return PreferenceDataModule(
-        train="synthetic", batch_size=batch_size, max_length=max_length,
+        train="synthetic",
+        batch_size=batch_size,
+        max_length=max_length,
         synthetic=SyntheticShiftConfig(num_train=rows, num_eval=16),
     )
 
 
 def measure(
-    weighting, steps: int = 120, warmup: int = 10, batch_size: int = 16,
-    tiny_config: dict | None = None, max_length: int = 64, real: bool = False,
+    weighting,
+    steps: int = 120,
+    warmup: int = 10,
+    batch_size: int = 16,
+    tiny_config: dict | None = None,
+    max_length: int = 64,
+    real: bool = False,
 ) -> dict:
     """Train ``steps`` steps; return mean step time and the weighting time per call."""
     seed_everything(0, verbose=False)
@@ -72,9 +89,15 @@ def measure(
     timer = _StepTimer(warmup)
     data = _data(batch_size, batch_size * (steps + warmup), max_length, real)
     trainer = Trainer(
-        accelerator="cpu", max_steps=steps + warmup, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[timer], log_every_n_steps=10,
+        accelerator="cpu",
+        max_steps=steps + warmup,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+        log_every_n_steps=10,
     )
     model = RewardModel(weighting=weighting, learning_rate=1e-3, tiny_config=tiny_config)
     trainer.fit(model, datamodule=data)
@@ -89,15 +112,20 @@ def overhead_table(steps: int = 120, reference: bool = False) -> str:
     step-time ratio against ERM implied by the measured extra weighting time:
     ``1 + (w - w_ERM) / step_ERM``."""
     rows = [
-        ("ERM", ERM()), ("TVBall(0.4)", TVBall(rho=0.4)), ("ChiSquareBall(0.5)", ChiSquareBall(rho=0.5)),
-        ("KLBall(0.2)", KLBall(rho=0.2)), ("KLPenalty(0.5)", KLPenalty(tau=0.5)), ("CVaR(0.25)", CVaR(alpha=0.25)),
+        ("ERM", ERM()),
+        ("TVBall(0.4)", TVBall(rho=0.4)),
+        ("ChiSquareBall(0.5)", ChiSquareBall(rho=0.5)),
+        ("KLBall(0.2)", KLBall(rho=0.2)),
+        ("KLPenalty(0.5)", KLPenalty(tau=0.5)),
+        ("CVaR(0.25)", CVaR(alpha=0.25)),
     ]
     options = dict(REFERENCE, real=True) if reference else {}
     results = {name: measure(strategy, steps=steps, **options) for name, strategy in rows}
     erm = results["ERM"]
     what = (
         "reference-size tiny Llama (hidden 128, 2 layers), hh-rlhf rows <= 128 tokens"
-        if reference else "quickstart tiny Llama (hidden 64, 2 layers), synthetic rows"
+        if reference
+        else "quickstart tiny Llama (hidden 64, 2 layers), synthetic rows"
     )
     lines = [
         f"{what}, batch 16, {steps} timed steps, torch threads={torch.get_num_threads()}",
@@ -106,7 +134,9 @@ def overhead_table(steps: int = 120, reference: bool = False) -> str:
     for name, r in results.items():
         share = 100 * r["weighting_ms"] / r["step_ms"]
         ratio = 1 + (r["weighting_ms"] - erm["weighting_ms"]) / erm["step_ms"]
-        lines.append(f"{name:<20}{r['step_ms']:>10.2f}{r['weighting_ms']:>14.3f}{share:>10.2f}{ratio:>14.4f}")
+        lines.append(
+            f"{name:<20}{r['step_ms']:>10.2f}{r['weighting_ms']:>14.3f}{share:>10.2f}{ratio:>14.4f}"
+        )
     return "\n".join(lines)
 
 

@@ -42,9 +42,16 @@ def one(steps: int) -> dict:
 
     clock = Clock()
     cli = build_cli(
-        ["--config", os.path.join(ROOT, "configs/dpo/tiny_dpo.yaml"), f"--trainer.max_steps={steps}",
-         "--trainer.limit_val_batches=0", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-         "--trainer.enable_progress_bar=false", "--trainer.default_root_dir=/tmp/lr_threads"],
+        [
+            "--config",
+            os.path.join(ROOT, "configs/dpo/tiny_dpo.yaml"),
+            f"--trainer.max_steps={steps}",
+            "--trainer.limit_val_batches=0",
+            "--trainer.logger=false",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.default_root_dir=/tmp/lr_threads",
+        ],
         run=False,
     )
     cli.trainer.callbacks.append(clock)
@@ -70,27 +77,45 @@ def main() -> None:
     for _ in range(args.repeats):
         for busy in (False, True):
             for setting in SETTINGS:
-                env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-                env["LIGHTNING_ROBUST_THREADS"] = "off"  # measure the raw settings, not the CLI's policy
+                env = {
+                    k: v
+                    for k, v in os.environ.items()
+                    if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                }
+                env["LIGHTNING_ROBUST_THREADS"] = (
+                    "off"  # measure the raw settings, not the CLI's policy
+                )
                 if setting != "default":
                     env.update(OMP_NUM_THREADS=setting, BENCH_THREADS=setting)
-                burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+                burner = (
+                    subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+                )
                 try:
-                    out = subprocess.run([sys.executable, __file__, "--one", "--steps", str(args.steps)],
-                                         check=True, capture_output=True, text=True, env=env, cwd=ROOT)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--one", "--steps", str(args.steps)],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                        cwd=ROOT,
+                    )
                 finally:
                     if burner is not None:
                         burner.kill()
                         burner.wait()
                 record = json.loads(out.stdout.strip().splitlines()[-1])
                 results.setdefault((setting, busy), []).append(record["it_s"])
-    print(f"tiny DPO (configs/dpo/tiny_dpo.yaml), {args.steps} steps timed from step 10, "
-          f"{args.repeats} interleaved runs per cell, {os.cpu_count()} CPUs shared with other jobs")
+    print(
+        f"tiny DPO (configs/dpo/tiny_dpo.yaml), {args.steps} steps timed from step 10, "
+        f"{args.repeats} interleaved runs per cell, {os.cpu_count()} CPUs shared with other jobs"
+    )
     print(f"{'threads':<10} {'alone it/s':>12} {'+1 busy it/s':>14}   (all runs)")
     for setting in SETTINGS:
         alone, busy = sorted(results[(setting, False)]), sorted(results[(setting, True)])
-        print(f"{setting:<10} {alone[len(alone) // 2]:>12.1f} {busy[len(busy) // 2]:>14.1f}   "
-              f"{[round(x, 1) for x in alone]} / {[round(x, 1) for x in busy]}")
+        print(
+            f"{setting:<10} {alone[len(alone) // 2]:>12.1f} {busy[len(busy) // 2]:>14.1f}   "
+            f"{[round(x, 1) for x in alone]} / {[round(x, 1) for x in busy]}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ def measure(mode: str, data: str, tokenizer_name: str, max_length: int, cache: s
     from lightning_robust.data.tokenize import encode_examples, encode_examples_cached
     from lightning_robust.models import load_tokenizer
 
-    source = DataSource(path=os.path.join(data, "hh_rlhf_harmless_base/harmless_base_test_shared.jsonl"),
-                        schema="hh_rlhf")
+    source = DataSource(
+        path=os.path.join(data, "hh_rlhf_harmless_base/harmless_base_test_shared.jsonl"),
+        schema="hh_rlhf",
+    )
     rows = load_rows(source)
     schema = get_schema(source.schema, rows.column_names, rows[0])
     examples = adapt_rows(rows, schema, None, "skip", source.describe()).examples
@@ -42,9 +44,17 @@ def measure(mode: str, data: str, tokenizer_name: str, max_length: int, cache: s
         out = encode_examples(examples, tokenizer, max_length)
     else:
         num_proc = 2 if mode == "cached_miss_proc2" else None
-        out = encode_examples_cached(examples, tokenizer, max_length, cache_dir=cache, num_proc=num_proc)
+        out = encode_examples_cached(
+            examples, tokenizer, max_length, cache_dir=cache, num_proc=num_proc
+        )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"mode": mode, "pairs": len(out), "wall_s": wall, "cpu_s": cpu, "pairs_per_s": len(out) / wall}
+    return {
+        "mode": mode,
+        "pairs": len(out),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "pairs_per_s": len(out) / wall,
+    }
 
 
 def main() -> None:
@@ -65,22 +75,43 @@ def main() -> None:
         for mode in MODES:
             with tempfile.TemporaryDirectory() as cache:  # every miss is a real miss
                 out = subprocess.run(
-                    [sys.executable, __file__, "--one", mode, "--data", args.data, "--tokenizer", args.tokenizer,
-                     "--max-length", str(args.max_length), "--cache", cache],
-                    check=True, capture_output=True, text=True, env=env,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        mode,
+                        "--data",
+                        args.data,
+                        "--tokenizer",
+                        args.tokenizer,
+                        "--max-length",
+                        str(args.max_length),
+                        "--cache",
+                        cache,
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env=env,
                 )
             results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"tokeniser={args.tokenizer} max_length={args.max_length} rows=hh-rlhf harmless-base "
-          f"({results[MODES[0]][0]['pairs']} pairs); OMP_NUM_THREADS=1; {args.repeats} interleaved "
-          f"runs per mode, one process each; {os.cpu_count()} CPUs shared with other jobs (loaded machine)")
-    print(f"{'mode':<20} {'pairs/s (median)':>16} {'wall s (median)':>16} {'parent cpu s':>13}  all pairs/s")
+    print(
+        f"tokeniser={args.tokenizer} max_length={args.max_length} rows=hh-rlhf harmless-base "
+        f"({results[MODES[0]][0]['pairs']} pairs); OMP_NUM_THREADS=1; {args.repeats} interleaved "
+        f"runs per mode, one process each; {os.cpu_count()} CPUs shared with other jobs (loaded machine)"
+    )
+    print(
+        f"{'mode':<20} {'pairs/s (median)':>16} {'wall s (median)':>16} {'parent cpu s':>13}  all pairs/s"
+    )
     for mode, runs in results.items():
         rates = sorted(r["pairs_per_s"] for r in runs)
         walls = sorted(r["wall_s"] for r in runs)
         cpus = sorted(r["cpu_s"] for r in runs)
         mid = len(runs) // 2
-        print(f"{mode:<20} {rates[mid]:>16.0f} {walls[mid]:>16.3f} {cpus[mid]:>13.3f}  "
-              + ", ".join(f"{r:.0f}" for r in rates))
+        print(
+            f"{mode:<20} {rates[mid]:>16.0f} {walls[mid]:>16.3f} {cpus[mid]:>13.3f}  "
+            + ", ".join(f"{r:.0f}" for r in rates)
+        )
 
 
 if __name__ == "__main__":

@@ -86,8 +86,12 @@ def _batch(model, batch_size: int, max_length: int, pad_to: int):
     from lightning_robust.data.example import PreferenceExample
     from lightning_robust.data.synthetic import SyntheticShiftConfig, generate_split
 
-    rows = generate_split("train", SyntheticShiftConfig(num_train=64, seed=0, length_pair_share=0.0))
-    examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"]) for r in rows[:batch_size]]
+    rows = generate_split(
+        "train", SyntheticShiftConfig(num_train=64, seed=0, length_pair_share=0.0)
+    )
+    examples = [
+        PreferenceExample(r["prompt"], r["chosen"], r["rejected"]) for r in rows[:batch_size]
+    ]
     encoded = encode_examples(examples, model.tokenizer, max_length, append_eos=True)
     features = [
         {
@@ -135,7 +139,10 @@ def child(args) -> dict:
     model.log = lambda *a, **k: None
     model.log_dict = lambda *a, **k: None
     model.to(device).train()
-    batch = {k: v.to(device) for k, v in _batch(model, args.batch_size, args.max_length, args.pad_to).items()}
+    batch = {
+        k: v.to(device)
+        for k, v in _batch(model, args.batch_size, args.max_length, args.pad_to).items()
+    }
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
 
@@ -180,10 +187,25 @@ def child(args) -> dict:
 
 def run(model: str, method: str, batch_size: int, a) -> dict:
     cmd = [
-        sys.executable, __file__, "--child", "--model", model, "--method", method,
-        "--batch-size", str(batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup),
-        "--max-length", str(a.max_length), "--pad-to", str(a.pad_to),
-        "--threads", str(a.threads),
+        sys.executable,
+        __file__,
+        "--child",
+        "--model",
+        model,
+        "--method",
+        method,
+        "--batch-size",
+        str(batch_size),
+        "--steps",
+        str(a.steps),
+        "--warmup",
+        str(a.warmup),
+        "--max-length",
+        str(a.max_length),
+        "--pad-to",
+        str(a.pad_to),
+        "--threads",
+        str(a.threads),
     ] + (["--gradient-checkpointing"] if a.gradient_checkpointing else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -202,10 +224,13 @@ def main():
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--pad-to", type=int, default=64, help="pad the batch width to a multiple of this")
+    p.add_argument(
+        "--pad-to", type=int, default=64, help="pad the batch width to a multiple of this"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument(
-        "--gradient-checkpointing", action="store_true",
+        "--gradient-checkpointing",
+        action="store_true",
         help="activation checkpointing (DPO only: the module refuses it with WDPO)",
     )
     a = p.parse_args()
@@ -218,7 +243,10 @@ def main():
             res = {m: run(model, m, bs, a) for m in ("dpo", "wdpo", "wdpo_plain")}  # interleaved
             rows.append((model, bs, res))
             d = res["dpo"]
-            for name, label in (("wdpo", "WDPO chunked (2 pairs)"), ("wdpo_plain", "WDPO whole batch")):
+            for name, label in (
+                ("wdpo", "WDPO chunked (2 pairs)"),
+                ("wdpo_plain", "WDPO whole batch"),
+            ):
                 w = res[name]
                 print(
                     f"{model:8s} micro-batch {bs:2d} (width {d['width']}): "

@@ -6,7 +6,7 @@ Run: ``python benchmarks/weighting.py [--quick] [--no-cvxpy] [--device cpu|cuda]
 checks, float64 solve, stats, weighted loss) for batch sizes n in {8, 64, 512, 4096}, and
 reports the median over many calls in microseconds (fewer repetitions for the cvxpylayers path,
 whose first call per n, which builds the layer, is excluded). The reward-model step-ratio part
-(weighting time as a fraction of training-step time, DESIGN.md "Benchmarks") lives beside it.
+(weighting time as a fraction of training-step time, docs/DESIGN.md "Benchmarks") lives beside it.
 """
 
 from __future__ import annotations
@@ -127,9 +127,7 @@ def format_table(results: dict[str, dict[int, float]], sizes: tuple[int, ...] = 
     head = f"{'strategy':<22}" + "".join(f"{'n=' + str(n):>12}" for n in sizes)
     lines = [head, "-" * len(head)]
     for name, row in results.items():
-        cells = "".join(
-            f"{row[n]:>12.1f}" if n in row else f"{'-':>12}" for n in sizes
-        )
+        cells = "".join(f"{row[n]:>12.1f}" if n in row else f"{'-':>12}" for n in sizes)
         lines.append(f"{name:<22}{cells}")
     lines.append("(median microseconds per call, full forward incl. stats; float32 losses)")
     return "\n".join(lines)
@@ -140,10 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--no-cvxpy", action="store_true", help="closed forms only")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--no-step", action="store_true", help="skip the reward-model step overhead")
+    parser.add_argument(
+        "--no-step", action="store_true", help="skip the reward-model step overhead"
+    )
     parser.add_argument("--steps", type=int, default=120, help="timed training steps per weighting")
     parser.add_argument(
-        "--threads", type=int, default=0,
+        "--threads",
+        type=int,
+        default=0,
         help="torch intra-op threads (0: torch's default). On a loaded machine 1 avoids "
         "OpenMP barrier stalls of ~16 ms that have nothing to do with the weighting.",
     )

@@ -6,4 +6,12 @@ from lightning_robust.callbacks.frontier import RewardKLFrontier
 from lightning_robust.callbacks.metrics_table import MetricsTable, RobustProgressBar
 from lightning_robust.callbacks.sample_table import SampleTable
 
-__all__ = ["BenchmarkCallback", "HFExport", "MetricsTable", "RewardKLFrontier", "RobustProgressBar", "SampleTable", "plot_benchmark"]
+__all__ = [
+    "BenchmarkCallback",
+    "HFExport",
+    "MetricsTable",
+    "RewardKLFrontier",
+    "RobustProgressBar",
+    "SampleTable",
+    "plot_benchmark",
+]

@@ -83,8 +83,13 @@ def _at_epoch_end(trainer) -> bool:
     return bool(getattr(progress, "is_last_batch", True))
 
 
-def plot_benchmark(path: str, name: str, metrics: dict[str, float], previous: dict[str, float] | None = None,
-                   title: str = "") -> None:
+def plot_benchmark(
+    path: str,
+    name: str,
+    metrics: dict[str, float],
+    previous: dict[str, float] | None = None,
+    title: str = "",
+) -> None:
     """Horizontal bar chart of ``metrics`` (and ``previous`` beside them) saved as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -98,7 +103,13 @@ def plot_benchmark(path: str, name: str, metrics: dict[str, float], previous: di
     if previous:
         prev = [previous.get(k, math.nan) for k in keys]
         ax.barh([y + 0.2 for y in ys], prev, height=0.4, color="#bbbbbb", label="previous")
-        ax.barh([y - 0.2 for y in ys], [metrics[k] for k in keys], height=0.4, color="#1f77b4", label="current")
+        ax.barh(
+            [y - 0.2 for y in ys],
+            [metrics[k] for k in keys],
+            height=0.4,
+            color="#1f77b4",
+            label="current",
+        )
         ax.legend(loc="lower right", fontsize=8)
     else:
         ax.barh(ys, [metrics[k] for k in keys], height=0.6, color="#1f77b4")
@@ -176,7 +187,9 @@ class BenchmarkCallback(Callback):
     def _cache(self, tokenizer, append_eos: bool) -> TokenCache:
         key = (id(tokenizer), append_eos)
         if key not in self._caches:
-            self._caches[key] = TokenCache(tokenizer, self.max_length, self.chat_template, append_eos)
+            self._caches[key] = TokenCache(
+                tokenizer, self.max_length, self.chat_template, append_eos
+            )
         return self._caches[key]
 
     def build_scorer(self, pl_module):
@@ -186,12 +199,17 @@ class BenchmarkCallback(Callback):
             return pl_module.benchmark_scorer()
         backbone = getattr(pl_module, "backbone", None)
         tokenizer = getattr(pl_module, "tokenizer", None)
-        if kind == "reward" or (kind == "auto" and backbone is not None and hasattr(pl_module, "pair_rewards")):
+        if kind == "reward" or (
+            kind == "auto" and backbone is not None and hasattr(pl_module, "pair_rewards")
+        ):
             eos = bool(self.append_eos)
             key = ("reward", id(backbone))
             if key != self._scorer_key:
                 self._scorer = RewardModelScorer(
-                    backbone, tokenizer, batch_size=self.batch_size, cache=self._cache(tokenizer, eos)
+                    backbone,
+                    tokenizer,
+                    batch_size=self.batch_size,
+                    cache=self._cache(tokenizer, eos),
                 )
                 self._scorer_key = key
             return self._scorer
@@ -205,7 +223,9 @@ class BenchmarkCallback(Callback):
         if kind == "likelihood":
             key = ("likelihood", id(policy))
             if key != self._scorer_key:
-                self._scorer = LikelihoodScorer(policy, tokenizer, batch_size=self.batch_size, cache=self._cache(tokenizer, eos))
+                self._scorer = LikelihoodScorer(
+                    policy, tokenizer, batch_size=self.batch_size, cache=self._cache(tokenizer, eos)
+                )
                 self._scorer_key = key
             return self._scorer
         hparams = getattr(pl_module, "hparams", None) or {}
@@ -215,14 +235,19 @@ class BenchmarkCallback(Callback):
         elif reference is None:
             log.warning(
                 "no reference model on %s: benchmark scores are RewardBench's reference-free "
-                "average log-probs", type(pl_module).__name__,
+                "average log-probs",
+                type(pl_module).__name__,
             )
         beta = self.beta if self.beta is not None else hparams.get("beta")
         key = ("dpo", id(policy), reference if isinstance(reference, str) else id(reference))
         if key != self._scorer_key:
             self._scorer = DPOImplicitRewardScorer(
-                policy, tokenizer, reference=reference, beta=0.1 if beta is None else float(beta),
-                batch_size=self.batch_size, cache=self._cache(tokenizer, eos),
+                policy,
+                tokenizer,
+                reference=reference,
+                beta=0.1 if beta is None else float(beta),
+                batch_size=self.batch_size,
+                cache=self._cache(tokenizer, eos),
             )
             self._scorer_key = key
         return self._scorer
@@ -250,8 +275,12 @@ class BenchmarkCallback(Callback):
     def _run(self, trainer, pl_module, stage: str) -> dict[str, float]:
         results = self.evaluate(pl_module)
         self._last_step = trainer.global_step
-        record = {"stage": stage, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                  "benchmarks": results}
+        record = {
+            "stage": stage,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "benchmarks": results,
+        }
         self.history.append(record)
         if trainer.is_global_zero:
             self._write(trainer, record)
@@ -267,14 +296,19 @@ class BenchmarkCallback(Callback):
         directory = self._directory(trainer)
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "benchmarks.json"), "w", encoding="utf-8") as f:
-            json.dump({"runs": self.history, "previous": self.previous or None}, f, indent=1, default=str)
+            json.dump(
+                {"runs": self.history, "previous": self.previous or None}, f, indent=1, default=str
+            )
         if not self.plot:
             return
         for name, result in record["benchmarks"].items():
             if result["metrics"]:
                 path = os.path.join(directory, f"{name}.png")
                 plot_benchmark(
-                    path, name, result["metrics"], self.previous.get(name),
+                    path,
+                    name,
+                    result["metrics"],
+                    self.previous.get(name),
                     title=f"{name} (epoch {record['epoch']}, step {record['global_step']})",
                 )
                 log_image_file(trainer, f"eval/{name}", path, step=record["global_step"])
@@ -284,7 +318,9 @@ class BenchmarkCallback(Callback):
         if trainer.sanity_checking:
             return
         fitting = trainer.state.fn == "fit"
-        if fitting and (self.every_n_epochs == 0 or (trainer.current_epoch + 1) % self.every_n_epochs):
+        if fitting and (
+            self.every_n_epochs == 0 or (trainer.current_epoch + 1) % self.every_n_epochs
+        ):
             return
         if fitting and not _at_epoch_end(trainer):  # val_check_interval < 1: only the epoch's last
             return

@@ -22,8 +22,21 @@ log = logging.getLogger(__name__)
 # hyperparameters a card reports when the module or its weighting has them
 ROBUST_KNOBS = ("rho", "tau", "alpha", "eta", "form", "divergence", "scope")
 METHOD_KNOBS = (
-    "loss_type", "beta", "label_smoothing", "wdpo_rho", "wdpo_form", "dr_version", "bonus", "budget",
-    "delta", "delta0", "budget_c", "num_generations", "kl_coef", "learning_rate", "lr_schedule",
+    "loss_type",
+    "beta",
+    "label_smoothing",
+    "wdpo_rho",
+    "wdpo_form",
+    "dr_version",
+    "bonus",
+    "budget",
+    "delta",
+    "delta0",
+    "budget_c",
+    "num_generations",
+    "kl_coef",
+    "learning_rate",
+    "lr_schedule",
 )
 SOURCES = {
     "RewardModel": "Mandal et al., Distributionally Robust Reinforcement Learning with Human Feedback (arXiv:2503.00539)",
@@ -48,13 +61,19 @@ def describe_run(pl_module, trainer=None) -> dict:
     robust = {}
     if weighting is not None:
         robust["strategy"] = type(weighting).__name__
-        robust.update({k: _plain(getattr(weighting, k)) for k in ROBUST_KNOBS if hasattr(weighting, k)})
+        robust.update(
+            {k: _plain(getattr(weighting, k)) for k in ROBUST_KNOBS if hasattr(weighting, k)}
+        )
     data = {}
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
     for key, value in dict(getattr(datamodule, "hparams", {}) or {}).items():
         if key in ("train", "val", "eval_sets", "test") and value is not None:
-            data[key] = value if isinstance(value, str) else getattr(value, "path", None) or (
-                value.get("path") if isinstance(value, dict) else str(value))
+            data[key] = (
+                value
+                if isinstance(value, str)
+                else getattr(value, "path", None)
+                or (value.get("path") if isinstance(value, dict) else str(value))
+            )
     metrics = {}
     if trainer is not None:
         for key, value in sorted(trainer.callback_metrics.items()):
@@ -84,34 +103,55 @@ def model_card(facts: dict, adapter_only: bool = False, repo_id: str | None = No
     title = repo_id or f"{module} trained with lightning_robust"
     lines = [f"# {title}", ""]
     kind = "reward model" if module == "RewardModel" else "policy"
-    lines.append(f"A {kind} trained with lightning_robust (`{module}`) from `{base}` for "
-                 f"{facts.get('steps')} optimiser steps.")
-    lines += ["", "## Method", "", f"- module: `{module}` (source: {SOURCES.get(module, 'see docs/ALGORITHMS.md')})"]
+    lines.append(
+        f"A {kind} trained with lightning_robust (`{module}`) from `{base}` for "
+        f"{facts.get('steps')} optimiser steps."
+    )
+    lines += [
+        "",
+        "## Method",
+        "",
+        f"- module: `{module}` (source: {SOURCES.get(module, 'see docs/ALGORITHMS.md')})",
+    ]
     lines += [f"- {k}: `{v}`" for k, v in facts["method"].items()]
     robust = facts.get("robust") or {}
     if robust:
         knobs = ", ".join(f"{k}={v}" for k, v in robust.items() if k != "strategy")
-        lines.append(f"- robust weighting: `{robust['strategy']}` ({knobs}); the worst case is taken over "
-                     "the minibatch losses (scope `global`: all ranks; `local`: per device), "
-                     "see docs/ALGORITHMS.md §1")
+        lines.append(
+            f"- robust weighting: `{robust['strategy']}` ({knobs}); the worst case is taken over "
+            "the minibatch losses (scope `global`: all ranks; `local`: per device), "
+            "see docs/ALGORITHMS.md §1"
+        )
     if facts.get("lora"):
-        lines.append(f"- LoRA: {'adapter only (load with peft)' if adapter_only else 'merged into the weights'}")
+        lines.append(
+            f"- LoRA: {'adapter only (load with peft)' if adapter_only else 'merged into the weights'}"
+        )
     lines += ["", "## Data", ""]
     lines += [f"- {k}: `{v}`" for k, v in (facts.get("data") or {}).items()] or ["- (not recorded)"]
     lines += ["", "## Results (last validation and benchmarks of the run)", ""]
     if facts.get("metrics"):
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in facts["metrics"].items()]
+        lines += [
+            f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+            for k, v in facts["metrics"].items()
+        ]
     else:
         lines.append("No validation or benchmark figures were recorded.")
-    loader = "AutoModelForSequenceClassification" if module == "RewardModel" else "AutoModelForCausalLM"
+    loader = (
+        "AutoModelForSequenceClassification" if module == "RewardModel" else "AutoModelForCausalLM"
+    )
     lines += ["", "## Use", "", "```python"]
     if adapter_only:
-        lines += ["from peft import AutoPeftModel", f"model = AutoPeftModel.from_pretrained({(repo_id or 'path')!r})"]
+        lines += [
+            "from peft import AutoPeftModel",
+            f"model = AutoPeftModel.from_pretrained({(repo_id or 'path')!r})",
+        ]
     else:
-        lines += [f"from transformers import {loader}, AutoTokenizer",
-                  f"model = {loader}.from_pretrained({(repo_id or 'path')!r})",
-                  f"tokenizer = AutoTokenizer.from_pretrained({(repo_id or 'path')!r})"]
+        lines += [
+            f"from transformers import {loader}, AutoTokenizer",
+            f"model = {loader}.from_pretrained({(repo_id or 'path')!r})",
+            f"tokenizer = AutoTokenizer.from_pretrained({(repo_id or 'path')!r})",
+        ]
     lines += ["```", ""]
     return "\n".join(front + lines)
 
@@ -128,8 +168,12 @@ class HFExport(Callback):
     """
 
     def __init__(
-        self, output_dir: str | None = None, merge_lora: bool = True, model_card: bool = True,
-        push_to_hub: str | None = None, private: bool = True,
+        self,
+        output_dir: str | None = None,
+        merge_lora: bool = True,
+        model_card: bool = True,
+        push_to_hub: str | None = None,
+        private: bool = True,
     ):
         self.output_dir = output_dir
         self.merge_lora = merge_lora
@@ -143,10 +187,16 @@ class HFExport(Callback):
         if stage != "fit" or not trainer.is_global_zero or trainer.interrupted:
             return
         if not callable(getattr(pl_module, "export", None)):
-            raise TypeError(f"{type(pl_module).__name__} has no export(path, merge_lora): cannot write a HF directory")
-        folder = self.output_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "hf_model")
+            raise TypeError(
+                f"{type(pl_module).__name__} has no export(path, merge_lora): cannot write a HF directory"
+            )
+        folder = self.output_dir or os.path.join(
+            trainer.log_dir or trainer.default_root_dir, "hf_model"
+        )
         self.path = pl_module.export(folder, merge_lora=self.merge_lora)
-        adapter_only = not self.merge_lora and bool((getattr(pl_module, "hparams", {}) or {}).get("lora"))
+        adapter_only = not self.merge_lora and bool(
+            (getattr(pl_module, "hparams", {}) or {}).get("lora")
+        )
         if self.write_card:
             card = model_card(describe_run(pl_module, trainer), adapter_only, self.push_to_hub)
             with open(os.path.join(self.path, "README.md"), "w", encoding="utf-8") as f:
@@ -162,4 +212,6 @@ def upload(folder: str, repo_id: str, private: bool = True) -> None:
 
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message="Upload from lightning_robust")
+    api.upload_folder(
+        folder_path=folder, repo_id=repo_id, commit_message="Upload from lightning_robust"
+    )

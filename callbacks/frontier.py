@@ -1,4 +1,4 @@
-"""The reward-vs-KL frontier of an online RL run (S003's figures; ALGORITHMS.md §5.4).
+"""The reward-vs-KL frontier of an online RL run (S003's figures; docs/ALGORITHMS.md §5.4).
 
 :class:`RewardKLFrontier` records, after every training batch and every validation pass, the
 sequence-level KL to the initial policy and the proxy and gold rewards logged by the module
@@ -135,13 +135,23 @@ def frontier_figure(points: list[dict]):
             if not scored:
                 continue
             kl, reward = [p["kl"] for p in scored], [p[field] for p in scored]
-            (line,) = axis.plot(kl, reward, marker=marker, markersize=3, linewidth=1.0, alpha=0.8, label=label)
+            (line,) = axis.plot(
+                kl, reward, marker=marker, markersize=3, linewidth=1.0, alpha=0.8, label=label
+            )
             color = line.get_color()
-            axis.plot(kl[0], reward[0], marker="o", markersize=9, markerfacecolor="none", color=color)
+            axis.plot(
+                kl[0], reward[0], marker="o", markersize=9, markerfacecolor="none", color=color
+            )
             axis.plot(kl[-1], reward[-1], marker="*", markersize=12, color=color)
             for i in label_positions(len(scored)):
-                axis.annotate(str(scored[i]["step"]), (kl[i], reward[i]), textcoords="offset points",
-                              xytext=(3, 3), fontsize=7, color=color)
+                axis.annotate(
+                    str(scored[i]["step"]),
+                    (kl[i], reward[i]),
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    fontsize=7,
+                    color=color,
+                )
         axis.set_xlabel("KL(pi || pi_ref), sequence level")
         axis.set_ylabel("mean reward")
         axis.set_title(f"{stage}: reward vs KL (o start, * end, labels: step)")

@@ -27,8 +27,16 @@ PROGRESS_KEYS: dict[str, tuple[str, ...]] = {
 HIDDEN_KEYS: dict[str, tuple[str, ...]] = {"OnlineRLModule": ("train/loss",)}
 
 DEFAULT_SUFFIXES = (
-    "accuracy", "accuracies", "loss", "margin", "margins", "overall", "average",
-    "reward/proxy", "reward/gold", "kl",
+    "accuracy",
+    "accuracies",
+    "loss",
+    "margin",
+    "margins",
+    "overall",
+    "average",
+    "reward/proxy",
+    "reward/gold",
+    "kl",
 )
 
 
@@ -41,7 +49,9 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def format_metrics_table(metrics: dict[str, float], keys: list[str] | None = None, title: str = "") -> str:
+def format_metrics_table(
+    metrics: dict[str, float], keys: list[str] | None = None, title: str = ""
+) -> str:
     """A two-column text table ``name | value`` of ``metrics`` (selected ``keys`` in order)."""
     rows = [(k, metrics[k]) for k in (keys or sorted(metrics)) if k in metrics]
     width = max((len(k) for k, _ in rows), default=10)
@@ -99,13 +109,19 @@ class MetricsTable(Callback):
                 out[k] = float(v)
         return out
 
-    def table(self, metrics: dict[str, float], title: str, first: dict[str, float] | None = None) -> str:
+    def table(
+        self, metrics: dict[str, float], title: str, first: dict[str, float] | None = None
+    ) -> str:
         """The text table of ``metrics`` (with a ``first`` column when given)."""
         keys = sorted(metrics, key=lambda k: (not k.startswith("val/"), k))
         if first:
             rows = [[k, _number(first.get(k)), _number(metrics[k])] for k in keys]
             return title + "\n" + format_table(["metric", "first val", "last"], rows)
-        return title + "\n" + format_table(["metric", "value"], [[k, _number(metrics[k])] for k in keys])
+        return (
+            title
+            + "\n"
+            + format_table(["metric", "value"], [[k, _number(metrics[k])] for k in keys])
+        )
 
     def _print(self, trainer, text: str) -> None:
         self.last_text = text
@@ -120,7 +136,13 @@ class MetricsTable(Callback):
         for k, v in metrics.items():
             self.first.setdefault(k, v)
         if self.every_validation and trainer.state.fn == "fit":
-            self._print(trainer, self.table(metrics, f"== validation at step {trainer.global_step} (epoch {trainer.current_epoch}) =="))
+            self._print(
+                trainer,
+                self.table(
+                    metrics,
+                    f"== validation at step {trainer.global_step} (epoch {trainer.current_epoch}) ==",
+                ),
+            )
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         # teardown runs after every callback's on_fit_end, so end-of-fit benchmark figures are in
@@ -128,7 +150,9 @@ class MetricsTable(Callback):
             return
         metrics = self.select(trainer.callback_metrics)
         if metrics:
-            title = f"== end of fit (step {trainer.global_step}): validation and benchmark figures =="
+            title = (
+                f"== end of fit (step {trainer.global_step}): validation and benchmark figures =="
+            )
             self._print(trainer, self.table(metrics, title, self.first or None))
 
     def state_dict(self) -> dict:

@@ -1,5 +1,5 @@
 """See what robust training does: every N steps, a table of the batch's examples with the loss the
-weighting saw and the factor ``n q_i`` each one received (1 = the ERM weight; ALGORITHMS.md §0,
+weighting saw and the factor ``n q_i`` each one received (1 = the ERM weight; docs/ALGORITHMS.md §0,
 "Mean-reduced form").
 
 :class:`SampleTable` reads the weights from the module's ``weighting`` through a forward hook
@@ -64,11 +64,17 @@ class SampleTable(Callback):
     """
 
     def __init__(
-        self, every_n_steps: int = 50, num_rows: int = 6, max_chars: int = 48,
-        output_dir: str | None = None, to_console: bool = True,
+        self,
+        every_n_steps: int = 50,
+        num_rows: int = 6,
+        max_chars: int = 48,
+        output_dir: str | None = None,
+        to_console: bool = True,
     ):
         if every_n_steps < 1 or num_rows < 1:
-            raise ValueError(f"every_n_steps and num_rows must be >= 1, got {every_n_steps}, {num_rows}")
+            raise ValueError(
+                f"every_n_steps and num_rows must be >= 1, got {every_n_steps}, {num_rows}"
+            )
         self.every_n_steps = every_n_steps
         self.num_rows = num_rows
         self.max_chars = max_chars
@@ -103,7 +109,11 @@ class SampleTable(Callback):
         self._due = self._batches % self.every_n_steps == 0
         self._batches += 1
         self._rewards = None
-        if self._due and trainer.is_global_zero and callable(getattr(pl_module, "pair_rewards", None)):
+        if (
+            self._due
+            and trainer.is_global_zero
+            and callable(getattr(pl_module, "pair_rewards", None))
+        ):
             # a reward model: the rewards of this step's forward (same weights, before the update),
             # one extra no-grad forward every ``every_n_steps`` batches
             with torch.no_grad():
@@ -123,8 +133,10 @@ class SampleTable(Callback):
         if not rows:
             return
         step = trainer.global_step
-        title = (f"== samples at step {step}: the examples the worst case up-weights most and least "
-                 f"(n*q; 1 = ERM weight; batch of {nq.numel()}) ==")
+        title = (
+            f"== samples at step {step}: the examples the worst case up-weights most and least "
+            f"(n*q; 1 = ERM weight; batch of {nq.numel()}) =="
+        )
         text = title + "\n" + format_table(columns, [[str(c) for c in r] for r in rows])
         self.last_text = text
         self.shown_nq += nq.tolist()
@@ -141,12 +153,24 @@ class SampleTable(Callback):
         """``(columns, rows)`` of the selected examples (values rounded for display)."""
         n = nq.numel()
         name, sign = next(
-            (VALUE_COLUMNS[c.__name__] for c in type(pl_module).__mro__ if c.__name__ in VALUE_COLUMNS),
+            (
+                VALUE_COLUMNS[c.__name__]
+                for c in type(pl_module).__mro__
+                if c.__name__ in VALUE_COLUMNS
+            ),
             ("loss", 1.0),
         )
         texts = self._texts(pl_module, trainer, batch, n)
-        rewards = self._rewards if self._rewards is not None and self._rewards[0].numel() == n else None
-        columns = ["#", *(texts[0] if texts else []), *(["r chosen", "r rejected"] if rewards else []), name, "n*q"]
+        rewards = (
+            self._rewards if self._rewards is not None and self._rewards[0].numel() == n else None
+        )
+        columns = [
+            "#",
+            *(texts[0] if texts else []),
+            *(["r chosen", "r rejected"] if rewards else []),
+            name,
+            "n*q",
+        ]
         rows = []
         for i in pick_rows(nq, self.num_rows):
             cells = [_clip(t, self.max_chars) for t in texts[1][i]] if texts else []
@@ -159,7 +183,9 @@ class SampleTable(Callback):
     def _texts(self, pl_module, trainer, batch: dict, n: int):
         """``(column names, per-example text cells)`` of the batch, or ``None``."""
         if "chosen_input_ids" in batch:
-            tokenizer = getattr(pl_module, "tokenizer", None) or getattr(trainer.datamodule, "tokenizer", None)
+            tokenizer = getattr(pl_module, "tokenizer", None) or getattr(
+                trainer.datamodule, "tokenizer", None
+            )
             if tokenizer is None or batch["chosen_input_ids"].shape[0] != n:
                 return None
             cells = []

@@ -70,7 +70,9 @@ def log_image_file(trainer, key: str, path: str, step: int | None = None) -> lis
     return sent
 
 
-def log_table(trainer, key: str, columns: list[str], rows: list[list], step: int | None = None) -> list[str]:
+def log_table(
+    trainer, key: str, columns: list[str], rows: list[list], step: int | None = None
+) -> list[str]:
     """Send a table to every logger with a table API (W&B ``log_table``, TensorBoard text)."""
     step = trainer.global_step if step is None else step
     sent = []
@@ -104,7 +106,9 @@ def log_histogram(trainer, key: str, values, step: int | None = None) -> list[st
             elif kind == "wandb":
                 import wandb
 
-                logger.experiment.log({key: wandb.Histogram(values.numpy()), "trainer/global_step": step})
+                logger.experiment.log(
+                    {key: wandb.Histogram(values.numpy()), "trainer/global_step": step}
+                )
             else:
                 continue
             sent.append(kind)

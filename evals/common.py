@@ -56,12 +56,22 @@ def as_scores(values, count: int, where: str = "scorer") -> torch.Tensor:
     """``values`` (a tensor, list, tuple or array of numbers) as a float32 tensor of ``count``
     finite scores; ``ValueError`` naming ``where`` otherwise."""
     try:
-        scores = torch.as_tensor(values if isinstance(values, torch.Tensor) else list(values), dtype=torch.float32)
+        scores = torch.as_tensor(
+            values if isinstance(values, torch.Tensor) else list(values), dtype=torch.float32
+        )
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where} must return a sequence of numbers, got {type(values).__name__}: {err}") from None
-    scores = scores.detach().cpu().reshape(-1) if scores.dim() == 2 and scores.shape[-1] == 1 else scores.detach().cpu()
+        raise ValueError(
+            f"{where} must return a sequence of numbers, got {type(values).__name__}: {err}"
+        ) from None
+    scores = (
+        scores.detach().cpu().reshape(-1)
+        if scores.dim() == 2 and scores.shape[-1] == 1
+        else scores.detach().cpu()
+    )
     if scores.dim() != 1 or scores.numel() != count:
-        raise ValueError(f"{where} returned shape {tuple(scores.shape)} for {count} responses (one score each)")
+        raise ValueError(
+            f"{where} returned shape {tuple(scores.shape)} for {count} responses (one score each)"
+        )
     if not bool(torch.isfinite(scores).all()):
         bad = torch.nonzero(~torch.isfinite(scores)).flatten().tolist()[:5]
         raise ValueError(f"{where} returned non-finite scores at positions {bad}")

@@ -30,8 +30,15 @@ def _parse(row: Mapping, where: str) -> tuple[str, list[str], int]:
     if not isinstance(row.get("input"), str) or not isinstance(targets, Mapping):
         raise ValueError(f"{where}: needs 'input' (str) and 'targets' {{choices, labels}}")
     choices, labels = list(targets.get("choices") or []), list(targets.get("labels") or [])
-    if len(choices) < 2 or len(choices) != len(labels) or sorted(labels)[-2:] != [0, 1] or sum(labels) != 1:
-        raise ValueError(f"{where}: needs >= 2 choices and exactly one label 1, got labels {labels}")
+    if (
+        len(choices) < 2
+        or len(choices) != len(labels)
+        or sorted(labels)[-2:] != [0, 1]
+        or sum(labels) != 1
+    ):
+        raise ValueError(
+            f"{where}: needs >= 2 choices and exactly one label 1, got labels {labels}"
+        )
     return row["input"], [str(c) for c in choices], labels.index(1)
 
 
@@ -78,8 +85,12 @@ class HHHAlignment(Evaluator):
                 ]
         else:
             for config in self.configs:
-                rows = read_rows(self.source, name=config, split=self.split, cache_dir=self.cache_dir)
-                out[config] = [_parse(r, f"{self.source}/{config} row {k}") for k, r in enumerate(rows)]
+                rows = read_rows(
+                    self.source, name=config, split=self.split, cache_dir=self.cache_dir
+                )
+                out[config] = [
+                    _parse(r, f"{self.source}/{config} row {k}") for k, r in enumerate(rows)
+                ]
         return {c: v for c, v in out.items() if v}
 
     def evaluate(self, scorer) -> dict[str, float]:

@@ -8,7 +8,7 @@ leaderboard's published command line use both), ``limit`` for quick runs. Tasks 
 
 Offline, :func:`write_local_bbh_tasks` writes task YAMLs that ``include`` lm-eval's own
 ``leaderboard_bbh_*`` task files and only replace the data source with a local jsonl
-(``dataset_path: json`` + ``dataset_kwargs.data_files``; ENVIRONMENT.md), so the prompt,
+(``dataset_path: json`` + ``dataset_kwargs.data_files``; docs/ENVIRONMENT.md), so the prompt,
 choices, few-shot examples and metric are exactly the leaderboard's.
 
 Metrics: ``<task>/<metric>`` (lm-eval's ``"acc_norm,none"`` becomes ``acc_norm``; another filter
@@ -39,7 +39,11 @@ def flatten_results(results: dict) -> dict[str, float]:
     out = {}
     for task, values in results.get("results", {}).items():
         for key, value in values.items():
-            if key in ("alias", "sample_len") or "_stderr" in key or not isinstance(value, int | float):
+            if (
+                key in ("alias", "sample_len")
+                or "_stderr" in key
+                or not isinstance(value, int | float)
+            ):
                 continue
             metric, _, flt = key.partition(",")
             name = metric if flt in ("", "none") else f"{metric}_{flt}"
@@ -48,7 +52,10 @@ def flatten_results(results: dict) -> dict[str, float]:
 
 
 def write_local_bbh_tasks(
-    out_dir: str | os.PathLike, data_file: str | os.PathLike, tasks: Sequence[str] | None = None, prefix: str = "local_"
+    out_dir: str | os.PathLike,
+    data_file: str | os.PathLike,
+    tasks: Sequence[str] | None = None,
+    prefix: str = "local_",
 ) -> list[str]:
     """Task YAMLs over a local BBH jsonl (columns ``task``, ``input``, ``target``).
 
@@ -68,7 +75,9 @@ def write_local_bbh_tasks(
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                rows.setdefault(row["task"], []).append({"input": row["input"], "target": row["target"]})
+                rows.setdefault(row["task"], []).append(
+                    {"input": row["input"], "target": row["target"]}
+                )
     names = []
     for task in tasks or sorted(rows):
         source = os.path.join(builtin, f"{task}.yaml")
@@ -152,16 +161,25 @@ class OpenLLMLeaderboard(Evaluator):
 
         model = getattr(scorer, "model", None)
         tokenizer = getattr(scorer, "tokenizer", None)
-        if model is None or tokenizer is None or type(model).__name__.endswith("ForSequenceClassification"):
-            raise TypeError("the leaderboard needs a causal LM scorer (LikelihoodScorer or DPOImplicitRewardScorer)")
+        if (
+            model is None
+            or tokenizer is None
+            or type(model).__name__.endswith("ForSequenceClassification")
+        ):
+            raise TypeError(
+                "the leaderboard needs a causal LM scorer (LikelihoodScorer or DPOImplicitRewardScorer)"
+            )
         if self._task_manager is None:
             self._task_manager = TaskManager(include_path=self.include_path)
         device = str(next(model.parameters()).device)
         was_training = model.training  # HFLM switches the model to eval mode
         try:
             lm = HFLM(
-                pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size,
-                max_length=self.max_length, device=device,
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+                device=device,
             )
             results = simple_evaluate(
                 model=lm,
@@ -176,9 +194,14 @@ class OpenLLMLeaderboard(Evaluator):
                 numpy_random_seed=self.random_seed,
                 torch_random_seed=self.random_seed,
                 fewshot_random_seed=self.random_seed,
-                gen_kwargs=None if self.max_gen_toks is None else f"max_gen_toks={int(self.max_gen_toks)}",
+                gen_kwargs=None
+                if self.max_gen_toks is None
+                else f"max_gen_toks={int(self.max_gen_toks)}",
             )
         finally:
             model.train(was_training)
-        self.details = {"n_samples": (results or {}).get("n-samples", {}), "config": {"limit": self.limit}}
+        self.details = {
+            "n_samples": (results or {}).get("n-samples", {}),
+            "config": {"limit": self.limit},
+        }
         return flatten_results(results or {})

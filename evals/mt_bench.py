@@ -95,7 +95,9 @@ class MTBenchHuman(Evaluator):
         self.ties_in_source = 0
 
     def _load(self) -> list[Judgment]:
-        rows = read_rows(self.source, split=self.split, max_rows=self.max_rows, cache_dir=self.cache_dir)
+        rows = read_rows(
+            self.source, split=self.split, max_rows=self.max_rows, cache_dir=self.cache_dir
+        )
         out = []
         for k, row in enumerate(rows):
             where = f"{self.source} row {k}"

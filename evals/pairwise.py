@@ -5,7 +5,7 @@ hh-rlhf, Unified-Feedback, ...), so any training format works. ``holdout_fractio
 the data module's prompt split (:func:`lightning_robust.data.split.split_by_prompt`, same
 fraction and seed as ``PreferenceDataModule(val_fraction=..., seed=...)``) and keeps only the
 held-out prompts: for hh-rlhf's shared 1,500 rows the rows trained on are never evaluated
-(DESIGN.md, settled points). With a real held-out split (Unified-Feedback ``val``, hh-rlhf
+(docs/DESIGN.md, further choices). With a real held-out split (Unified-Feedback ``val``, hh-rlhf
 ``test``) leave it ``None``.
 
 Metrics: ``accuracy`` (strict: ties wrong), ``margin`` (mean chosen - rejected score) and
@@ -56,7 +56,12 @@ class PairwiseAccuracy(Evaluator):
         super().__init__()
         self.name = name
         self.source = DataSource(
-            path=source, name=config, split=split, schema=schema, group_column=group_column, data_dir=data_dir
+            path=source,
+            name=config,
+            split=split,
+            schema=schema,
+            group_column=group_column,
+            data_dir=data_dir,
         )
         self.holdout_fraction = holdout_fraction
         self.seed = seed
@@ -83,7 +88,10 @@ class PairwiseAccuracy(Evaluator):
     def evaluate(self, scorer) -> dict[str, float]:
         examples = self.rows()
         chosen, rejected = pairwise_scores(
-            scorer, [e.prompt for e in examples], [e.chosen for e in examples], [e.rejected for e in examples]
+            scorer,
+            [e.prompt for e in examples],
+            [e.chosen for e in examples],
+            [e.rejected for e in examples],
         )
         correct = strict_correct(chosen, rejected).tolist()
         metrics = {

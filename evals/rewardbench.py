@@ -64,7 +64,13 @@ EXAMPLE_COUNTS: dict[str, int] = {
 }
 
 SUBSET_MAPPING: dict[str, list[str]] = {
-    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+    "Chat": [
+        "alpacaeval-easy",
+        "alpacaeval-length",
+        "alpacaeval-hard",
+        "mt-bench-easy",
+        "mt-bench-med",
+    ],
     "Chat Hard": [
         "mt-bench-hard",
         "llmbar-natural",
@@ -85,7 +91,13 @@ SUBSET_MAPPING: dict[str, list[str]] = {
 
 PRIOR_SETS_COLUMNS: list[str] = ["anthropic_helpful", "anthropic_hhh", "shp", "summarize"]
 PRIOR_SETS = "Prior Sets"
-SECTION_WEIGHTS: dict[str, float] = {"Chat": 2, "Chat Hard": 2, "Safety": 2, "Reasoning": 2, PRIOR_SETS: 1}
+SECTION_WEIGHTS: dict[str, float] = {
+    "Chat": 2,
+    "Chat Hard": 2,
+    "Safety": 2,
+    "Reasoning": 2,
+    PRIOR_SETS: 1,
+}
 SECTION_KEYS: dict[str, str] = {
     "Chat": "chat",
     "Chat Hard": "chat_hard",
@@ -122,7 +134,9 @@ def average_score(sections: Mapping[str, float]) -> float:
     present = [s for s in SECTION_WEIGHTS if _present(sections.get(s))]
     if not present:
         return math.nan
-    return sum(sections[s] * SECTION_WEIGHTS[s] for s in present) / sum(SECTION_WEIGHTS[s] for s in present)
+    return sum(sections[s] * SECTION_WEIGHTS[s] for s in present) / sum(
+        SECTION_WEIGHTS[s] for s in present
+    )
 
 
 def summarize(subset_accuracy: Mapping[str, float]) -> tuple[dict[str, float], dict]:
@@ -197,8 +211,12 @@ class RewardBench(Evaluator):
             absent = [s for s in self.subsets if s not in by_subset]
             if absent:
                 present = sorted({row["subset"] for row in rows})
-                log.warning("RewardBench: requested subsets %s are not in %s (its subsets: %s)",
-                            absent, self.source, present)
+                log.warning(
+                    "RewardBench: requested subsets %s are not in %s (its subsets: %s)",
+                    absent,
+                    self.source,
+                    present,
+                )
         if self.max_rows_per_subset is not None:
             by_subset = {s: r[: self.max_rows_per_subset] for s, r in by_subset.items()}
         return dict(by_subset)
@@ -207,7 +225,10 @@ class RewardBench(Evaluator):
         by_subset = self.rows()
         flat = [r for rows in by_subset.values() for r in rows]
         chosen, rejected = pairwise_scores(
-            scorer, [r["prompt"] for r in flat], [r["chosen"] for r in flat], [r["rejected"] for r in flat]
+            scorer,
+            [r["prompt"] for r in flat],
+            [r["chosen"] for r in flat],
+            [r["rejected"] for r in flat],
         )
         correct = strict_correct(chosen, rejected).tolist()
         accuracy, counts, start = {}, {}, 0
@@ -223,7 +244,9 @@ class RewardBench(Evaluator):
             log.warning(
                 "RewardBench: subsets %s of %s are not RewardBench subsets (misspelled?): each is "
                 "reported as its own metric and counts in no section; known subsets: %s",
-                details["unknown_subsets"], self.source, sorted(EXAMPLE_COUNTS),
+                details["unknown_subsets"],
+                self.source,
+                sorted(EXAMPLE_COUNTS),
             )
         self.details = details
         return metrics

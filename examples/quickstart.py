@@ -38,7 +38,9 @@ def run(tag: str, overlay: list[str], seed: int, root: Path) -> dict:
     """Fit one config through the CLI, then validate its last checkpoint."""
     out = root / f"{tag}_seed{seed}"
     args = [
-        "--config", CONFIG, *overlay,
+        "--config",
+        CONFIG,
+        *overlay,
         f"--seed_everything={seed}",
         f"--data.init_args.synthetic.seed={seed}",
         f"--model.init_args.init_seed={seed}",
@@ -50,9 +52,13 @@ def run(tag: str, overlay: list[str], seed: int, root: Path) -> dict:
     fit = build_cli(["fit", *args])
     seconds = time.perf_counter() - start
     fitted = {k: float(v) for k, v in fit.trainer.callback_metrics.items()}
-    cli = build_cli([*args, "--trainer.logger=false"], run=False)  # as `cli.py validate` builds them
+    cli = build_cli(
+        [*args, "--trainer.logger=false"], run=False
+    )  # as `cli.py validate` builds them
     cli.trainer.validate(
-        cli.model, datamodule=cli.datamodule, ckpt_path=fit.trainer.checkpoint_callback.last_model_path,
+        cli.model,
+        datamodule=cli.datamodule,
+        ckpt_path=fit.trainer.checkpoint_callback.last_model_path,
         verbose=False,
     )
     again = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
@@ -65,7 +71,8 @@ def main() -> None:
     seeds = parser.parse_args().seeds
     root = ROOT / "runs" / "quickstart"
     results = {
-        name: [run(tag, overlay, seed, root) for seed in seeds] for name, (tag, overlay) in METHODS.items()
+        name: [run(tag, overlay, seed, root) for seed in seeds]
+        for name, (tag, overlay) in METHODS.items()
     }
     header = f"{'method':<31}" + "".join(f"{c:>21}" for c, _ in COLUMNS) + f"{'fit s/run':>11}"
     print(f"\nSynthetic controlled shift, tiny reward model, 1 epoch, seeds {seeds} (mean ± std):")
@@ -79,10 +86,15 @@ def main() -> None:
         seconds = statistics.mean(r["seconds"] for r in runs)
         print(f"{name:<31}{cells}{seconds:>10.1f}s")
     worst = max(
-        abs(r["fit"][k] - r["validate"][k]) for runs in results.values() for r in runs for _, k in COLUMNS
+        abs(r["fit"][k] - r["validate"][k])
+        for runs in results.values()
+        for r in runs
+        for _, k in COLUMNS
     )
-    print(f"\nValidating each last checkpoint again reproduces the end-of-fit metrics "
-          f"(max abs difference {worst:.1e}).")
+    print(
+        f"\nValidating each last checkpoint again reproduces the end-of-fit metrics "
+        f"(max abs difference {worst:.1e})."
+    )
     print(f"Logs, configs and checkpoints: {root}")
 
 

@@ -1,4 +1,4 @@
-"""Reward annotation for reward-model distillation (d-/dp-/e-DPO, ALGORITHMS.md §3.4): the
+"""Reward annotation for reward-model distillation (d-/dp-/e-DPO, docs/ALGORITHMS.md §3.4): the
 library function :func:`annotate_pairs` and its command.
 
     python -m lightning_robust.annotate --data pairs.jsonl \\
@@ -118,7 +118,9 @@ def _path_fingerprint(spec: str) -> str:
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for p in files:
             st = p.stat()
-            h.update(f"{p.relative_to(path) if path.is_dir() else p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+            h.update(
+                f"{p.relative_to(path) if path.is_dir() else p.name}:{st.st_size}:{st.st_mtime_ns};".encode()
+            )
     return h.hexdigest()
 
 
@@ -149,7 +151,9 @@ def _file_digest(path: str) -> str:
 # ---------------------------------------------------------------- scoring
 def _resolve_scorer(reward_model, tokenizer, batch_size: int, max_length: int):
     if isinstance(reward_model, (str, os.PathLike)):
-        return load_reward_scorer(os.fspath(reward_model), batch_size=batch_size, max_length=max_length)
+        return load_reward_scorer(
+            os.fspath(reward_model), batch_size=batch_size, max_length=max_length
+        )
     if isinstance(reward_model, torch.nn.Module):
         return RewardModelScorer(
             reward_model, tokenizer, max_length=max_length, batch_size=batch_size
@@ -168,7 +172,9 @@ def score_pairs(scorer, examples: Sequence[PreferenceExample]) -> tuple[torch.Te
         responses += [ex.chosen, ex.rejected]
     scores = torch.as_tensor(scorer.score(prompts, responses), dtype=torch.float32).reshape(-1)
     if scores.shape[0] != len(responses):
-        raise ValueError(f"scorer {scorer!r} returned {scores.shape[0]} scores for {len(responses)}")
+        raise ValueError(
+            f"scorer {scorer!r} returned {scores.shape[0]} scores for {len(responses)}"
+        )
     if not torch.isfinite(scores).all():
         bad = int((~torch.isfinite(scores)).nonzero()[0, 0]) // 2
         raise ValueError(f"scorer {scorer!r} gave a non-finite score on example {bad}")
@@ -258,11 +264,17 @@ def annotate_pairs(
     if not reward_models:
         raise ValueError("reward_models is empty: give at least one reward model")
     if batch_size < 1 or max_length < 2:
-        raise ValueError(f"batch_size >= 1 and max_length >= 2 needed, got {batch_size}, {max_length}")
+        raise ValueError(
+            f"batch_size >= 1 and max_length >= 2 needed, got {batch_size}, {max_length}"
+        )
     output = os.fspath(output)
     fmt = _output_format(output)
     examples = read_examples(
-        source, on_bad_row=on_bad_row, max_rows=max_rows, group_column=group_column, cache_dir=cache_dir
+        source,
+        on_bad_row=on_bad_row,
+        max_rows=max_rows,
+        group_column=group_column,
+        cache_dir=cache_dir,
     )
     model_ids = [reward_model_fingerprint(m) for m in reward_models]
     key = {
@@ -271,7 +283,9 @@ def annotate_pairs(
         "reward_models": model_ids,
         "max_length": max_length,
     }
-    fingerprint = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
+    fingerprint = hashlib.blake2b(
+        json.dumps(key, sort_keys=True).encode(), digest_size=16
+    ).hexdigest()
     meta = _read_meta(output)
     if (
         not force
@@ -303,20 +317,32 @@ def annotate_pairs(
     }
     with open(output + META_SUFFIX, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
-    log.info("annotated %d pairs with %d reward model(s) into %s", len(rows), len(model_ids), output)
+    log.info(
+        "annotated %d pairs with %d reward model(s) into %s", len(rows), len(model_ids), output
+    )
     return output
 
 
 # ---------------------------------------------------------------- command
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lightning_robust.annotate", description="Score preference pairs with reward models for d-/dp-/e-DPO (ALGORITHMS.md §3.4).")
-    parser.add_argument("--data", required=True, help="hub id, local .json/.jsonl/.parquet file or synthetic[:split]")
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_robust.annotate",
+        description="Score preference pairs with reward models for d-/dp-/e-DPO (docs/ALGORITHMS.md §3.4).",
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="hub id, local .json/.jsonl/.parquet file or synthetic[:split]",
+    )
     parser.add_argument("--split", default="train", help="split of a hub dataset or directory")
     parser.add_argument("--name", default=None, help="hub configuration name")
     parser.add_argument("--data-dir", default=None, help="hub sub-folder (e.g. harmless-base)")
     parser.add_argument("--schema", default="auto", help="data schema (default: detected)")
     parser.add_argument(
-        "--reward-model", action="append", required=True, dest="reward_models",
+        "--reward-model",
+        action="append",
+        required=True,
+        dest="reward_models",
         help="HF sequence-classifier dir / hub id or RewardModel .ckpt; repeat for an ensemble (e-DPO)",
     )
     parser.add_argument("--output", required=True, help=".jsonl or .parquet file to write")
@@ -335,7 +361,11 @@ def main(argv=None) -> str:
     source = args.data
     if not args.data.startswith("synthetic"):
         source = DataSource(
-            path=args.data, name=args.name, split=args.split, schema=args.schema, data_dir=args.data_dir
+            path=args.data,
+            name=args.name,
+            split=args.split,
+            schema=args.schema,
+            data_dir=args.data_dir,
         )
     path = annotate_pairs(
         source,

@@ -14,7 +14,6 @@ arguments (``main(argv)``) and is imported only when its command runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import logging
 import os
@@ -59,22 +58,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 
-# The modules whose LightningModule / DataModule / weighting / callback classes the CLI can name
-# by short name (jsonargparse resolves a short name among the imported subclasses).
-REGISTERED_MODULES = (
-    "lightning_robust.modules",
-    "lightning_robust.data.datamodule",
-    "lightning_robust.data.prompt_datamodule",
-    "lightning_robust.weighting",
-    "lightning_robust.callbacks",
-    "lightning_robust.evals",
-)
-
 
 def register_classes() -> None:
-    """Import the project's classes so ``--model DPO`` and ``--help`` find them."""
-    for name in REGISTERED_MODULES:
-        importlib.import_module(name)
+    """Import the project's LightningModule / DataModule / weighting / callback classes, so that
+    jsonargparse resolves their short names (``--model DPO``) and ``--help`` lists them. Static
+    imports: no module name ever comes from a configuration value."""
+    import lightning_robust.callbacks  # noqa: F401
+    import lightning_robust.data.datamodule  # noqa: F401
+    import lightning_robust.data.prompt_datamodule  # noqa: F401
+    import lightning_robust.evals  # noqa: F401
+    import lightning_robust.modules  # noqa: F401
+    import lightning_robust.weighting  # noqa: F401
 
 
 class RobustCLI(LightningCLI):
@@ -98,7 +92,9 @@ class RobustCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        config = (
+            self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        )
         apply_thread_policy(config)
 
     def _instantiate_trainer(self, config, callbacks):
@@ -127,12 +123,17 @@ def apply_thread_policy(config) -> int | None:
         try:
             count = int(chosen)
         except ValueError:
-            raise SystemExit(f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'") from None
+            raise SystemExit(
+                f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'"
+            ) from None
         if count < 1:
-            raise SystemExit(f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'")
+            raise SystemExit(
+                f"LIGHTNING_ROBUST_THREADS={chosen!r}: expected a positive integer or 'off'"
+            )
     elif "OMP_NUM_THREADS" in os.environ or "MKL_NUM_THREADS" in os.environ:
         return None
     else:
+
         def get(key):
             try:
                 return config.get(key)
@@ -158,7 +159,9 @@ def add_console_callbacks(trainer_config: dict) -> None:
     from lightning_robust.callbacks import MetricsTable, RobustProgressBar
 
     callbacks = trainer_config.get("callbacks")
-    callbacks = [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
+    callbacks = (
+        [] if callbacks is None else callbacks if isinstance(callbacks, list) else [callbacks]
+    )
     if trainer_config.get("enable_progress_bar") is not False and not any(
         isinstance(c, ProgressBar) for c in callbacks
     ):
@@ -210,7 +213,9 @@ def command_epilog() -> str:
     for name, (_target, text) in COMMANDS.items():
         if command_available(name):
             lines.append(f"  {name:<12} {text}")
-    lines.append("examples: fit --config configs/quickstart.yaml | fit --model.help DPO | eval --help")
+    lines.append(
+        "examples: fit --config configs/quickstart.yaml | fit --model.help DPO | eval --help"
+    )
     return "\n".join(lines)
 
 
@@ -223,12 +228,29 @@ def command_available(name: str) -> bool:
         return False
 
 
+def _command_main(target: str):
+    """The ``main`` function of a command's module, imported statically (never by a name that
+    could come from a configuration value)."""
+    if target == "lightning_robust.evaluate:main":
+        from lightning_robust.evaluate import main as command
+    elif target == "lightning_robust.annotate:main":
+        from lightning_robust.annotate import main as command
+    elif target == "lightning_robust.pipelines.build_pairs:main":
+        from lightning_robust.pipelines.build_pairs import main as command
+    elif target == "lightning_robust.pipelines.gold_proxy:main":
+        from lightning_robust.pipelines.gold_proxy import main as command
+    else:
+        raise SystemExit(f"lightning-robust: no command is registered for {target!r}")
+    return command
+
+
 def run_command(name: str, argv: list[str]):
     """Run the extra command ``name`` with the arguments after it."""
     if not command_available(name):
-        raise SystemExit(f"lightning-robust: the command {name!r} is not available in this installation")
-    module, _, function = COMMANDS[name][0].partition(":")
-    return getattr(importlib.import_module(module), function)(argv)
+        raise SystemExit(
+            f"lightning-robust: the command {name!r} is not available in this installation"
+        )
+    return _command_main(COMMANDS[name][0])(argv)
 
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):

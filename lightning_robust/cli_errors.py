@@ -79,7 +79,11 @@ def user_error(err: BaseException) -> BaseException | None:
 def _lost_peer(err: BaseException) -> str | None:
     """gloo's / NCCL's message when a collective failed because another rank died, else None."""
     text = str(err)
-    for marker in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"):
+    for marker in (
+        "Connection closed by peer",
+        "Connection reset by peer",
+        "NCCL communicator was aborted",
+    ):
         if marker in text:
             return text.split("This is typically", 1)[0].strip().splitlines()[-1][-200:]
     return None
@@ -92,8 +96,10 @@ def _is_parser_wrapper(err: BaseException) -> bool:
     return err.__cause__ is not None and ("Given value:" in text or "Does not validate" in text)
 
 
-_ADVICE = re.compile(r"(re-?running `?torch\.load`? with `?weights_only` set to `?False`?|weights_only=False)[^.]*\.?",
-                     re.IGNORECASE)
+_ADVICE = re.compile(
+    r"(re-?running `?torch\.load`? with `?weights_only` set to `?False`?|weights_only=False)[^.]*\.?",
+    re.IGNORECASE,
+)
 
 
 def one_line(err: BaseException) -> str:
@@ -102,8 +108,10 @@ def one_line(err: BaseException) -> str:
     text = str(err).strip()
     if isinstance(err, pickle.UnpicklingError):
         first = next((line for line in text.splitlines() if "Unsupported global" in line), "")
-        text = ("refused to load a file holding Python objects that a safe load "
-                f"(weights_only=True) does not allow{': ' + first.strip() if first else ''}")
+        text = (
+            "refused to load a file holding Python objects that a safe load "
+            f"(weights_only=True) does not allow{': ' + first.strip() if first else ''}"
+        )
     text = text.split("Given value:", 1)[0]
     text = _ADVICE.sub("", text)
     if "Does not validate against any of the Union subtypes" in text and "Errors:" in text:
@@ -135,8 +143,12 @@ def run_reporting_user_errors(run: Callable[[], Any]) -> Any:
         debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
         peer = _lost_peer(err)
         if peer is not None and not debug:
-            print(f"error: another process of this distributed run died ({peer}); its own output "
-                  "above names the cause", file=sys.stderr, flush=True)
+            print(
+                f"error: another process of this distributed run died ({peer}); its own output "
+                "above names the cause",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(1) from None
         cause = user_error(err)
         if cause is None or debug:
@@ -161,10 +173,12 @@ def one_line_parser_class():
 def add_checkpoint_arguments(parser) -> None:
     """``--trust_checkpoint_config`` on every subcommand parser."""
     parser.add_argument(
-        f"--{TRUST_OPTION}", type=bool, default=False,
+        f"--{TRUST_OPTION}",
+        type=bool,
+        default=False,
         help="with --ckpt_path: build the model the checkpoint was trained as (its module class "
-             "and settings) instead of the configured one; without it a checkpoint whose class or "
-             "model_name_or_path differs from the configuration is an error",
+        "and settings) instead of the configured one; without it a checkpoint whose class or "
+        "model_name_or_path differs from the configuration is an error",
     )
 
 
@@ -185,7 +199,9 @@ def load_checkpoint_metadata(path: str) -> dict:
         raise ValueError(f"checkpoint {path}: {one_line(err)}") from None
     except (RuntimeError, EOFError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {path} is unreadable (truncated or corrupt: {first})") from None
+        raise ValueError(
+            f"checkpoint {path} is unreadable (truncated or corrupt: {first})"
+        ) from None
 
 
 def _explicit_model_options(args: Sequence[str] | None) -> list[str]:
@@ -228,14 +244,29 @@ def check_checkpoint_against_config(
         return checkpoint
     model = _get(config, "model")
     init_args = _get(model, "init_args") or {}
-    configured = {"class": _get(model, "class_path"), "backbone": _get(init_args, "model_name_or_path")}
+    configured = {
+        "class": _get(model, "class_path"),
+        "backbone": _get(init_args, "model_name_or_path"),
+    }
     stored = {"class": hparams.get("_class_path"), "backbone": hparams.get("model_name_or_path")}
     problems = []
-    if stored["class"] and configured["class"] and _class_name(stored["class"]) != _class_name(configured["class"]):
-        problems.append(f"module class {stored['class']} in the checkpoint, {configured['class']} configured")
-    if stored["backbone"] is not None and configured["backbone"] is not None and stored["backbone"] != configured["backbone"]:
-        problems.append(f"model_name_or_path {stored['backbone']!r} in the checkpoint, "
-                        f"{configured['backbone']!r} configured")
+    if (
+        stored["class"]
+        and configured["class"]
+        and _class_name(stored["class"]) != _class_name(configured["class"])
+    ):
+        problems.append(
+            f"module class {stored['class']} in the checkpoint, {configured['class']} configured"
+        )
+    if (
+        stored["backbone"] is not None
+        and configured["backbone"] is not None
+        and stored["backbone"] != configured["backbone"]
+    ):
+        problems.append(
+            f"model_name_or_path {stored['backbone']!r} in the checkpoint, "
+            f"{configured['backbone']!r} configured"
+        )
     if problems:
         raise ValueError(
             f"checkpoint {ckpt_path} does not match the configured model ({'; '.join(problems)}): "
@@ -250,8 +281,11 @@ def check_checkpoint_against_config(
         if mine is not _MISSING and _plain(mine) != _plain(value):
             differing.append(f"{key}={_plain(mine)!r} (checkpoint: {_plain(value)!r})")
     if differing:
-        log.warning("using the configured model settings, not those stored in %s: %s",
-                    ckpt_path, "; ".join(differing))
+        log.warning(
+            "using the configured model settings, not those stored in %s: %s",
+            ckpt_path,
+            "; ".join(differing),
+        )
     return checkpoint
 
 
@@ -283,18 +317,26 @@ def _plain(value):
 
 
 # ---------------------------------------------------------------------------- runs that do nothing
-def check_run_does_something(trainer_config, checkpoint: dict | None = None, ckpt_path: str | None = None) -> None:
+def check_run_does_something(
+    trainer_config, checkpoint: dict | None = None, ckpt_path: str | None = None
+) -> None:
     """``ValueError`` when ``fit`` with these trainer settings would train nothing (see the
     module docstring)."""
     max_epochs = _get(trainer_config, "max_epochs")
     max_steps = _get(trainer_config, "max_steps", -1)
     limit = _get(trainer_config, "limit_train_batches")
     if max_epochs == 0:
-        raise ValueError("trainer.max_epochs=0: fit would train nothing; set max_epochs >= 1 (or -1 with max_steps)")
+        raise ValueError(
+            "trainer.max_epochs=0: fit would train nothing; set max_epochs >= 1 (or -1 with max_steps)"
+        )
     if max_steps == 0:
-        raise ValueError("trainer.max_steps=0: fit would train nothing; set max_steps >= 1 (or -1 for no step limit)")
+        raise ValueError(
+            "trainer.max_steps=0: fit would train nothing; set max_steps >= 1 (or -1 for no step limit)"
+        )
     if limit is not None and limit == 0:
-        raise ValueError("trainer.limit_train_batches=0: fit would train nothing; remove it or set it > 0")
+        raise ValueError(
+            "trainer.limit_train_batches=0: fit would train nothing; remove it or set it > 0"
+        )
     if not checkpoint:
         return
     step = int(checkpoint.get("global_step", 0) or 0)
@@ -307,7 +349,12 @@ def check_run_does_something(trainer_config, checkpoint: dict | None = None, ckp
         done = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
     except (KeyError, TypeError, ValueError):
         return
-    if max_epochs is not None and max_epochs > 0 and (max_steps is None or max_steps < 0) and done >= max_epochs:
+    if (
+        max_epochs is not None
+        and max_epochs > 0
+        and (max_steps is None or max_steps < 0)
+        and done >= max_epochs
+    ):
         raise ValueError(
             f"checkpoint {ckpt_path} has completed {done} epoch(s), and trainer.max_epochs={max_epochs}: "
             "fit would train nothing; raise max_epochs to continue training"
@@ -364,7 +411,9 @@ def check_data_sources_were_not_replaced(cli, args: Sequence[str] | None) -> Non
             from lightning_robust.data.reading import first_bad_json_line
 
             reason = first_bad_json_line(raw) or "not JSON lines"
-            raise ValueError(f"data.init_args.{name}: {reason}; expected valid JSON lines, JSON or Parquet")
+            raise ValueError(
+                f"data.init_args.{name}: {reason}; expected valid JSON lines, JSON or Parquet"
+            )
         raise ValueError(
             f"data.init_args.{name}: {raw} is not a supported data file (expected .json, .jsonl or "
             ".parquet, a dataset directory or a hub id)"

@@ -38,36 +38,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="lightning-robust eval", description=__doc__.split("\n\n")[0].split(": ", 1)[1]
     )
-    parser.add_argument("--model", required=True, help="hub id, Hugging Face directory, .ckpt file or 'tiny'")
     parser.add_argument(
-        "--benchmarks", default="rewardbench,hhh,mt_bench",
+        "--model", required=True, help="hub id, Hugging Face directory, .ckpt file or 'tiny'"
+    )
+    parser.add_argument(
+        "--benchmarks",
+        default="rewardbench,hhh,mt_bench",
         help=f"comma-separated, from {', '.join(BENCHMARKS)} (default: rewardbench,hhh,mt_bench)",
     )
-    parser.add_argument("--data", default=None, help="folder with the offline benchmark layout (see docs)")
     parser.add_argument(
-        "--source", action="append", default=[], metavar="NAME=PATH",
+        "--data", default=None, help="folder with the offline benchmark layout (see docs)"
+    )
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
         help="data of one benchmark (file, folder or hub id); repeatable; wins over --data",
     )
-    parser.add_argument("--kind", choices=("auto", "reward", "dpo", "likelihood"), default="auto",
-                        help="how to score: reward model, DPO implicit reward, or likelihood")
-    parser.add_argument("--reference", default=None, help="reference policy for --kind dpo (hub id or directory)")
-    parser.add_argument("--beta", type=float, default=0.1, help="DPO beta of the implicit reward (0.1)")
-    parser.add_argument("--output", default=None, help="output folder (default runs/eval/<model name>)")
+    parser.add_argument(
+        "--kind",
+        choices=("auto", "reward", "dpo", "likelihood"),
+        default="auto",
+        help="how to score: reward model, DPO implicit reward, or likelihood",
+    )
+    parser.add_argument(
+        "--reference", default=None, help="reference policy for --kind dpo (hub id or directory)"
+    )
+    parser.add_argument(
+        "--beta", type=float, default=0.1, help="DPO beta of the implicit reward (0.1)"
+    )
+    parser.add_argument(
+        "--output", default=None, help="output folder (default runs/eval/<model name>)"
+    )
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-rows", type=int, default=None, help="quick runs: at most this many rows per subset")
+    parser.add_argument(
+        "--max-rows", type=int, default=None, help="quick runs: at most this many rows per subset"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG charts")
     return parser.parse_args(argv)
 
 
-def benchmark_sources(names: list[str], data: str | None, sources: list[str]) -> dict[str, str | None]:
+def benchmark_sources(
+    names: list[str], data: str | None, sources: list[str]
+) -> dict[str, str | None]:
     """``{benchmark: source or None (hub default)}`` from ``--data`` and ``--source`` options."""
     explicit = {}
     for item in sources:
         name, sep, path = item.partition("=")
         if not sep or name not in BENCHMARKS or not path:
-            raise SystemExit(f"--source {item!r}: expected NAME=PATH with NAME in {', '.join(BENCHMARKS)}")
+            raise SystemExit(
+                f"--source {item!r}: expected NAME=PATH with NAME in {', '.join(BENCHMARKS)}"
+            )
         explicit[name] = path
     out: dict[str, str | None] = {}
     for name in names:
@@ -138,16 +162,25 @@ def load_scorer(args: argparse.Namespace):
 
         found = _checkpoint_kind(model)
         module_class = RewardModel if found == "reward" else DPO
-        module = module_class.load_from_checkpoint(model, map_location=args.device, weights_only=True)
+        module = module_class.load_from_checkpoint(
+            model, map_location=args.device, weights_only=True
+        )
         module.eval()
         kind = found if kind == "auto" else kind
-        callback = BenchmarkCallback([], scorer=kind, max_length=args.max_length, batch_size=args.batch_size,
-                                     beta=args.beta)
+        callback = BenchmarkCallback(
+            [], scorer=kind, max_length=args.max_length, batch_size=args.batch_size, beta=args.beta
+        )
         return callback.build_scorer(module), kind
     if kind == "auto":
-        kind = "reward" if model == "tiny" or _is_classifier(model) else ("dpo" if args.reference else "likelihood")
+        kind = (
+            "reward"
+            if model == "tiny" or _is_classifier(model)
+            else ("dpo" if args.reference else "likelihood")
+        )
     if kind == "reward":
-        scorer = load_reward_scorer(model, max_length=args.max_length, batch_size=args.batch_size, device=args.device)
+        scorer = load_reward_scorer(
+            model, max_length=args.max_length, batch_size=args.batch_size, device=args.device
+        )
         return scorer, kind
     from lightning_robust.models.causal_lm import load_causal_lm, load_causal_tokenizer
     from lightning_robust.models.scorers import DPOImplicitRewardScorer
@@ -158,7 +191,11 @@ def load_scorer(args: argparse.Namespace):
     if kind == "dpo" and args.reference:
         reference = load_causal_lm(args.reference, tokenizer, seed=0).to(args.device).eval()
     scorer = DPOImplicitRewardScorer(
-        policy, tokenizer, reference=reference, beta=args.beta, max_length=args.max_length,
+        policy,
+        tokenizer,
+        reference=reference,
+        beta=args.beta,
+        max_length=args.max_length,
         batch_size=args.batch_size,
     )
     return scorer, kind
@@ -174,7 +211,9 @@ def results_table(results: dict[str, dict]) -> str:
         for key, value in result["metrics"].items():
             n = counts.get(key) if isinstance(counts, dict) else None
             if n is None and key in ("overall", "accuracy", "average"):
-                n = result["details"].get("count", sum(counts.values()) if isinstance(counts, dict) else None)
+                n = result["details"].get(
+                    "count", sum(counts.values()) if isinstance(counts, dict) else None
+                )
             rows.append([bench, key, f"{value:.4f}", "" if n is None else str(n)])
     return format_table(["benchmark", "metric", "value", "n"], rows)
 
@@ -195,7 +234,9 @@ def main(argv=None) -> dict:
     names = [n.strip() for n in args.benchmarks.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown or not names:
-        raise SystemExit(f"--benchmarks: unknown {unknown or names}; choose from {', '.join(BENCHMARKS)}")
+        raise SystemExit(
+            f"--benchmarks: unknown {unknown or names}; choose from {', '.join(BENCHMARKS)}"
+        )
     evaluators = build_evaluators(benchmark_sources(names, args.data, args.source), args.max_rows)
     scorer, kind = load_scorer(args)
     results = {}
@@ -203,7 +244,9 @@ def main(argv=None) -> dict:
         for evaluator in evaluators:
             metrics = evaluator.evaluate(scorer)
             results[evaluator.name] = {"metrics": metrics, "details": evaluator.details}
-    output = args.output or os.path.join("runs", "eval", os.path.basename(os.path.normpath(args.model)) or "model")
+    output = args.output or os.path.join(
+        "runs", "eval", os.path.basename(os.path.normpath(args.model)) or "model"
+    )
     os.makedirs(output, exist_ok=True)
     record = {"model": args.model, "kind": kind, "benchmarks": results}
     with open(os.path.join(output, "benchmarks.json"), "w", encoding="utf-8") as f:
@@ -211,11 +254,18 @@ def main(argv=None) -> dict:
     if not args.no_plot:
         for name, result in results.items():
             if result["metrics"]:
-                plot_benchmark(os.path.join(output, f"{name}.png"), name, result["metrics"],
-                               title=f"{name}: {args.model} ({kind})")
+                plot_benchmark(
+                    os.path.join(output, f"{name}.png"),
+                    name,
+                    result["metrics"],
+                    title=f"{name}: {args.model} ({kind})",
+                )
     print(f"== {args.model} ({kind} scorer) ==")
     print(results_table(results))
-    print(f"wrote {os.path.join(output, 'benchmarks.json')}" + ("" if args.no_plot else " and one PNG per benchmark"))
+    print(
+        f"wrote {os.path.join(output, 'benchmarks.json')}"
+        + ("" if args.no_plot else " and one PNG per benchmark")
+    )
     return results
 
 

@@ -59,6 +59,7 @@ class _AppendingWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
             rows = list(reader)
+
         def before(row: dict) -> bool:
             if not row.get("step"):
                 return True

@@ -43,21 +43,47 @@ if str(REPO) not in sys.path:
 RUNS = ("reward", "dpo", "dr_dpo", "wdpo", "drro_grpo", "zero2", "zero3")
 
 #: SmolLM2-135M's shape (the vocabulary is the built-in tokenizer's)
-REAL_ARCH = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                 num_key_value_heads=3, max_position_embeddings=2048)
-SMOKE_ARCH = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256)
+REAL_ARCH = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=2048,
+)
+SMOKE_ARCH = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="gpu_check.json", help="JSON file to write")
-    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (default 6; smoke 2)")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs / prompts per step (default 8; smoke 2)")
+    p.add_argument(
+        "--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimiser steps per run (default 6; smoke 2)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="pairs / prompts per step (default 8; smoke 2)"
+    )
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU in fp32: checks the wiring in seconds")
-    p.add_argument("--allow-cpu", action="store_true", help="run the full-size check on CPU when no GPU is found")
+    p.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="tiny model on CPU in fp32: checks the wiring in seconds",
+    )
+    p.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="run the full-size check on CPU when no GPU is found",
+    )
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = sorted(set(runs) - set(RUNS))
@@ -82,10 +108,15 @@ def environment(cuda: bool) -> dict:
     import torch
     import transformers
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-           "transformers": transformers.__version__, "cuda": cuda,
-           "flash_attn": importlib.util.find_spec("flash_attn") is not None,
-           "deepspeed": importlib.util.find_spec("deepspeed") is not None}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "transformers": transformers.__version__,
+        "cuda": cuda,
+        "flash_attn": importlib.util.find_spec("flash_attn") is not None,
+        "deepspeed": importlib.util.find_spec("deepspeed") is not None,
+    }
     if cuda:
         env["device"] = torch.cuda.get_device_name(0)
         env["bf16_supported"] = bool(torch.cuda.is_bf16_supported())
@@ -119,8 +150,14 @@ def _counter_callback():
                 torch.cuda.synchronize()
             self.elapsed = time.perf_counter() - self.start
             self.steps += 1
-            self.tokens += sum(int(v.sum()) for k, v in batch.items()
-                               if k.endswith("attention_mask") and hasattr(v, "sum")) + self.extra_per_batch
+            self.tokens += (
+                sum(
+                    int(v.sum())
+                    for k, v in batch.items()
+                    if k.endswith("attention_mask") and hasattr(v, "sum")
+                )
+                + self.extra_per_batch
+            )
 
     return Throughput()
 
@@ -135,8 +172,11 @@ def build_run(name: str, args, arch: dict, attn: str, dtype_note: str):
 
     n = args.batch_size * (args.steps + 1)
     tiny = dict(arch, attn_implementation=attn)
-    pref = PreferenceDataModule(batch_size=args.batch_size, max_length=args.max_length,
-                                synthetic=SyntheticShiftConfig(num_train=n, num_eval=args.batch_size, seed=0))
+    pref = PreferenceDataModule(
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        synthetic=SyntheticShiftConfig(num_train=n, num_eval=args.batch_size, seed=0),
+    )
     common = dict(tiny_config=tiny, learning_rate=1e-5, warmup_ratio=0.0, lr_schedule="constant")
     strategy = "auto"
     if name == "reward":
@@ -146,14 +186,28 @@ def build_run(name: str, args, arch: dict, attn: str, dtype_note: str):
     elif name == "dr_dpo":
         module = DPO(reference="frozen_copy", weighting=TVBall(rho=0.4), **common)
     elif name == "wdpo":
-        module = DPO(reference="frozen_copy", wdpo_rho=0.01, **dict(common, tiny_config=dict(arch, attn_implementation="sdpa")),
-                     attn_implementation="sdpa")
+        module = DPO(
+            reference="frozen_copy",
+            wdpo_rho=0.01,
+            **dict(common, tiny_config=dict(arch, attn_implementation="sdpa")),
+            attn_implementation="sdpa",
+        )
     elif name == "drro_grpo":
-        module = GRPO(shaping="drro_soft", budget="dynamic", bonus_form="weight", num_generations=4,
-                      max_new_tokens=32, reward_model="synthetic:proxy", gold_reward_model="synthetic:gold",
-                      **common)
-        pref = PromptDataModule(batch_size=args.batch_size, max_prompt_length=min(args.max_length, 256),
-                                synthetic=SyntheticPromptConfig(num_train=n, num_val=0, seed=0))
+        module = GRPO(
+            shaping="drro_soft",
+            budget="dynamic",
+            bonus_form="weight",
+            num_generations=4,
+            max_new_tokens=32,
+            reward_model="synthetic:proxy",
+            gold_reward_model="synthetic:gold",
+            **common,
+        )
+        pref = PromptDataModule(
+            batch_size=args.batch_size,
+            max_prompt_length=min(args.max_length, 256),
+            synthetic=SyntheticPromptConfig(num_train=n, num_val=0, seed=0),
+        )
     elif name in ("zero2", "zero3"):
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
@@ -175,7 +229,11 @@ def run_one(name: str, args, cuda: bool, arch: dict) -> dict:
         if not cuda:
             return {**record, "status": "skipped", "reason": "DeepSpeed needs a CUDA GPU"}
         if importlib.util.find_spec("deepspeed") is None:
-            return {**record, "status": "skipped", "reason": "deepspeed is not importable (install its wheel)"}
+            return {
+                **record,
+                "status": "skipped",
+                "reason": "deepspeed is not importable (install its wheel)",
+            }
     precision = "bf16-mixed" if cuda else "32-true"
     L.seed_everything(0, verbose=False)
     if cuda:
@@ -184,12 +242,25 @@ def run_one(name: str, args, cuda: bool, arch: dict) -> dict:
     module, datamodule, strategy = build_run(name, args, arch, attn, precision)
     counter = _counter_callback()
     if name == "drro_grpo":
-        counter.extra_per_batch = args.batch_size * 4 * 32  # at most G x max_new_tokens generated per prompt
+        counter.extra_per_batch = (
+            args.batch_size * 4 * 32
+        )  # at most G x max_new_tokens generated per prompt
     trainer = L.Trainer(
-        accelerator="gpu" if cuda else "cpu", devices=1, precision=precision, strategy=strategy,
-        max_steps=args.steps + 1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[counter],
-        default_root_dir=os.path.join(os.path.dirname(os.path.abspath(args.output)) or ".", "gpu_check_runs", name),
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
+        precision=precision,
+        strategy=strategy,
+        max_steps=args.steps + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[counter],
+        default_root_dir=os.path.join(
+            os.path.dirname(os.path.abspath(args.output)) or ".", "gpu_check_runs", name
+        ),
     )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -197,18 +268,27 @@ def run_one(name: str, args, cuda: bool, arch: dict) -> dict:
     config = getattr(backbone, "config", None)
     params = sum(p.numel() for p in backbone.parameters()) if backbone is not None else None
     record.update(
-        status="ok", precision=precision, strategy=type(trainer.strategy).__name__,
-        attn_used=getattr(config, "_attn_implementation", None), parameters=params,
-        steps_timed=counter.steps, seconds_timed=round(counter.elapsed, 4), wall_s=round(time.perf_counter() - t0, 2),
+        status="ok",
+        precision=precision,
+        strategy=type(trainer.strategy).__name__,
+        attn_used=getattr(config, "_attn_implementation", None),
+        parameters=params,
+        steps_timed=counter.steps,
+        seconds_timed=round(counter.elapsed, 4),
+        wall_s=round(time.perf_counter() - t0, 2),
         steps_per_s=round(counter.steps / counter.elapsed, 3) if counter.elapsed else None,
         tokens_per_s=round(counter.tokens / counter.elapsed, 1) if counter.elapsed else None,
         peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-        final_loss=float(trainer.callback_metrics["train/loss"]) if "train/loss" in trainer.callback_metrics else None,
+        final_loss=float(trainer.callback_metrics["train/loss"])
+        if "train/loss" in trainer.callback_metrics
+        else None,
     )
     if not cuda:
         import resource
 
-        record["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+        record["peak_rss_gib"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3
+        )
     return record
 
 
@@ -218,24 +298,50 @@ def main(argv=None) -> int:
 
     cuda = torch.cuda.is_available() and not args.cpu_smoke
     if not cuda and not args.cpu_smoke and not args.allow_cpu:
-        print("gpu_check: no CUDA GPU found; use --cpu-smoke (tiny model) or --allow-cpu", file=sys.stderr)
+        print(
+            "gpu_check: no CUDA GPU found; use --cpu-smoke (tiny model) or --allow-cpu",
+            file=sys.stderr,
+        )
         return 2
     if not cuda:
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), int(os.environ.get("OMP_NUM_THREADS", "1")))))
+        torch.set_num_threads(
+            max(1, min(torch.get_num_threads(), int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        )
     arch = SMOKE_ARCH if args.cpu_smoke else REAL_ARCH
-    report = {"mode": "cpu-smoke" if args.cpu_smoke else ("gpu" if cuda else "cpu"), "arch": arch,
-              "steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
-              "environment": environment(cuda), "runs": []}
+    report = {
+        "mode": "cpu-smoke" if args.cpu_smoke else ("gpu" if cuda else "cpu"),
+        "arch": arch,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "environment": environment(cuda),
+        "runs": [],
+    }
     start = time.perf_counter()
     for name in args.runs:
         try:
             record = run_one(name, args, cuda, arch)
         except Exception as err:  # record every failure and go on with the next run
-            record = {"run": name, "status": "failed", "error": f"{type(err).__name__}: {err}",
-                      "traceback": traceback.format_exc(limit=8)}
+            record = {
+                "run": name,
+                "status": "failed",
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(limit=8),
+            }
         report["runs"].append(record)
-        shown = {k: record.get(k) for k in ("status", "tokens_per_s", "steps_per_s", "peak_memory_gib",
-                                            "attn_used", "reason", "error") if record.get(k) is not None}
+        shown = {
+            k: record.get(k)
+            for k in (
+                "status",
+                "tokens_per_s",
+                "steps_per_s",
+                "peak_memory_gib",
+                "attn_used",
+                "reason",
+                "error",
+            )
+            if record.get(k) is not None
+        }
         print(f"gpu_check {name:10s} {json.dumps(shown)}", flush=True)
     report["total_s"] = round(time.perf_counter() - start, 1)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

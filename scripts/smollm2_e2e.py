@@ -81,12 +81,20 @@ def paired_margin_stats(before: list[float], after: list[float], seed: int = 0) 
     n = len(d)
     return {
         "pairs": n,
-        "mean_margin_before": sum(before) / n, "mean_margin_after": sum(after) / n,
-        "mean_delta": sum(d) / n, "mean_delta_ci95": bootstrap_mean_ci(d, seed),
+        "mean_margin_before": sum(before) / n,
+        "mean_margin_after": sum(after) / n,
+        "mean_delta": sum(d) / n,
+        "mean_delta_ci95": bootstrap_mean_ci(d, seed),
         "sign_test": {"up": up, "down": down, "p_two_sided": binom_two_sided(up, up + down)},
-        "accuracy_before": acc_b / n, "accuracy_before_ci95": wilson(acc_b, n),
-        "accuracy_after": acc_a / n, "accuracy_after_ci95": wilson(acc_a, n),
-        "mcnemar": {"gained": gained, "lost": lost, "p_two_sided": binom_two_sided(gained, gained + lost)},
+        "accuracy_before": acc_b / n,
+        "accuracy_before_ci95": wilson(acc_b, n),
+        "accuracy_after": acc_a / n,
+        "accuracy_after_ci95": wilson(acc_a, n),
+        "mcnemar": {
+            "gained": gained,
+            "lost": lost,
+            "p_two_sided": binom_two_sided(gained, gained + lost),
+        },
     }
 
 
@@ -108,7 +116,10 @@ def heldout_margins(module, datamodule, split: str = "val") -> list[float]:
         for batch in loader:
             for side in ("chosen", "rejected"):
                 batch[f"_{side}"], _ = sequence_logprobs(
-                    policy, batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], batch[f"{side}_prompt_len"]
+                    policy,
+                    batch[f"{side}_input_ids"],
+                    batch[f"{side}_attention_mask"],
+                    batch[f"{side}_prompt_len"],
                 )
             out += (batch["_chosen"] - batch["_rejected"]).double().tolist()
     policy.train(was)
@@ -131,8 +142,13 @@ def benchmark_figures(module, callback) -> dict:
 
     if callback is None:
         return {}
-    scorer = LikelihoodScorer(module.backbone, module.tokenizer, max_length=callback.max_length,
-                              batch_size=callback.batch_size, append_eos=True)
+    scorer = LikelihoodScorer(
+        module.backbone,
+        module.tokenizer,
+        max_length=callback.max_length,
+        batch_size=callback.batch_size,
+        append_eos=True,
+    )
     was = module.backbone.training
     module.backbone.eval()
     figures = {}
@@ -141,14 +157,24 @@ def benchmark_figures(module, callback) -> dict:
         key = "score" if "score" in metrics else "overall"
         n = int(sum((bench.details or {}).get("counts", {}).values()))
         value = float(metrics[key])
-        figures[bench.name] = {"metric": key, "accuracy": value, "n": n,
-                               "ci95": wilson(round(value * n), n) if n else None}
+        figures[bench.name] = {
+            "metric": key,
+            "accuracy": value,
+            "n": n,
+            "ci95": wilson(round(value * n), n) if n else None,
+        }
     module.backbone.train(was)
     return figures
 
 
-def run(config: str, overrides: list[str], output_dir: str | None = None, export: bool = True,
-        benchmarks: bool = True, bench_max_rows: int | None = None) -> dict:
+def run(
+    config: str,
+    overrides: list[str],
+    output_dir: str | None = None,
+    export: bool = True,
+    benchmarks: bool = True,
+    bench_max_rows: int | None = None,
+) -> dict:
     import torch
 
     from lightning_robust.callbacks import BenchmarkCallback
@@ -170,8 +196,13 @@ def run(config: str, overrides: list[str], output_dir: str | None = None, export
     t0 = time.perf_counter()
     module.configure_model()
     dm.setup("fit")
-    report = {"config": config, "overrides": overrides, "threads": torch.get_num_threads(),
-              "train_pairs": len(dm.datasets["train"]), "heldout_pairs": len(dm.datasets.get("val", []))}
+    report = {
+        "config": config,
+        "overrides": overrides,
+        "threads": torch.get_num_threads(),
+        "train_pairs": len(dm.datasets["train"]),
+        "heldout_pairs": len(dm.datasets.get("val", [])),
+    }
     before = heldout_margins(module, dm)
     report["benchmarks_before"] = benchmark_figures(module, bench_cb)
     t_fit = time.perf_counter()
@@ -198,12 +229,24 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--output-dir")
     p.add_argument("--no-export", action="store_true")
-    p.add_argument("--no-benchmarks", action="store_true", help="held-out pairs only (skip the benchmark callbacks)")
-    p.add_argument("--bench-max-rows", type=int, help="first N rows of every benchmark subset (quick runs)")
+    p.add_argument(
+        "--no-benchmarks",
+        action="store_true",
+        help="held-out pairs only (skip the benchmark callbacks)",
+    )
+    p.add_argument(
+        "--bench-max-rows", type=int, help="first N rows of every benchmark subset (quick runs)"
+    )
     p.add_argument("overrides", nargs="*", help="extra CLI flags, e.g. --trainer.max_steps=20")
     args, extra = p.parse_known_args(argv)
-    report = run(args.config, [*args.overrides, *extra], args.output_dir, export=not args.no_export,
-                 benchmarks=not args.no_benchmarks, bench_max_rows=args.bench_max_rows)
+    report = run(
+        args.config,
+        [*args.overrides, *extra],
+        args.output_dir,
+        export=not args.no_export,
+        benchmarks=not args.no_benchmarks,
+        bench_max_rows=args.bench_max_rows,
+    )
     print(json.dumps(report, indent=1))
     return 0
 

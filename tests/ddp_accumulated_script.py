@@ -25,8 +25,14 @@ PER_RANK = 8
 def build(weighting, micro_batch_size=None):
     from lightning_robust.modules import RewardModel
 
-    return RewardModel(weighting=weighting, learning_rate=1e-2, warmup_ratio=0.0,
-                       lr_schedule="constant", tiny_config=TINY, micro_batch_size=micro_batch_size)
+    return RewardModel(
+        weighting=weighting,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        lr_schedule="constant",
+        tiny_config=TINY,
+        micro_batch_size=micro_batch_size,
+    )
 
 
 def data(batch_size: int, ranks: int = 1):
@@ -44,22 +50,42 @@ def data(batch_size: int, ranks: int = 1):
                 return super().train_dataloader()
             rank = self.trainer.global_rank
             step = ranks * batch_size
-            order = [s + rank * batch_size + j for s in range(0, len(self.datasets["train"]), step)
-                     for j in range(batch_size)]
-            return DataLoader(self.datasets["train"], batch_size=batch_size, sampler=order,
-                              collate_fn=self.collator)
+            order = [
+                s + rank * batch_size + j
+                for s in range(0, len(self.datasets["train"]), step)
+                for j in range(batch_size)
+            ]
+            return DataLoader(
+                self.datasets["train"],
+                batch_size=batch_size,
+                sampler=order,
+                collate_fn=self.collator,
+            )
 
     return RankSlices(
-        train="synthetic", batch_size=batch_size, max_length=48, val_fraction=0.0, shuffle=False,
-        synthetic=SyntheticShiftConfig(num_train=2 * PER_RANK * STEPS, num_eval=8, seed=6,
-                                       length_pair_share=0.0),
+        train="synthetic",
+        batch_size=batch_size,
+        max_length=48,
+        val_fraction=0.0,
+        shuffle=False,
+        synthetic=SyntheticShiftConfig(
+            num_train=2 * PER_RANK * STEPS, num_eval=8, seed=6, length_pair_share=0.0
+        ),
     )
 
 
 def trainer(**kw) -> Trainer:
-    return Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                   num_sanity_val_steps=0, **kw)
+    return Trainer(
+        accelerator="cpu",
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        **kw,
+    )
 
 
 def flat_params(model) -> torch.Tensor:
@@ -73,13 +99,16 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     seed_everything(0)
     model = build(TVBall(0.3, scope="accumulated"), micro_batch_size=micro)
-    t = trainer(devices=2, strategy=DDPStrategy(process_group_backend="gloo"),
-                use_distributed_sampler=False)
+    t = trainer(
+        devices=2, strategy=DDPStrategy(process_group_backend="gloo"), use_distributed_sampler=False
+    )
     t.fit(model, datamodule=data(PER_RANK, ranks=2))
     if t.global_rank == 0:
         os.makedirs(out_dir, exist_ok=True)
-        torch.save({"params": flat_params(model), "steps": t.global_step,
-                    "world": t.world_size}, os.path.join(out_dir, "params.pt"))
+        torch.save(
+            {"params": flat_params(model), "steps": t.global_step, "world": t.world_size},
+            os.path.join(out_dir, "params.pt"),
+        )
     return 0
 
 

@@ -31,7 +31,11 @@ def global_batch():
     from lightning_robust.data.synthetic import SyntheticShiftConfig
 
     dm = PreferenceDataModule(
-        train="synthetic", batch_size=8, max_length=40, val_fraction=0.0, shuffle=False,
+        train="synthetic",
+        batch_size=8,
+        max_length=40,
+        val_fraction=0.0,
+        shuffle=False,
         append_eos=True,
         synthetic=SyntheticShiftConfig(num_train=8, num_eval=4, seed=5, length_pair_share=0.0),
     )
@@ -41,7 +45,9 @@ def global_batch():
 
 
 def slice_batch(batch: dict, lo: int, hi: int) -> dict:
-    return {k: v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()}
+    return {
+        k: v[lo:hi] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in batch.items()
+    }
 
 
 def build(kind: str):
@@ -74,8 +80,12 @@ def step(model, batch: dict) -> dict:
     loss.backward()
     grad = torch.cat([p.grad.flatten() for p in model.backbone.parameters() if p.grad is not None])
     out = captured["out"]
-    return {"weights": out.weights, "global_weights": out.global_weights, "loss": loss.detach(),
-            "grad": grad}
+    return {
+        "weights": out.weights,
+        "global_weights": out.global_weights,
+        "loss": loss.detach(),
+        "grad": grad,
+    }
 
 
 def run_rank(rank: int, out_dir: str) -> None:

@@ -17,8 +17,14 @@ import sys
 MODES = {
     "full weights + frozen_copy": {"reference": "frozen_copy"},
     "full weights + precomputed": {"reference": "precomputed"},
-    "LoRA + lora_disabled": {"reference": "lora_disabled", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-    "LoRA + frozen_copy": {"reference": "frozen_copy", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+    "LoRA + lora_disabled": {
+        "reference": "lora_disabled",
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+    },
+    "LoRA + frozen_copy": {
+        "reference": "frozen_copy",
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+    },
 }
 
 
@@ -36,22 +42,48 @@ def run_one(options: dict, hidden: int, layers: int) -> dict:
     kw = dict(options)
     if "lora" in kw:
         kw["lora"] = LoraOptions(**kw["lora"])
-    tiny = {"hidden_size": hidden, "intermediate_size": int(hidden * 2.75), "num_hidden_layers": layers,
-            "num_attention_heads": max(1, hidden // 64), "num_key_value_heads": max(1, hidden // 64)}
+    tiny = {
+        "hidden_size": hidden,
+        "intermediate_size": int(hidden * 2.75),
+        "num_hidden_layers": layers,
+        "num_attention_heads": max(1, hidden // 64),
+        "num_key_value_heads": max(1, hidden // 64),
+    }
     model = DPO(tiny_config=tiny, learning_rate=1e-4, **kw)
     root = tempfile.mkdtemp()
-    data = PreferenceDataModule(train="synthetic", batch_size=8, max_length=64, append_eos=True,
-                                synthetic=SyntheticShiftConfig(num_train=32, num_eval=8, seed=0))
-    trainer = Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      num_sanity_val_steps=0, default_root_dir=root)
+    data = PreferenceDataModule(
+        train="synthetic",
+        batch_size=8,
+        max_length=64,
+        append_eos=True,
+        synthetic=SyntheticShiftConfig(num_train=32, num_eval=8, seed=0),
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+    )
     trainer.fit(model, datamodule=data)
     params = sum(p.numel() for p in model.backbone.parameters())
     trainable = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
-    ref = sum(p.numel() for p in model.reference_model.parameters()) if model.reference_model is not None else 0
+    ref = (
+        sum(p.numel() for p in model.reference_model.parameters())
+        if model.reference_model is not None
+        else 0
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"params": params, "trainable": trainable, "reference_params": ref,
-            "peak_mib": (peak - base) / 1024}
+    return {
+        "params": params,
+        "trainable": trainable,
+        "reference_params": ref,
+        "peak_mib": (peak - base) / 1024,
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -60,13 +92,21 @@ def main(argv: list[str]) -> None:
     if len(argv) > 3:  # child
         print(json.dumps(run_one(json.loads(argv[3]), hidden, layers)))
         return
-    print("| reference mode | parameters | trainable | reference copy | peak memory over imports (MiB) |")
+    print(
+        "| reference mode | parameters | trainable | reference copy | peak memory over imports (MiB) |"
+    )
     print("|---|---|---|---|---|")
     for name, options in MODES.items():
-        out = subprocess.run([sys.executable, __file__, str(hidden), str(layers), json.dumps(options)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, str(hidden), str(layers), json.dumps(options)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {r['params']:,} | {r['trainable']:,} | {r['reference_params']:,} | {r['peak_mib']:.0f} |")
+        print(
+            f"| {name} | {r['params']:,} | {r['trainable']:,} | {r['reference_params']:,} | {r['peak_mib']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

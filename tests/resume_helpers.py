@@ -70,46 +70,72 @@ class KillAt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._maybe_kill(trainer, "train_batch_end")
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._maybe_kill(trainer, "validation_batch_end")
 
 
 def config(root: Path, processes: int = 1, kill: dict | None = None) -> dict:
     callbacks = [
-        {"class_path": "lightning_robust.modules.checkpoint_io.RunCheckpoint",
-         "init_args": {"dirpath": str(root / "ckpt"), "every_n_train_steps": 2, "save_top_k": -1}},
+        {
+            "class_path": "lightning_robust.modules.checkpoint_io.RunCheckpoint",
+            "init_args": {
+                "dirpath": str(root / "ckpt"),
+                "every_n_train_steps": 2,
+                "save_top_k": -1,
+            },
+        },
     ]
     if kill:
         callbacks.append({"class_path": "resume_helpers.KillAt", "init_args": kill})
     trainer = {
-        "accelerator": "cpu", "devices": processes, "max_epochs": MAX_EPOCHS, "deterministic": True,
-        "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
-        "limit_val_batches": 1, "num_sanity_val_steps": 0, "default_root_dir": str(root),
-        "logger": {"class_path": "lightning_robust.loggers.ResumableCSVLogger",
-                   "init_args": {"save_dir": str(root), "name": "logs", "version": "run"}},
+        "accelerator": "cpu",
+        "devices": processes,
+        "max_epochs": MAX_EPOCHS,
+        "deterministic": True,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": str(root),
+        "logger": {
+            "class_path": "lightning_robust.loggers.ResumableCSVLogger",
+            "init_args": {"save_dir": str(root), "name": "logs", "version": "run"},
+        },
         "callbacks": callbacks,
     }
     if processes > 1:
-        trainer["strategy"] = {"class_path": "lightning.pytorch.strategies.DDPStrategy",
-                               "init_args": {"process_group_backend": "gloo"}}
+        trainer["strategy"] = {
+            "class_path": "lightning.pytorch.strategies.DDPStrategy",
+            "init_args": {"process_group_backend": "gloo"},
+        }
     return {
         "seed_everything": 0,
         "trainer": trainer,
         "model": {
             "class_path": "lightning_robust.modules.RewardModel",
             "init_args": {
-                "model_name_or_path": "tiny", "learning_rate": 3.0e-3, "warmup_ratio": 0.2,
+                "model_name_or_path": "tiny",
+                "learning_rate": 3.0e-3,
+                "warmup_ratio": 0.2,
                 "lr_schedule": "cosine",
                 "tiny_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
-                "weighting": {"class_path": "lightning_robust.weighting.GroupDRO",
-                              "init_args": {"num_groups": 2, "eta": 0.5}},
+                "weighting": {
+                    "class_path": "lightning_robust.weighting.GroupDRO",
+                    "init_args": {"num_groups": 2, "eta": 0.5},
+                },
             },
         },
         "data": {
             "class_path": "lightning_robust.data.PreferenceDataModule",
             "init_args": {
-                "train": "synthetic", "batch_size": 8 // processes, "eval_batch_size": 4,
-                "max_length": 48, "seed": 3,
+                "train": "synthetic",
+                "batch_size": 8 // processes,
+                "eval_batch_size": 4,
+                "max_length": 48,
+                "seed": 3,
                 "synthetic": {"num_train": 40, "num_eval": 8, "seed": 1, "length_pair_share": 0.0},
             },
         },
@@ -123,15 +149,24 @@ def write_config(root: Path, processes: int = 1, kill: dict | None = None) -> Pa
     return path
 
 
-def launch(root: Path, processes: int = 1, kill: dict | None = None, *extra: str) -> subprocess.Popen:
+def launch(
+    root: Path, processes: int = 1, kill: dict | None = None, *extra: str
+) -> subprocess.Popen:
     """``python tests/resume_run.py fit --config ...`` in its own session (so a timeout can end
     every rank it started)."""
     path = write_config(root, processes, kill)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
     return subprocess.Popen(
         [sys.executable, str(RUN_SCRIPT), "fit", "--config", str(path), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=root,
         start_new_session=True,
     )
 
@@ -188,8 +223,10 @@ def metrics(root: Path) -> list[dict]:
 
 def max_param_diff(a: dict, b: dict) -> float:
     assert a["state_dict"].keys() == b["state_dict"].keys()
-    return max((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item()
-               for k in a["state_dict"])
+    return max(
+        (a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item()
+        for k in a["state_dict"]
+    )
 
 
 def metric_diffs(got: list[dict], expected: list[dict]) -> dict:
@@ -216,8 +253,11 @@ def table(processes_list=(1, 2), base: Path | None = None) -> str:
     import tempfile
 
     base = Path(base or tempfile.mkdtemp(prefix="resume_table_"))
-    lines = ["| processes | kill point | max abs param diff | metrics.csv rows (resumed/uninterrupted) "
-             "| max abs metric diff | differing columns |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| processes | kill point | max abs param diff | metrics.csv rows (resumed/uninterrupted) "
+        "| max abs metric diff | differing columns |",
+        "|---|---|---|---|---|---|",
+    ]
     for processes in processes_list:
         ref = base / f"p{processes}_reference"
         code, out = wait(launch(ref, processes))
@@ -230,14 +270,18 @@ def table(processes_list=(1, 2), base: Path | None = None) -> str:
             rows = diffs.pop("rows")
             worst = max(diffs.values(), default=0.0)
             bad = [c for c, v in diffs.items() if v] or ["-"]
-            lines.append(f"| {processes} | {name} | {max_param_diff(final_state(root), expected_state):.3g} "
-                         f"| {rows[0]}/{rows[1]} | {worst:.3g} | {', '.join(bad)} |")
+            lines.append(
+                f"| {processes} | {name} | {max_param_diff(final_state(root), expected_state):.3g} "
+                f"| {rows[0]}/{rows[1]} | {worst:.3g} | {', '.join(bad)} |"
+            )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     counts = tuple(int(a) for a in sys.argv[1:]) or (1, 2)
     print(f"# kill-and-resume table (python tests/resume_helpers.py {' '.join(map(str, counts))})")
-    print(f"# tiny RewardModel + GroupDRO, max_epochs={MAX_EPOCHS}, {STEPS_PER_EPOCH} steps/epoch, "
-          "checkpoint every 2 steps + each epoch end, SIGKILL then --ckpt_path last")
+    print(
+        f"# tiny RewardModel + GroupDRO, max_epochs={MAX_EPOCHS}, {STEPS_PER_EPOCH} steps/epoch, "
+        "checkpoint every 2 steps + each epoch end, SIGKILL then --ckpt_path last"
+    )
     print(table(counts))

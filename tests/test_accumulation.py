@@ -34,18 +34,33 @@ class RecordingRewardModel(RewardModel):
 def _fit(weighting, batch_size: int, accumulate: int = 1, micro_batch_size=None, epochs: int = 2):
     seed_everything(0)
     model = RecordingRewardModel(
-        weighting=weighting, learning_rate=1e-2, warmup_ratio=0.0, lr_schedule="constant",
-        tiny_config=TINY, micro_batch_size=micro_batch_size,
+        weighting=weighting,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        lr_schedule="constant",
+        tiny_config=TINY,
+        micro_batch_size=micro_batch_size,
     )
     model.recorded = []
     data = PreferenceDataModule(
-        train="synthetic", batch_size=batch_size, max_length=48, val_fraction=0.0, shuffle=True,
+        train="synthetic",
+        batch_size=batch_size,
+        max_length=48,
+        val_fraction=0.0,
+        shuffle=True,
         synthetic=SyntheticShiftConfig(num_train=16, num_eval=8, seed=2, length_pair_share=0.0),
     )
     trainer = Trainer(
-        accelerator="cpu", max_epochs=epochs, accumulate_grad_batches=accumulate, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, deterministic=True,
+        accelerator="cpu",
+        max_epochs=epochs,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        deterministic=True,
     )
     try:
         trainer.fit(model, datamodule=data)
@@ -83,7 +98,9 @@ def test_erm_accumulation_4x2_equals_1x8():
 @pytest.mark.parametrize("micro", [2, 4, 8])
 def test_accumulated_scope_is_invariant_to_the_split(full_batch_tv, micro):
     full, full_losses, _ = full_batch_tv
-    params, losses, model = _fit(TVBall(0.3, scope="accumulated"), batch_size=8, micro_batch_size=micro)
+    params, losses, model = _fit(
+        TVBall(0.3, scope="accumulated"), batch_size=8, micro_batch_size=micro
+    )
     assert model.automatic_optimization is False
     assert _max_diff(params, full) < 1e-5
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(full_losses), rtol=0, atol=1e-5)
@@ -100,21 +117,30 @@ def test_local_scope_depends_on_the_split(full_batch_tv):
 def test_accumulated_group_dro_updates_once_per_optimiser_step():
     """GroupDRO under ``accumulated`` sees all 8 pairs at once: its q equals the full batch's."""
     _, _, full = _fit(GroupDRO(2, eta=0.5, scope="global"), batch_size=8, epochs=1)
-    _, _, split = _fit(GroupDRO(2, eta=0.5, scope="accumulated"), batch_size=8, micro_batch_size=2, epochs=1)
+    _, _, split = _fit(
+        GroupDRO(2, eta=0.5, scope="accumulated"), batch_size=8, micro_batch_size=2, epochs=1
+    )
     torch.testing.assert_close(split.weighting.q, full.weighting.q, rtol=0, atol=1e-7)
     assert not torch.allclose(full.weighting.q, torch.full((2,), 0.5, dtype=torch.float64))
 
 
 def test_split_batch_and_concat_terms():
-    batch = {"a": torch.arange(5), "b": torch.ones(5, 3), "names": list("vwxyz"), "scalar": torch.tensor(2.0)}
+    batch = {
+        "a": torch.arange(5),
+        "b": torch.ones(5, 3),
+        "names": list("vwxyz"),
+        "scalar": torch.tensor(2.0),
+    }
     chunks = split_batch(batch, 2)
     assert [c["a"].tolist() for c in chunks] == [[0, 1], [2, 3], [4]]
     assert chunks[2]["names"] == ["z"] and all(c["scalar"] is batch["scalar"] for c in chunks)
     assert split_batch(batch, 5) == [batch]
     with pytest.raises(ValueError, match="micro_batch_size"):
         split_batch(batch, 0)
-    parts = [StepTerms(torch.tensor([1.0, 2.0]), extra=torch.tensor(3.0)),
-             StepTerms(torch.tensor([4.0]), extra=torch.tensor(6.0))]
+    parts = [
+        StepTerms(torch.tensor([1.0, 2.0]), extra=torch.tensor(3.0)),
+        StepTerms(torch.tensor([4.0]), extra=torch.tensor(6.0)),
+    ]
     joined = concat_terms(parts)
     assert joined.losses.tolist() == [1.0, 2.0, 4.0]
     assert joined.extra.item() == pytest.approx((2 * 3.0 + 1 * 6.0) / 3)  # mean over the union
@@ -148,20 +174,35 @@ def _fit_dpo(weighting, micro_batch_size=None):
     from lightning_robust.modules import DPO
 
     seed_everything(0)
-    model = DPO(weighting=weighting, tiny_config=TINY, learning_rate=1e-2, warmup_ratio=0.0,
-                lr_schedule="constant", micro_batch_size=micro_batch_size)
+    model = DPO(
+        weighting=weighting,
+        tiny_config=TINY,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        lr_schedule="constant",
+        micro_batch_size=micro_batch_size,
+    )
     model.configure_model()
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():  # move the policy off its reference (else every loss is log 2)
         for p in model.backbone.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     data = PreferenceDataModule(
-        train="synthetic", batch_size=8, max_length=40, val_fraction=0.0, append_eos=True,
+        train="synthetic",
+        batch_size=8,
+        max_length=40,
+        val_fraction=0.0,
+        append_eos=True,
         synthetic=SyntheticShiftConfig(num_train=16, num_eval=8, seed=2, length_pair_share=0.0),
     )
     trainer = Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=data)

@@ -23,16 +23,50 @@ def _write(path, rows):
 
 @pytest.fixture
 def benchmarks(tmp_path):
-    rb = _write(tmp_path / "rb.jsonl", [
-        {"prompt": "tell me about the weather", "chosen": "it is warm and sunny today", "rejected": "no", "subset": "alpacaeval-easy"},
-        {"prompt": "how do i cook rice", "chosen": "use water and salt then wait", "rejected": "bad food", "subset": "alpacaeval-easy"},
-        {"prompt": "write code", "chosen": "here is the program", "rejected": "sorry no", "subset": "hep-python"},
-        {"prompt": "is it safe", "chosen": "yes it is safe", "rejected": "maybe", "subset": "donotanswer"},
-    ])
-    hhh = _write(tmp_path / "hhh.jsonl", [
-        {"input": "help me", "targets": {"choices": ["sure i can help", "no"], "labels": [1, 0]}, "category": "helpful"},
-        {"input": "is it true", "targets": {"choices": ["i do not know", "yes always"], "labels": [1, 0]}, "category": "honest"},
-    ])
+    rb = _write(
+        tmp_path / "rb.jsonl",
+        [
+            {
+                "prompt": "tell me about the weather",
+                "chosen": "it is warm and sunny today",
+                "rejected": "no",
+                "subset": "alpacaeval-easy",
+            },
+            {
+                "prompt": "how do i cook rice",
+                "chosen": "use water and salt then wait",
+                "rejected": "bad food",
+                "subset": "alpacaeval-easy",
+            },
+            {
+                "prompt": "write code",
+                "chosen": "here is the program",
+                "rejected": "sorry no",
+                "subset": "hep-python",
+            },
+            {
+                "prompt": "is it safe",
+                "chosen": "yes it is safe",
+                "rejected": "maybe",
+                "subset": "donotanswer",
+            },
+        ],
+    )
+    hhh = _write(
+        tmp_path / "hhh.jsonl",
+        [
+            {
+                "input": "help me",
+                "targets": {"choices": ["sure i can help", "no"], "labels": [1, 0]},
+                "category": "helpful",
+            },
+            {
+                "input": "is it true",
+                "targets": {"choices": ["i do not know", "yes always"], "labels": [1, 0]},
+                "category": "honest",
+            },
+        ],
+    )
     return [RewardBench(rb), HHHAlignment(hhh, configs=["helpful", "honest"])]
 
 
@@ -41,22 +75,39 @@ def test_tiny_fit_logs_keys_and_writes_json_and_png(tmp_path, benchmarks):
     previous = {"eval/rewardbench/alpacaeval-easy": 0.5, "eval/hhh/overall": 0.25}
     callback = BenchmarkCallback(benchmarks, output_dir=str(out), previous=previous, max_length=64)
     dm = PreferenceDataModule(
-        train="synthetic", tokenizer="tiny", batch_size=16, max_length=64,
+        train="synthetic",
+        tokenizer="tiny",
+        batch_size=16,
+        max_length=64,
         synthetic=SyntheticShiftConfig(num_train=64, num_eval=32),
     )
     trainer = Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1,
-        logger=CSVLogger(tmp_path, name="logs", version="run"), enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[callback], default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=CSVLogger(tmp_path, name="logs", version="run"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+        default_root_dir=tmp_path,
     )
     model = RewardModel("tiny", learning_rate=1e-3)
     trainer.fit(model, datamodule=dm)
 
     expected = {
-        "eval/rewardbench/alpacaeval-easy", "eval/rewardbench/hep-python", "eval/rewardbench/donotanswer",
-        "eval/rewardbench/chat", "eval/rewardbench/reasoning", "eval/rewardbench/safety",
-        "eval/rewardbench/score", "eval/hhh/helpful", "eval/hhh/honest", "eval/hhh/overall",
+        "eval/rewardbench/alpacaeval-easy",
+        "eval/rewardbench/hep-python",
+        "eval/rewardbench/donotanswer",
+        "eval/rewardbench/chat",
+        "eval/rewardbench/reasoning",
+        "eval/rewardbench/safety",
+        "eval/rewardbench/score",
+        "eval/hhh/helpful",
+        "eval/hhh/honest",
+        "eval/hhh/overall",
     }
     assert expected <= set(trainer.callback_metrics)
     assert "eval/rewardbench/chat_hard" not in trainer.callback_metrics  # missing, not 0
@@ -82,15 +133,26 @@ def test_tiny_fit_logs_keys_and_writes_json_and_png(tmp_path, benchmarks):
 
 
 def test_at_fit_end_only_logs_to_the_loggers(tmp_path, benchmarks):
-    callback = BenchmarkCallback(benchmarks[1:], every_n_epochs=0, output_dir=str(tmp_path / "b"), plot=False)
+    callback = BenchmarkCallback(
+        benchmarks[1:], every_n_epochs=0, output_dir=str(tmp_path / "b"), plot=False
+    )
     dm = PreferenceDataModule(
-        train="synthetic", tokenizer="tiny", batch_size=16, max_length=64,
+        train="synthetic",
+        tokenizer="tiny",
+        batch_size=16,
+        max_length=64,
         synthetic=SyntheticShiftConfig(num_train=32, num_eval=16),
     )
     trainer = Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1,
-        logger=CSVLogger(tmp_path, name="logs", version="run"), enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=CSVLogger(tmp_path, name="logs", version="run"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
         callbacks=[callback],
     )
     trainer.fit(RewardModel("tiny"), datamodule=dm)
@@ -107,7 +169,9 @@ def test_rejects_duplicate_names(benchmarks):
         BenchmarkCallback([benchmarks[0], benchmarks[0]])
 
 
-@pytest.mark.parametrize("name", ["seed000_reward.yaml", "seed000_policy.yaml", "offline_shared.yaml"])
+@pytest.mark.parametrize(
+    "name", ["seed000_reward.yaml", "seed000_policy.yaml", "offline_shared.yaml"]
+)
 def test_eval_configs_build_the_callback_without_loading(name, tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -157,8 +221,16 @@ def test_leaderboard_config_builds_offline(tmp_path, monkeypatch):
 
     config = Path(__file__).resolve().parents[1] / "configs" / "eval" / "seed002_leaderboard.yaml"
     monkeypatch.chdir(tmp_path)
-    cli = build_cli(["--config", str(config), "--trainer.accelerator=cpu", "--trainer.devices=1",
-                     "--trainer.strategy=auto"], run=False)
+    cli = build_cli(
+        [
+            "--config",
+            str(config),
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+            "--trainer.strategy=auto",
+        ],
+        run=False,
+    )
     (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, BenchmarkCallback)]
     (bench,) = callback.benchmarks
     assert isinstance(bench, OpenLLMLeaderboard) and bench.tasks == ["leaderboard"]
@@ -168,13 +240,23 @@ def test_leaderboard_config_builds_offline(tmp_path, monkeypatch):
 def test_mid_epoch_validations_are_skipped(tmp_path, benchmarks):
     callback = BenchmarkCallback(benchmarks[1:], output_dir=str(tmp_path / "b"), plot=False)
     dm = PreferenceDataModule(
-        train="synthetic", tokenizer="tiny", batch_size=16, max_length=64,
+        train="synthetic",
+        tokenizer="tiny",
+        batch_size=16,
+        max_length=64,
         synthetic=SyntheticShiftConfig(num_train=48, num_eval=16),
     )
     trainer = Trainer(
-        accelerator="cpu", max_epochs=1, val_check_interval=1, limit_val_batches=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[callback],
+        accelerator="cpu",
+        max_epochs=1,
+        val_check_interval=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
     )
     trainer.fit(RewardModel("tiny"), datamodule=dm)  # 3 training batches, 3 validations
     assert [(r["stage"], r["global_step"]) for r in callback.history] == [("fit", 3)]

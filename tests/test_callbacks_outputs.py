@@ -33,7 +33,9 @@ def fitted(tmp_path_factory):
             calls.append(("create_repo", repo_id, private))
 
         def upload_folder(self, folder_path, repo_id, commit_message):
-            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            calls.append(
+                ("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir()))
+            )
 
     import huggingface_hub
 
@@ -42,16 +44,24 @@ def fitted(tmp_path_factory):
     table = SampleTable(every_n_steps=2, num_rows=4, to_console=True)
     export = HFExport(push_to_hub="someone/tiny-robust-rm")
     cli = build_cli(
-        ["--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps=3",
-         "--data.init_args.synthetic.num_train=96", "--data.init_args.synthetic.num_eval=32",
-         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
-         "--trainer.enable_progress_bar=false"],
+        [
+            "--config",
+            str(CONFIGS / "quickstart.yaml"),
+            "--trainer.max_steps=3",
+            "--data.init_args.synthetic.num_train=96",
+            "--data.init_args.synthetic.num_eval=32",
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            "--trainer.enable_progress_bar=false",
+        ],
         run=False,
     )
     cli.trainer.callbacks += [table, export]
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     patch.undo()
-    return SimpleNamespace(out=out, table=table, export=export, calls=calls, module=cli.model, trainer=cli.trainer)
+    return SimpleNamespace(
+        out=out, table=table, export=export, calls=calls, module=cli.model, trainer=cli.trainer
+    )
 
 
 def test_sample_table_shows_the_tv_ball_weights(fitted):
@@ -59,7 +69,7 @@ def test_sample_table_shows_the_tv_ball_weights(fitted):
     # tables at batches 0 and 2 of 16 pairs each
     assert len(table.shown_nq) == 32
     first = sorted(table.shown_nq[:16], reverse=True)
-    # TV ball rho=0.4, n=16 (ALGORITHMS.md §1.3): the largest loss gets 1/n + rho (n*q = 7.4), mass
+    # TV ball rho=0.4, n=16 (docs/ALGORITHMS.md §1.3): the largest loss gets 1/n + rho (n*q = 7.4), mass
     # rho is taken from the smallest losses (6 at 0, one at 1 - 0.4 = 0.6), the rest keep 1/n
     expected = [7.4] + [1.0] * 8 + [0.6] + [0.0] * 6
     assert first == pytest.approx(expected, abs=1e-6)  # weights are float32
@@ -73,7 +83,9 @@ def test_sample_table_shows_the_tv_ball_weights(fitted):
     assert "r chosen" in lines[1]
     for r in rows:
         chosen, rejected, loss = float(r[-4]), float(r[-3]), float(r[-2])
-        expected = -torch.nn.functional.logsigmoid(torch.tensor(chosen - rejected, dtype=torch.float64))
+        expected = -torch.nn.functional.logsigmoid(
+            torch.tensor(chosen - rejected, dtype=torch.float64)
+        )
         assert loss == pytest.approx(float(expected), abs=2e-4)  # cells are rounded to 4 decimals
     log_dir = Path(fitted.trainer.log_dir)
     assert (log_dir / "samples.md").read_text().count("## step") == 2
@@ -99,9 +111,16 @@ def test_export_writes_a_loadable_directory_and_card(fitted):
 
 
 def test_adapter_only_card_loads_with_peft():
-    facts = {"module": "DPO", "base_model": "google/gemma-2b-it", "method": {"beta": 0.1},
-             "robust": {"strategy": "KLPenalty", "tau": 1.0, "scope": "local"}, "data": {},
-             "metrics": {"val/rewards/accuracies": 0.75}, "steps": 10, "lora": True}
+    facts = {
+        "module": "DPO",
+        "base_model": "google/gemma-2b-it",
+        "method": {"beta": 0.1},
+        "robust": {"strategy": "KLPenalty", "tau": 1.0, "scope": "local"},
+        "data": {},
+        "metrics": {"val/rewards/accuracies": 0.75},
+        "steps": 10,
+        "lora": True,
+    }
     card = model_card(facts, adapter_only=True)
     assert "library_name: peft" in card and "base_model: google/gemma-2b-it" in card
     assert "AutoPeftModel" in card and "tau=1.0, scope=local" in card
@@ -131,16 +150,25 @@ class _Experiment:
 def test_tracking_dispatches_by_logger(tmp_path):
     tb = type("TensorBoardLogger", (), {"experiment": _Experiment()})()
     wb_calls = []
-    wandb_like = type("WandbLogger", (), {
-        "log_table": lambda self, **kw: wb_calls.append(("table", kw)),
-        "log_image": lambda self, **kw: wb_calls.append(("image", kw)),
-    })()
+    wandb_like = type(
+        "WandbLogger",
+        (),
+        {
+            "log_table": lambda self, **kw: wb_calls.append(("table", kw)),
+            "log_image": lambda self, **kw: wb_calls.append(("image", kw)),
+        },
+    )()
     csv = type("CSVLogger", (), {})()
     trainer = SimpleNamespace(loggers=[tb, wandb_like, csv], global_step=7)
     assert log_table(trainer, "samples", ["a", "b"], [[1, "x|y"]]) == ["tensorboard", "wandb"]
     assert tb.experiment.calls[0] == ("text", "samples", "| a | b |\n|---|---|\n| 1 | x\\|y |", 7)
-    assert wb_calls[0] == ("table", {"key": "samples", "columns": ["a", "b"], "data": [[1, "x|y"]], "step": 7})
-    assert log_histogram(SimpleNamespace(loggers=[tb], global_step=2), "robust/nq", [1.0, 2.0]) == ["tensorboard"]
+    assert wb_calls[0] == (
+        "table",
+        {"key": "samples", "columns": ["a", "b"], "data": [[1, "x|y"]], "step": 7},
+    )
+    assert log_histogram(SimpleNamespace(loggers=[tb], global_step=2), "robust/nq", [1.0, 2.0]) == [
+        "tensorboard"
+    ]
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(1, 1))
@@ -155,8 +183,10 @@ def test_frontier_joins_points_in_step_order_and_marks_start_and_end(tmp_path):
 
     nan = float("nan")
     # the run goes out in KL and then back: KL order would hide the turn
-    points = [{"stage": "train", "step": s, "kl": kl, "proxy": r, "gold": nan}
-              for s, kl, r in [(3, 0.3, 0.3), (1, 0.1, 0.1), (2, 0.5, 0.2), (4, 0.2, 0.4)]]
+    points = [
+        {"stage": "train", "step": s, "kl": kl, "proxy": r, "gold": nan}
+        for s, kl, r in [(3, 0.3, 0.3), (1, 0.1, 0.1), (2, 0.5, 0.2), (4, 0.2, 0.4)]
+    ]
     axis = frontier_figure(points).axes[0]
     path, start, end = axis.lines[:3]
     assert list(path.get_xdata()) == [0.1, 0.5, 0.3, 0.2]  # steps 1, 2, 3, 4
@@ -175,12 +205,31 @@ def test_eval_command_on_the_fit_checkpoint(fitted, tmp_path, capsys):
     from lightning_robust.evals import PairwiseAccuracy, RewardModelScorer
 
     ckpt = next(Path(fitted.out).rglob("last.ckpt"))
-    rows = [{"prompt": f"alpha travel {k}", "chosen": "detail simple answer" * (k % 2 + 1),
-             "rejected": "simple"} for k in range(12)]
+    rows = [
+        {
+            "prompt": f"alpha travel {k}",
+            "chosen": "detail simple answer" * (k % 2 + 1),
+            "rejected": "simple",
+        }
+        for k in range(12)
+    ]
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    results = evaluate.main(["--model", str(ckpt), "--benchmarks", "pairwise", "--source", f"pairwise={data}",
-                             "--output", str(tmp_path / "out"), "--no-plot", "--max-length", "64"])
+    results = evaluate.main(
+        [
+            "--model",
+            str(ckpt),
+            "--benchmarks",
+            "pairwise",
+            "--source",
+            f"pairwise={data}",
+            "--output",
+            str(tmp_path / "out"),
+            "--no-plot",
+            "--max-length",
+            "64",
+        ]
+    )
     assert "(reward scorer)" in capsys.readouterr().out
     module = fitted.module.eval()
     direct = PairwiseAccuracy(source=str(data), split="train").evaluate(

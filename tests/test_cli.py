@@ -21,7 +21,9 @@ SHORT = [
 def fitted(tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
     common = [
-        "--config", str(CONFIGS / "quickstart.yaml"), *SHORT,
+        "--config",
+        str(CONFIGS / "quickstart.yaml"),
+        *SHORT,
         f"--trainer.default_root_dir={out}",
         f"--trainer.logger.init_args.save_dir={out}",
     ]
@@ -31,7 +33,12 @@ def fitted(tmp_path_factory):
 
 def test_fit_reports_in_distribution_and_shifted_accuracy(fitted, capsys):
     _, _, metrics = fitted
-    for key in ("val/accuracy", "val/shifted/accuracy", "val/minority/accuracy", "train/robust/ess"):
+    for key in (
+        "val/accuracy",
+        "val/shifted/accuracy",
+        "val/minority/accuracy",
+        "train/robust/ess",
+    ):
         assert key in metrics and 0.0 <= metrics[key] <= 16.0
 
 
@@ -50,7 +57,8 @@ def test_validate_from_checkpoint_reproduces_fit_metrics(fitted):
 def test_lora_options_from_the_command_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(
-        ["--config", str(CONFIGS / "quickstart.yaml"), "--model.init_args.lora={r: 4, alpha: 8}"], run=False
+        ["--config", str(CONFIGS / "quickstart.yaml"), "--model.init_args.lora={r: 4, alpha: 8}"],
+        run=False,
     )
     cli.model.configure_model()
     assert cli.model.lora_options.r == 4

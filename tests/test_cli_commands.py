@@ -36,9 +36,24 @@ def test_model_help_by_short_name(capsys):
 def test_short_class_names_resolve(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     made = cli.build_cli(
-        ["--model", "DPO", "--model.model_name_or_path", "tiny", "--model.weighting", "TVBall",
-         "--model.weighting.rho", "0.2", "--data", "PreferenceDataModule", "--data.train", "synthetic",
-         "--trainer.accelerator", "cpu", "--trainer.logger", "false"],
+        [
+            "--model",
+            "DPO",
+            "--model.model_name_or_path",
+            "tiny",
+            "--model.weighting",
+            "TVBall",
+            "--model.weighting.rho",
+            "0.2",
+            "--data",
+            "PreferenceDataModule",
+            "--data.train",
+            "synthetic",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+        ],
         run=False,
     )
     from lightning_robust.data.datamodule import PreferenceDataModule
@@ -70,18 +85,51 @@ def test_eval_command_on_a_tiny_model(tmp_path, capsys):
     from lightning_robust import evaluate
     from lightning_robust.evals import MTBenchHuman, RewardBench
 
-    assert cli.main(["eval", "--model", "tiny", "--benchmarks", "mt_bench", "--data", str(SHARED_DATA),
-                     "--max-rows", "2", "--max-length", "96", "--output", str(tmp_path / "x"), "--no-plot"]) is None
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--model",
+                "tiny",
+                "--benchmarks",
+                "mt_bench",
+                "--data",
+                str(SHARED_DATA),
+                "--max-rows",
+                "2",
+                "--max-length",
+                "96",
+                "--output",
+                str(tmp_path / "x"),
+                "--no-plot",
+            ]
+        )
+        is None
+    )
     capsys.readouterr()
     results = evaluate.main(
-        ["--model", "tiny", "--benchmarks", "rewardbench,mt_bench", "--data", str(SHARED_DATA),
-         "--max-rows", "6", "--max-length", "96", "--output", str(tmp_path)]
+        [
+            "--model",
+            "tiny",
+            "--benchmarks",
+            "rewardbench,mt_bench",
+            "--data",
+            str(SHARED_DATA),
+            "--max-rows",
+            "6",
+            "--max-length",
+            "96",
+            "--output",
+            str(tmp_path),
+        ]
     )
     out = capsys.readouterr().out
     assert "benchmark" in out and "llmbar-natural" in out and "turn_1" in out
     written = json.loads((tmp_path / "benchmarks.json").read_text())
     assert written["kind"] == "reward" and set(written["benchmarks"]) == {"rewardbench", "mt_bench"}
-    assert (tmp_path / "rewardbench.png").stat().st_size > 0 and (tmp_path / "mt_bench.png").exists()
+    assert (tmp_path / "rewardbench.png").stat().st_size > 0 and (
+        tmp_path / "mt_bench.png"
+    ).exists()
     # the same numbers as the evaluators called directly on the same tiny reward model
     scorer = evaluate.reward_scorer_loader()("tiny", max_length=96)
     direct = RewardBench(
@@ -97,16 +145,24 @@ def test_eval_command_on_a_tiny_model(tmp_path, capsys):
 
 def _trainer(metrics, step=10, fn="fit"):
     return SimpleNamespace(
-        callback_metrics={k: torch.tensor(v) for k, v in metrics.items()}, sanity_checking=False,
-        is_global_zero=True, global_step=step, current_epoch=0, state=SimpleNamespace(fn=fn),
+        callback_metrics={k: torch.tensor(v) for k, v in metrics.items()},
+        sanity_checking=False,
+        is_global_zero=True,
+        global_step=step,
+        current_epoch=0,
+        state=SimpleNamespace(fn=fn),
     )
 
 
 def test_metrics_table_shows_first_and_last_validation(capsys):
     table = MetricsTable()
-    table.on_validation_end(_trainer({"val/accuracy": 0.5, "val/shifted/accuracy": 0.25, "train/loss": 1.0}), None)
+    table.on_validation_end(
+        _trainer({"val/accuracy": 0.5, "val/shifted/accuracy": 0.25, "train/loss": 1.0}), None
+    )
     table.on_validation_end(_trainer({"val/accuracy": 0.75, "val/shifted/accuracy": 0.5}), None)
-    end = _trainer({"val/accuracy": 0.75, "val/shifted/accuracy": 0.5, "eval/rewardbench/score": 0.6})
+    end = _trainer(
+        {"val/accuracy": 0.75, "val/shifted/accuracy": 0.5, "eval/rewardbench/score": 0.6}
+    )
     table.teardown(end, None, "fit")
     out = capsys.readouterr().out
     assert out.count("== validation at step") == 2 and "train/loss" not in out
@@ -126,7 +182,9 @@ def test_progress_bar_adds_the_module_figures(monkeypatch):
     # Lightning's own items (the prog_bar=True loss) stubbed: the bar adds the module's figures
     monkeypatch.setattr(TQDMProgressBar, "get_metrics", lambda self, t, m: {"train/loss": "0.5"})
     bar = RobustProgressBar()
-    trainer = _trainer({"train/rewards/accuracies": 0.625, "train/rewards/margins": 0.1, "train/kl": 2.0})
+    trainer = _trainer(
+        {"train/rewards/accuracies": 0.625, "train/rewards/margins": 0.1, "train/kl": 2.0}
+    )
     got = bar.get_metrics(trainer, object.__new__(DPO))
     assert got == {"train/loss": "0.5", "accuracies": "0.625", "margins": "0.1"}
     # GRPO: proxy/gold reward and KL; its surrogate loss (~0 by construction) is hidden
@@ -154,7 +212,12 @@ def test_thread_policy(threads_restored):
     assert cli.apply_thread_policy(tiny_cpu) == 1 and torch.get_num_threads() == 1
     torch.set_num_threads(2)
     # a real model, or a GPU run: left to torch
-    assert cli.apply_thread_policy({**tiny_cpu, "model.init_args.model_name_or_path": "google/gemma-2b-it"}) is None
+    assert (
+        cli.apply_thread_policy(
+            {**tiny_cpu, "model.init_args.model_name_or_path": "google/gemma-2b-it"}
+        )
+        is None
+    )
     assert cli.apply_thread_policy({**tiny_cpu, "trainer.accelerator": "gpu"}) is None
     assert torch.get_num_threads() == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins

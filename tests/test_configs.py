@@ -10,10 +10,19 @@ from lightning_robust.cli import build_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Overlays only make sense on top of a full config.
-OVERLAY_DIRS = {"weighting", "strategy", "logger"}  # strategy overlays: tests/test_strategy_configs.py; logger: tests/test_tracking.py
+OVERLAY_DIRS = {
+    "weighting",
+    "strategy",
+    "logger",
+}  # strategy overlays: tests/test_strategy_configs.py; logger: tests/test_tracking.py
 FULL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in OVERLAY_DIRS)
 OVERLAYS = sorted((CONFIGS / "weighting").glob("*.yaml"))
-CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.num_nodes=1"]
+CPU = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.strategy=auto",
+    "--trainer.num_nodes=1",
+]
 
 
 @pytest.mark.parametrize("path", FULL, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -28,8 +37,12 @@ def test_config_constructs_on_cpu(path, tmp_path, monkeypatch):
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_weighting_overlays_apply(overlay, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = build_cli(["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(overlay)], run=False)
-    expected = {"erm": "ERM", "tv": "TVBall", "chi2": "ChiSquareBall", "group_dro": "GroupDRO"}[overlay.stem]
+    cli = build_cli(
+        ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(overlay)], run=False
+    )
+    expected = {"erm": "ERM", "tv": "TVBall", "chi2": "ChiSquareBall", "group_dro": "GroupDRO"}[
+        overlay.stem
+    ]
     assert type(cli.model.weighting).__name__ == expected
 
 

@@ -9,10 +9,22 @@ from lightning_robust.models import load_tokenizer
 
 def features():
     return [
-        {"chosen_input_ids": [5, 6, 7], "chosen_prompt_len": 2, "rejected_input_ids": [5, 6, 8, 9, 10],
-         "rejected_prompt_len": 2, "group": 1, "index": 0},
-        {"chosen_input_ids": [4, 3], "chosen_prompt_len": 1, "rejected_input_ids": [4, 2],
-         "rejected_prompt_len": 1, "group": -1, "index": 7},
+        {
+            "chosen_input_ids": [5, 6, 7],
+            "chosen_prompt_len": 2,
+            "rejected_input_ids": [5, 6, 8, 9, 10],
+            "rejected_prompt_len": 2,
+            "group": 1,
+            "index": 0,
+        },
+        {
+            "chosen_input_ids": [4, 3],
+            "chosen_prompt_len": 1,
+            "rejected_input_ids": [4, 2],
+            "rejected_prompt_len": 1,
+            "group": -1,
+            "index": 7,
+        },
     ]
 
 

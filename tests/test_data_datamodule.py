@@ -33,7 +33,11 @@ def dm_for(tmp_path, **kw):
 
 def good_rows(n, prompts=None):
     return [
-        {"prompt": f"question {i % (prompts or n)}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
+        {
+            "prompt": f"question {i % (prompts or n)}",
+            "chosen": f"good answer {i}",
+            "rejected": f"bad answer {i}",
+        }
         for i in range(n)
     ]
 
@@ -56,7 +60,10 @@ def test_notebook_style_synthetic_default(tmp_path):
     row = dm.datasets["train"].examples[int(batch["index"][0])]
     ids, plen = batch["chosen_input_ids"][0], int(batch["chosen_prompt_len"][0])
     assert dm.tokenizer.decode(ids[:plen]).strip() == row.prompt
-    assert dm.tokenizer.decode(ids[plen : int(batch["chosen_attention_mask"][0].sum())]).strip() == row.chosen
+    assert (
+        dm.tokenizer.decode(ids[plen : int(batch["chosen_attention_mask"][0].sum())]).strip()
+        == row.chosen
+    )
 
 
 def test_train_order_is_seeded(tmp_path):
@@ -89,7 +96,10 @@ def test_split_by_prompt_has_no_overlap(tmp_path):
     assert sorted(train.source_index + val.source_index) == list(range(200))
     again = dm_for(tmp_path, train=path, val_fraction=0.25, seed=3)
     assert again.datasets["val"].source_index == val.source_index
-    assert dm_for(tmp_path, train=path, val_fraction=0.25, seed=4).datasets["val"].source_index != val.source_index
+    assert (
+        dm_for(tmp_path, train=path, val_fraction=0.25, seed=4).datasets["val"].source_index
+        != val.source_index
+    )
 
 
 def test_val_fraction_zero_and_explicit_val(tmp_path):
@@ -110,13 +120,21 @@ def test_parquet_and_max_rows(tmp_path):
 
 
 def test_groups_from_train_first_and_overrides(tmp_path):
-    rows = [{**r, "subset": s, "topic": t} for r, s, t in zip(good_rows(6), "bbaacc", "xyxyxy", strict=True)]
+    rows = [
+        {**r, "subset": s, "topic": t}
+        for r, s, t in zip(good_rows(6), "bbaacc", "xyxyxy", strict=True)
+    ]
     train = write_jsonl(tmp_path / "t.jsonl", rows)
-    other = write_jsonl(tmp_path / "o.jsonl", [{**good_rows(1)[0], "subset": "a0"}, {**good_rows(2)[1], "subset": "z"}])
+    other = write_jsonl(
+        tmp_path / "o.jsonl",
+        [{**good_rows(1)[0], "subset": "a0"}, {**good_rows(2)[1], "subset": "z"}],
+    )
     dm = dm_for(tmp_path, train=train, val_fraction=0.0, eval_sets={"o": other})
     assert dm.group_names == ["a", "b", "c", "a0", "z"]
     assert dm.datasets["o"].groups == [3, 4]
-    dm2 = dm_for(tmp_path, train=train, val_fraction=0.0, group_column="topic", eval_sets={"o": other})
+    dm2 = dm_for(
+        tmp_path, train=train, val_fraction=0.0, group_column="topic", eval_sets={"o": other}
+    )
     assert dm2.group_names == ["x", "y", "a0", "z"]  # eval set lacks 'topic': its schema default
     dm3 = dm_for(tmp_path, train=DataSource(path=train, group_column="topic"), val_fraction=0.0)
     assert dm3.group_names == ["x", "y"]
@@ -128,7 +146,11 @@ def test_unknown_schema_and_missing_file(tmp_path):
     path = write_jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
     with pytest.raises(ValueError) as err:
         dm_for(tmp_path, train=path)
-    assert "odd.jsonl" in str(err.value) and "question" in str(err.value) and "hh_rlhf" in str(err.value)
+    assert (
+        "odd.jsonl" in str(err.value)
+        and "question" in str(err.value)
+        and "hh_rlhf" in str(err.value)
+    )
     with pytest.raises(FileNotFoundError):
         dm_for(tmp_path, train=str(tmp_path / "nope.jsonl"))
 
@@ -156,7 +178,10 @@ def test_bad_row_error_names_file_row_and_field(tmp_path, reason, bad, field):
 
 
 def test_hh_prefix_mismatch_error(tmp_path):
-    rows = [{"chosen": HH + " hi", "rejected": HH + " yo"}, {"chosen": HH + " hi", "rejected": "\n\nHuman: bye\n\nAssistant: no"}]
+    rows = [
+        {"chosen": HH + " hi", "rejected": HH + " yo"},
+        {"chosen": HH + " hi", "rejected": "\n\nHuman: bye\n\nAssistant: no"},
+    ]
     path = write_jsonl(tmp_path / "hh.jsonl", rows)
     with pytest.raises(ValueError, match=r"hh\.jsonl, row 1 .*'rejected'.*prompt_mismatch"):
         dm_for(tmp_path, train=path, val_fraction=0.0)
@@ -168,9 +193,18 @@ def test_skip_counts_and_one_warning(tmp_path, caplog):
         rows.insert(2 * k, bad)
     rows.append({"prompt": "q", "chosen": "x", "rejected": "x"})
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    evalp = write_jsonl(tmp_path / "e.jsonl", [{"prompt": "q", "chosen": "c", "rejected": "c"}, *good_rows(2)])
+    evalp = write_jsonl(
+        tmp_path / "e.jsonl", [{"prompt": "q", "chosen": "c", "rejected": "c"}, *good_rows(2)]
+    )
     with caplog.at_level(logging.WARNING, logger="lightning_robust.data.datamodule"):
-        dm = dm_for(tmp_path, train=path, on_bad_row="skip", max_length=32, val_fraction=0.0, eval_sets={"e": evalp})
+        dm = dm_for(
+            tmp_path,
+            train=path,
+            on_bad_row="skip",
+            max_length=32,
+            val_fraction=0.0,
+            eval_sets={"e": evalp},
+        )
     assert dm.skipped_rows == {
         "train": {"empty": 1, "identical": 2, "missing": 1, "too_long": 1, "wrong_type": 1},
         "e": {"identical": 1},
@@ -183,9 +217,27 @@ def test_skip_counts_and_one_warning(tmp_path, caplog):
 def test_unified_feedback_ties_counted_even_in_error_mode(tmp_path):
     conv = lambda a: [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}]  # noqa: E731
     rows = [
-        {"conv_A": conv("a"), "conv_B": conv("b"), "conv_A_rating": 2, "conv_B_rating": 2, "source": "s1"},
-        {"conv_A": conv("a"), "conv_B": conv("b"), "conv_A_rating": 1, "conv_B_rating": 2, "source": "s2"},
-        {"conv_A": conv("c"), "conv_B": conv("d"), "conv_A_rating": 5, "conv_B_rating": 2, "source": "s1"},
+        {
+            "conv_A": conv("a"),
+            "conv_B": conv("b"),
+            "conv_A_rating": 2,
+            "conv_B_rating": 2,
+            "source": "s1",
+        },
+        {
+            "conv_A": conv("a"),
+            "conv_B": conv("b"),
+            "conv_A_rating": 1,
+            "conv_B_rating": 2,
+            "source": "s2",
+        },
+        {
+            "conv_A": conv("c"),
+            "conv_B": conv("d"),
+            "conv_A_rating": 5,
+            "conv_B_rating": 2,
+            "source": "s1",
+        },
     ]
     dm = dm_for(tmp_path, train=write_jsonl(tmp_path / "uf.jsonl", rows), val_fraction=0.0)
     assert dm.skipped_rows == {"train": {"tie": 1}}
@@ -195,10 +247,17 @@ def test_unified_feedback_ties_counted_even_in_error_mode(tmp_path):
 
 # ------------------------------------------------------------------ construction / CLI
 def test_sources_from_strings_and_dicts():
-    dm = PreferenceDataModule(train="synthetic", val="synthetic:minority", eval_sets={"x": {"path": "a.jsonl", "schema": "hhh"}})
+    dm = PreferenceDataModule(
+        train="synthetic",
+        val="synthetic:minority",
+        eval_sets={"x": {"path": "a.jsonl", "schema": "hhh"}},
+    )
     assert dm.val_source == DataSource(path="synthetic", split="minority")
     assert dm.eval_sources["x"] == DataSource(path="a.jsonl", schema="hhh")
-    assert DataSource("org/data", name="cfg", split="test").describe() == "org/data name=cfg split=test"
+    assert (
+        DataSource("org/data", name="cfg", split="test").describe()
+        == "org/data name=cfg split=test"
+    )
     with pytest.raises(ValueError, match="on_bad_row"):
         PreferenceDataModule(on_bad_row="ignore")
     with pytest.raises(RuntimeError, match="setup"):
@@ -211,12 +270,14 @@ def test_jsonargparse_builds_the_datamodule(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", good_rows(10))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(PreferenceDataModule, "data")
-    cfg = parser.parse_args([
-        f"--data.train={path}",
-        "--data.synthetic.minority_share=0.2",
-        "--data.on_bad_row=skip",
-        '--data.eval_sets={"m": {"path": "synthetic", "split": "minority"}}',
-    ])
+    cfg = parser.parse_args(
+        [
+            f"--data.train={path}",
+            "--data.synthetic.minority_share=0.2",
+            "--data.on_bad_row=skip",
+            '--data.eval_sets={"m": {"path": "synthetic", "split": "minority"}}',
+        ]
+    )
     dm = parser.instantiate_classes(cfg).data
     assert isinstance(dm, PreferenceDataModule)
     assert dm.synthetic.minority_share == 0.2 and dm.on_bad_row == "skip"
@@ -249,9 +310,16 @@ def test_fits_a_trainer_with_several_val_loaders(tmp_path):
 
     dm = PreferenceDataModule(synthetic=SMALL, batch_size=8)
     model = Mean()
-    trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, datamodule=dm)
     assert sorted(set(model.seen)) == [0, 1, 2]
 
@@ -279,7 +347,13 @@ def test_hub_source_calls_load_dataset(monkeypatch):
     source = DataSource("Anthropic/hh-rlhf", split="test", data_dir="harmless-base")
     rows = load_rows(source, max_rows=3)
     assert len(rows) == 3
-    assert calls == [("Anthropic/hh-rlhf", None, {"split": "test", "cache_dir": None, "data_dir": "harmless-base"})]
+    assert calls == [
+        (
+            "Anthropic/hh-rlhf",
+            None,
+            {"split": "test", "cache_dir": None, "data_dir": "harmless-base"},
+        )
+    ]
     assert source.describe() == "Anthropic/hh-rlhf data_dir=harmless-base split=test"
 
 
@@ -287,8 +361,12 @@ def test_hub_source_calls_load_dataset(monkeypatch):
 def test_dynamic_padding_and_no_retokenisation(tmp_path, monkeypatch):
     dm = dm_for(tmp_path, synthetic=SMALL, batch_size=8, max_length=512)
     train = dm.datasets["train"]
-    assert train.lengths == [max(len(p.chosen_input_ids), len(p.rejected_input_ids)) for p in train.pairs]
-    assert train.max_token_id == max(max(p.chosen_input_ids + p.rejected_input_ids) for p in train.pairs)
+    assert train.lengths == [
+        max(len(p.chosen_input_ids), len(p.rejected_input_ids)) for p in train.pairs
+    ]
+    assert train.max_token_id == max(
+        max(p.chosen_input_ids + p.rejected_input_ids) for p in train.pairs
+    )
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("the loaders re-tokenised text")
@@ -296,8 +374,14 @@ def test_dynamic_padding_and_no_retokenisation(tmp_path, monkeypatch):
     monkeypatch.setattr(type(dm.tokenizer), "__call__", no_tokenizing)
     for batch in dm.train_dataloader():
         rows = batch["index"].tolist()
-        width = max(train.lengths[i] for i in rows)  # the longest pair of THIS batch, not max_length
-        assert batch["chosen_input_ids"].shape == batch["rejected_input_ids"].shape == (len(rows), width)
+        width = max(
+            train.lengths[i] for i in rows
+        )  # the longest pair of THIS batch, not max_length
+        assert (
+            batch["chosen_input_ids"].shape
+            == batch["rejected_input_ids"].shape
+            == (len(rows), width)
+        )
         assert width < 512
         for k, i in enumerate(rows):  # the stored ids, as tokenised once in setup()
             n = len(train.pairs[i].chosen_input_ids)
@@ -306,14 +390,26 @@ def test_dynamic_padding_and_no_retokenisation(tmp_path, monkeypatch):
 
 def test_saved_hyperparameters_are_plain_data(tmp_path):
     dm = PreferenceDataModule(
-        train=DataSource(path="synthetic"), eval_sets={"m": DataSource(path="synthetic", split="minority")},
+        train=DataSource(path="synthetic"),
+        eval_sets={"m": DataSource(path="synthetic", split="minority")},
         synthetic=SMALL,
     )
-    assert dm.hparams["train"] == {"path": "synthetic", "name": None, "split": "train", "schema": "auto",
-                                   "group_column": None, "data_dir": None, "source_column": "source",
-                                   "include_sources": None, "exclude_sources": None, "max_rows": None,
-                                   "seed": 0, "mix": None, "mix_weights": None,
-                                   "stopping_strategy": "first_exhausted"}
+    assert dm.hparams["train"] == {
+        "path": "synthetic",
+        "name": None,
+        "split": "train",
+        "schema": "auto",
+        "group_column": None,
+        "data_dir": None,
+        "source_column": "source",
+        "include_sources": None,
+        "exclude_sources": None,
+        "max_rows": None,
+        "seed": 0,
+        "mix": None,
+        "mix_weights": None,
+        "stopping_strategy": "first_exhausted",
+    }
     assert dm.hparams["eval_sets"]["m"]["split"] == "minority"
     assert dm.hparams["synthetic"]["num_train"] == 120
     again = PreferenceDataModule(**dm.hparams)  # what a checkpoint restores

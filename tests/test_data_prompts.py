@@ -73,10 +73,15 @@ def adapt(schema, row):
 
 # ---------------------------------------------------------------- schemas
 def test_schema_detection():
-    assert detect_prompt_schema(["conv_A", "conv_B", "conv_A_rating", "conv_B_rating"]) == "unified_feedback"
+    assert (
+        detect_prompt_schema(["conv_A", "conv_B", "conv_A_rating", "conv_B_rating"])
+        == "unified_feedback"
+    )
     assert detect_prompt_schema(["messages"]) == "messages"
     assert detect_prompt_schema(["prompt"]) == "prompt"
-    assert detect_prompt_schema(["prompt", "chosen", "rejected"]) == "prompt"  # explicit prompt wins
+    assert (
+        detect_prompt_schema(["prompt", "chosen", "rejected"]) == "prompt"
+    )  # explicit prompt wins
     assert detect_prompt_schema(["chosen", "rejected"], HH_ROW) == "hh_rlhf"
     assert detect_prompt_schema(["chosen", "rejected"], {"chosen": MSGS}) == "conversational"
     with pytest.raises(ValueError, match="cannot detect the prompt schema.*columns found"):
@@ -89,8 +94,11 @@ def test_hh_prompt_is_the_first_human_turn_with_the_exact_template():
 
 
 def test_message_schemas_keep_the_messages_before_the_last_assistant_turn():
-    conv = MSGS + [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"},
-                   {"role": "assistant", "content": "ok"}]
+    conv = MSGS + [
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "more"},
+        {"role": "assistant", "content": "ok"},
+    ]
     assert adapt("messages", {"messages": conv}).prompt == conv[:4]
     assert adapt("messages", {"messages": MSGS}).prompt == MSGS  # no assistant turn: all of them
     assert adapt("conversational", {"chosen": conv}).prompt == conv[:4]
@@ -136,12 +144,18 @@ def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path, tiny, tiny_bos
     dm = build(write_jsonl(tmp_path / "p.jsonl", rows), max_prompt_length=4)
     full = tiny(long, add_special_tokens=False)["input_ids"]
     assert dm.train_dataset[0]["prompt_input_ids"] == full[-4:]
-    assert dm.train_dataset[1]["prompt_input_ids"] == tiny("one two", add_special_tokens=False)["input_ids"]
+    assert (
+        dm.train_dataset[1]["prompt_input_ids"]
+        == tiny("one two", add_special_tokens=False)["input_ids"]
+    )
     assert dm.truncated_prompts == {"train": 2}
     # a BOS-prefixed tokenizer keeps its BOS and the last tokens
     enc = encode_prompts([long, "one"], tiny_bos, max_prompt_length=4)
     assert enc.input_ids[0] == [tiny_bos.bos_token_id] + full[-3:]
-    assert enc.input_ids[1] == [tiny_bos.bos_token_id] + tiny("one", add_special_tokens=False)["input_ids"]
+    assert (
+        enc.input_ids[1]
+        == [tiny_bos.bos_token_id] + tiny("one", add_special_tokens=False)["input_ids"]
+    )
     assert enc.truncated == 1
 
 
@@ -154,16 +168,33 @@ def test_chat_template_datamodule_renders_hh_as_one_message_chat(tmp_path, tiny_
 
 
 def test_bad_rows_error_names_file_row_and_field(tmp_path):
-    rows = [{"prompt": "fine"}, {"prompt": "ok"}, {"prompt": "   "}, {"prompt": 5}, {"prompt": "good"}]
+    rows = [
+        {"prompt": "fine"},
+        {"prompt": "ok"},
+        {"prompt": "   "},
+        {"prompt": 5},
+        {"prompt": "good"},
+    ]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(ValueError) as err:
         build(path)
     message = str(err.value)
-    assert path in message and "row 2" in message and "'prompt'" in message and "on_bad_row='skip'" in message
+    assert (
+        path in message
+        and "row 2" in message
+        and "'prompt'" in message
+        and "on_bad_row='skip'" in message
+    )
 
 
 def test_bad_rows_are_skipped_and_counted(tmp_path):
-    rows = [{"prompt": "fine"}, {"prompt": "   "}, {"prompt": None}, {"prompt": [{"role": "user"}]}, {"prompt": "good"}]
+    rows = [
+        {"prompt": "fine"},
+        {"prompt": "   "},
+        {"prompt": None},
+        {"prompt": [{"role": "user"}]},
+        {"prompt": "good"},
+    ]
     dm = build(write_jsonl(tmp_path / "bad.jsonl", rows), on_bad_row="skip")
     assert dm.skipped_rows == {"empty": 1, "missing": 1, "wrong_type": 1}
     assert len(dm.train_dataset) == 2
@@ -186,7 +217,11 @@ def test_unknown_schema_and_options_are_named(tmp_path):
 
 
 def test_group_column_becomes_group_ids(tmp_path):
-    rows = [{"prompt": "a", "group": "x"}, {"prompt": "b", "group": "y"}, {"prompt": "c", "group": "x"}]
+    rows = [
+        {"prompt": "a", "group": "x"},
+        {"prompt": "b", "group": "y"},
+        {"prompt": "c", "group": "x"},
+    ]
     dm = build(write_jsonl(tmp_path / "g.jsonl", rows), batch_size=3)
     batch = next(iter(dm.train_dataloader()))
     assert dm.group_names == ["x", "y"]
@@ -201,7 +236,13 @@ def test_synthetic_default_and_full_pass_through_dataloaders():
     assert len(dm.train_dataset) == 20 and len(dm.val_dataset) == 7
     seen = []
     for batch in dm.train_dataloader():
-        assert set(batch) == {"prompt_input_ids", "prompt_attention_mask", "index", "prompts", "group"}
+        assert set(batch) == {
+            "prompt_input_ids",
+            "prompt_attention_mask",
+            "index",
+            "prompts",
+            "group",
+        }
         assert bool(batch["prompt_attention_mask"][:, -1].all())
         for k, i in enumerate(batch["index"].tolist()):
             assert batch["prompts"][k] == dm.train_dataset.prompts[i]
@@ -220,7 +261,9 @@ def test_order_is_deterministic_given_the_seed():
         return next(iter(dm.train_dataloader()))
 
     a, b, c = first(0), first(0), first(1)
-    assert torch.equal(a["prompt_input_ids"], b["prompt_input_ids"]) and a["prompts"] == b["prompts"]
+    assert (
+        torch.equal(a["prompt_input_ids"], b["prompt_input_ids"]) and a["prompts"] == b["prompts"]
+    )
     assert a["index"].tolist() != c["index"].tolist()
 
 
@@ -234,7 +277,10 @@ def test_val_fraction_holds_out_whole_prompts(tmp_path):
 
 def test_collator_pads_on_the_left_only():
     out = PromptCollator(pad_token_id=0)(
-        [{"prompt_input_ids": [5, 6, 7], "prompt": "a", "index": 0}, {"prompt_input_ids": [8], "prompt": "b", "index": 1}]
+        [
+            {"prompt_input_ids": [5, 6, 7], "prompt": "a", "index": 0},
+            {"prompt_input_ids": [8], "prompt": "b", "index": 1},
+        ]
     )
     assert out["prompt_input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
     assert out["prompt_attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
@@ -252,4 +298,7 @@ def test_real_hh_rows_give_their_first_human_turn(tmp_path, tiny):
         assert first_turn.startswith("\n\nHuman:")
         expected = "\n\nHuman: " + first_turn[len("\n\nHuman:") :].strip() + "\n\nAssistant:"
         assert dm.train_dataset.prompts[k] == expected
-        assert dm.train_dataset[k]["prompt_input_ids"] == tiny(expected, add_special_tokens=False)["input_ids"]
+        assert (
+            dm.train_dataset[k]["prompt_input_ids"]
+            == tiny(expected, add_special_tokens=False)["input_ids"]
+        )

@@ -51,7 +51,9 @@ def test_one_megabatch_gives_the_sorted_lengths_cut_into_batches():
     sampler = LengthGroupedSampler(lengths, batch_size=8, megabatch_factor=7)  # 56 >= 50
     got = batches(sampler, 8)
     expected = batches(sorted(lengths, reverse=True), 8)
-    assert sorted(sorted((lengths[i] for i in b), reverse=True) for b in got[:-1]) == sorted(expected[:-1])
+    assert sorted(sorted((lengths[i] for i in b), reverse=True) for b in got[:-1]) == sorted(
+        expected[:-1]
+    )
     assert sorted((lengths[i] for i in got[-1]), reverse=True) == expected[-1] and len(got[-1]) == 2
 
 
@@ -117,7 +119,9 @@ def test_ranks_split_the_data_evenly_and_step_together(n, drop_last):
     elif drop_last:
         assert len(set(flat)) == len(flat) == per_rank * world  # disjoint, tail dropped
     else:
-        assert set(flat) == set(range(n)) and len(flat) - n == world - n % world  # padded by repeats
+        assert (
+            set(flat) == set(range(n)) and len(flat) - n == world - n % world
+        )  # padded by repeats
     # step k of every rank comes from the same global batch (similar lengths on all ranks)
     global_batches = samplers[0].global_batches()
     for k, gb in enumerate(global_batches):
@@ -187,8 +191,14 @@ def test_trainer_sets_the_epoch_and_every_epoch_covers_the_data(tmp_path):
 
     dm = dm_for(tmp_path, batch_size=8, group_by_length=True, megabatch_factor=2)
     trainer = Trainer(
-        accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[Record()],
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Record()],
     )
     trainer.fit(Tiny(), datamodule=dm)
     n = len(dm.datasets["train"])

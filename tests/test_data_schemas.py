@@ -35,7 +35,10 @@ def test_hh_rlhf_splits_at_last_assistant_turn():
 
 def test_conversational_implicit_prompt():
     prompt = [msg("user", "hi"), msg("assistant", "yo"), msg("user", "q")]
-    row = {"chosen": prompt + [msg("assistant", "good")], "rejected": prompt + [msg("assistant", "bad")]}
+    row = {
+        "chosen": prompt + [msg("assistant", "good")],
+        "rejected": prompt + [msg("assistant", "bad")],
+    }
     ex = adapt("conversational", row)
     assert ex.prompt == prompt and (ex.chosen, ex.rejected) == ("good", "bad")
 
@@ -80,7 +83,9 @@ def test_unified_feedback_tie_is_dropped_not_an_error():
 
 
 def test_rewardbench_group_is_subset():
-    ex = adapt("rewardbench", {"prompt": "p", "chosen": "a", "rejected": "b", "subset": "llmbar-natural"})
+    ex = adapt(
+        "rewardbench", {"prompt": "p", "chosen": "a", "rejected": "b", "subset": "llmbar-natural"}
+    )
     assert ex.group == "llmbar-natural"
 
 
@@ -99,7 +104,14 @@ def test_pair_label(label, chosen):
 
 
 def test_mt_bench_human_turns_and_ties():
-    conv = lambda x: [msg("user", "q1"), msg("assistant", x + "1"), msg("user", "q2"), msg("assistant", x + "2")]  # noqa: E731
+    def conv(x):
+        return [
+            msg("user", "q1"),
+            msg("assistant", x + "1"),
+            msg("user", "q2"),
+            msg("assistant", x + "2"),
+        ]
+
     row = {"conversation_a": conv("a"), "conversation_b": conv("b"), "winner": "model_b", "turn": 1}
     ex = adapt("mt_bench_human", row)
     assert ex.prompt == [msg("user", "q1")] and (ex.chosen, ex.rejected) == ("b1", "a1")
@@ -116,12 +128,21 @@ def test_mt_bench_human_turns_and_ties():
         ({"prompt": "p", "chosen": "a", "rejected": "b"}, "preference"),
         ({"chosen": HH_PROMPT + " a", "rejected": HH_PROMPT + " b"}, "hh_rlhf"),
         ({"chosen": [msg("user", "q"), msg("assistant", "a")], "rejected": []}, "conversational"),
-        ({"prompt": [msg("user", "q")], "chosen": [msg("assistant", "a")], "rejected": []}, "conversational"),
-        ({"conv_A": [], "conv_B": [], "conv_A_rating": 1, "conv_B_rating": 2, "source": "s"}, "unified_feedback"),
+        (
+            {"prompt": [msg("user", "q")], "chosen": [msg("assistant", "a")], "rejected": []},
+            "conversational",
+        ),
+        (
+            {"conv_A": [], "conv_B": [], "conv_A_rating": 1, "conv_B_rating": 2, "source": "s"},
+            "unified_feedback",
+        ),
         ({"prompt": "p", "chosen": "a", "rejected": "b", "subset": "s", "id": "x"}, "rewardbench"),
         ({"input": "q", "targets": {}}, "hhh"),
         ({"input": "q", "output_1": "a", "output_2": "b", "label": 1}, "pair_label"),
-        ({"conversation_a": [], "conversation_b": [], "winner": "tie", "turn": 1}, "mt_bench_human"),
+        (
+            {"conversation_a": [], "conversation_b": [], "winner": "tie", "turn": 1},
+            "mt_bench_human",
+        ),
     ],
 )
 def test_detect_schema(row, schema):
@@ -149,22 +170,97 @@ BAD_ROWS = [
     ("preference", {"prompt": "p", "chosen": "", "rejected": "b"}, "empty", "chosen"),
     ("preference", {"prompt": "p", "chosen": 3, "rejected": "b"}, "wrong_type", "chosen"),
     ("preference", {"prompt": "p", "chosen": "same", "rejected": "same "}, "identical", "chosen"),
-    ("hh_rlhf", {"chosen": HH_PROMPT + " a", "rejected": "\n\nHuman: other\n\nAssistant: b"}, "prompt_mismatch", "rejected"),
+    (
+        "hh_rlhf",
+        {"chosen": HH_PROMPT + " a", "rejected": "\n\nHuman: other\n\nAssistant: b"},
+        "prompt_mismatch",
+        "rejected",
+    ),
     ("hh_rlhf", {"chosen": "no turns here", "rejected": "x"}, "wrong_type", "chosen"),
     ("hh_rlhf", {"chosen": HH_PROMPT + " ", "rejected": HH_PROMPT + " b"}, "empty", "chosen"),
-    ("conversational", {"chosen": [msg("user", "q"), msg("assistant", "a")], "rejected": [msg("user", "Q"), msg("assistant", "b")]}, "prompt_mismatch", "rejected"),
-    ("conversational", {"chosen": [msg("user", "q"), msg("user", "a")], "rejected": [msg("user", "q"), msg("assistant", "b")]}, "wrong_type", "chosen"),
+    (
+        "conversational",
+        {
+            "chosen": [msg("user", "q"), msg("assistant", "a")],
+            "rejected": [msg("user", "Q"), msg("assistant", "b")],
+        },
+        "prompt_mismatch",
+        "rejected",
+    ),
+    (
+        "conversational",
+        {
+            "chosen": [msg("user", "q"), msg("user", "a")],
+            "rejected": [msg("user", "q"), msg("assistant", "b")],
+        },
+        "wrong_type",
+        "chosen",
+    ),
     ("conversational", {"chosen": "text", "rejected": [msg("user", "q")]}, "wrong_type", "chosen"),
     ("conversational", {"chosen": [{"role": "user"}], "rejected": []}, "wrong_type", "chosen"),
-    ("unified_feedback", {"conv_A": [msg("user", "q"), msg("assistant", "a")], "conv_B": [msg("user", "x"), msg("assistant", "b")], "conv_A_rating": 1, "conv_B_rating": 2}, "prompt_mismatch", "conv_B"),
-    ("unified_feedback", {"conv_A": [msg("user", "q"), msg("assistant", "a")], "conv_B": [msg("user", "q"), msg("assistant", "b")], "conv_A_rating": "high", "conv_B_rating": 2}, "wrong_type", "conv_A_rating"),
-    ("hhh", {"input": "q", "targets": {"choices": ["x", "y"], "labels": [1, 1]}}, "bad_label", "targets"),
-    ("hhh", {"input": "q", "targets": {"choices": ["x", "y", "z"], "labels": [1, 0, 0]}}, "bad_label", "targets"),
-    ("hhh", {"input": "q", "targets": {"choices": ["x", "x"], "labels": [1, 0]}}, "identical", "chosen"),
+    (
+        "unified_feedback",
+        {
+            "conv_A": [msg("user", "q"), msg("assistant", "a")],
+            "conv_B": [msg("user", "x"), msg("assistant", "b")],
+            "conv_A_rating": 1,
+            "conv_B_rating": 2,
+        },
+        "prompt_mismatch",
+        "conv_B",
+    ),
+    (
+        "unified_feedback",
+        {
+            "conv_A": [msg("user", "q"), msg("assistant", "a")],
+            "conv_B": [msg("user", "q"), msg("assistant", "b")],
+            "conv_A_rating": "high",
+            "conv_B_rating": 2,
+        },
+        "wrong_type",
+        "conv_A_rating",
+    ),
+    (
+        "hhh",
+        {"input": "q", "targets": {"choices": ["x", "y"], "labels": [1, 1]}},
+        "bad_label",
+        "targets",
+    ),
+    (
+        "hhh",
+        {"input": "q", "targets": {"choices": ["x", "y", "z"], "labels": [1, 0, 0]}},
+        "bad_label",
+        "targets",
+    ),
+    (
+        "hhh",
+        {"input": "q", "targets": {"choices": ["x", "x"], "labels": [1, 0]}},
+        "identical",
+        "chosen",
+    ),
     ("hhh", {"input": "q"}, "missing", "targets"),
-    ("pair_label", {"input": "q", "output_1": "a", "output_2": "b", "label": 3}, "bad_label", "label"),
-    ("pair_label", {"input": "q", "output_1": "a", "output_2": "b", "label": "1"}, "wrong_type", "label"),
-    ("mt_bench_human", {"conversation_a": [msg("user", "q"), msg("assistant", "a")], "conversation_b": [msg("user", "q"), msg("assistant", "b")], "winner": "model_c"}, "bad_label", "winner"),
+    (
+        "pair_label",
+        {"input": "q", "output_1": "a", "output_2": "b", "label": 3},
+        "bad_label",
+        "label",
+    ),
+    (
+        "pair_label",
+        {"input": "q", "output_1": "a", "output_2": "b", "label": "1"},
+        "wrong_type",
+        "label",
+    ),
+    (
+        "mt_bench_human",
+        {
+            "conversation_a": [msg("user", "q"), msg("assistant", "a")],
+            "conversation_b": [msg("user", "q"), msg("assistant", "b")],
+            "winner": "model_c",
+        },
+        "bad_label",
+        "winner",
+    ),
 ]
 
 
@@ -176,11 +272,19 @@ def test_bad_row_classes(schema, row, reason, field):
 
 
 def test_adapt_rows_error_names_source_row_and_field():
-    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a", "rejected": "a"}]
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "p", "chosen": "a", "rejected": "a"},
+    ]
     with pytest.raises(ValueError) as err:
         adapt_rows(rows, SCHEMAS["preference"], None, "error", "data/pairs.jsonl")
     text = str(err.value)
-    assert "data/pairs.jsonl" in text and "row 1" in text and "'chosen'" in text and "identical" in text
+    assert (
+        "data/pairs.jsonl" in text
+        and "row 1" in text
+        and "'chosen'" in text
+        and "identical" in text
+    )
 
 
 def test_adapt_rows_skip_counts_per_reason():

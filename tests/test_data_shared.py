@@ -13,14 +13,19 @@ from lightning_robust.data.schemas import SCHEMAS
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = [
     pytest.mark.shared_data,
-    pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not found: real-data tests need it beside the repo"),
+    pytest.mark.skipif(
+        not SHARED_DATA.exists(),
+        reason="../shared/data not found: real-data tests need it beside the repo",
+    ),
 ]
 HH = SHARED_DATA / "hh_rlhf_harmless_base" / "harmless_base_test_shared.jsonl"
 FILES = {
     "hh": str(HH),
     "hhh": str(SHARED_DATA / "hhh_alignment" / "*.jsonl"),
     "mt_bench": str(SHARED_DATA / "mt_bench_human_pairs" / "llmbar_mtbench_shared.jsonl"),
-    "rewardbench": str(SHARED_DATA / "rewardbench_llmbar" / "llmbar_rewardbench_format_shared.jsonl"),
+    "rewardbench": str(
+        SHARED_DATA / "rewardbench_llmbar" / "llmbar_rewardbench_format_shared.jsonl"
+    ),
 }
 TINY_SYNTH = SyntheticShiftConfig(num_train=32, num_eval=8)
 
@@ -75,7 +80,15 @@ def test_hh_bad_rows_error_and_skip_counts(tmp_path):
 
 
 def test_hh_split_by_prompt(tmp_path):
-    dm = build(tmp_path, train=str(HH), tokenizer="tiny", on_bad_row="skip", max_length=1024, val_fraction=0.2, seed=7)
+    dm = build(
+        tmp_path,
+        train=str(HH),
+        tokenizer="tiny",
+        on_bad_row="skip",
+        max_length=1024,
+        val_fraction=0.2,
+        seed=7,
+    )
     train = {prompt_key(e.prompt) for e in dm.datasets["train"].examples}
     val = {prompt_key(e.prompt) for e in dm.datasets["val"].examples}
     assert not train & val
@@ -85,14 +98,31 @@ def test_hh_split_by_prompt(tmp_path):
 @pytest.mark.parametrize("tokenizer", ["tiny", "minilm"])
 @pytest.mark.parametrize("name", list(FILES))
 def test_loads_as_train_and_as_eval_set(tmp_path, name, tokenizer):
-    max_length = 512 if tokenizer == "minilm" else 1024  # the tiny tokenizer splits rare words into bytes
-    dm = build(tmp_path, train=FILES[name], tokenizer=tokenizer, on_bad_row="skip", max_length=max_length, batch_size=4)
+    max_length = (
+        512 if tokenizer == "minilm" else 1024
+    )  # the tiny tokenizer splits rare words into bytes
+    dm = build(
+        tmp_path,
+        train=FILES[name],
+        tokenizer=tokenizer,
+        on_bad_row="skip",
+        max_length=max_length,
+        batch_size=4,
+    )
     batch = next(iter(dm.train_dataloader()))
-    assert batch["chosen_input_ids"].shape[1] <= max_length and batch["chosen_input_ids"].shape[0] == 4
+    assert (
+        batch["chosen_input_ids"].shape[1] <= max_length and batch["chosen_input_ids"].shape[0] == 4
+    )
     kept = len(dm.datasets["train"]) + len(dm.datasets["val"])
     skipped = sum(n for counts in dm.skipped_rows.values() for n in counts.values())
     assert kept + skipped == len(read_jsonl_glob(FILES[name])) and kept > 0.5 * (kept + skipped)
-    ev = build(tmp_path, synthetic=TINY_SYNTH, tokenizer=tokenizer, on_bad_row="skip", eval_sets={name: FILES[name]})
+    ev = build(
+        tmp_path,
+        synthetic=TINY_SYNTH,
+        tokenizer=tokenizer,
+        on_bad_row="skip",
+        eval_sets={name: FILES[name]},
+    )
     assert ev.val_set_names[-1] == name
     assert len(next(iter(ev.val_dataloader()[-1]))["index"]) > 0
 
@@ -115,7 +145,9 @@ def test_hhh_chosen_is_labelled_choice_and_groups(tmp_path):
 
 
 def test_mt_bench_pairs_follow_label(tmp_path):
-    dm = build(tmp_path, train=FILES["mt_bench"], tokenizer="tiny", max_length=4096, val_fraction=0.0)
+    dm = build(
+        tmp_path, train=FILES["mt_bench"], tokenizer="tiny", max_length=4096, val_fraction=0.0
+    )
     rows = read_jsonl(FILES["mt_bench"])
     ds = dm.datasets["train"]
     assert len(ds) == 101
@@ -124,11 +156,21 @@ def test_mt_bench_pairs_follow_label(tmp_path):
 
 
 def test_rewardbench_subsets_are_groups_and_minilm_boundary(tmp_path):
-    dm = build(tmp_path, train=FILES["rewardbench"], tokenizer="minilm", on_bad_row="skip", val_fraction=0.0, batch_size=2, shuffle=False)
+    dm = build(
+        tmp_path,
+        train=FILES["rewardbench"],
+        tokenizer="minilm",
+        on_bad_row="skip",
+        val_fraction=0.0,
+        batch_size=2,
+        shuffle=False,
+    )
     assert len(dm.group_names) == 5 and all(g.startswith("llmbar-") for g in dm.group_names)
     batch = next(iter(dm.train_dataloader()))
     tok, ex = dm.tokenizer, dm.datasets["train"].examples[0]
     ids = batch["chosen_input_ids"][0][batch["chosen_attention_mask"][0] == 1].tolist()
     plen = int(batch["chosen_prompt_len"][0])
     assert ids[plen - 1] == tok.sep_token_id
-    assert tok.decode(ids[plen:], skip_special_tokens=True) == tok.decode(tok(ex.chosen, add_special_tokens=False)["input_ids"])
+    assert tok.decode(ids[plen:], skip_special_tokens=True) == tok.decode(
+        tok(ex.chosen, add_special_tokens=False)["input_ids"]
+    )

@@ -70,20 +70,28 @@ def test_max_rows_is_a_seeded_random_subset(files):
 def test_mixing_follows_the_weights(tmp_path):
     big_x = _write(tmp_path / "bx.jsonl", _pairs("x", 2000))
     big_y = _write(tmp_path / "by.jsonl", _pairs("y", 2000))
-    src = as_source({"path": "mix", "mix": [big_x, {"path": big_y}], "mix_weights": [3, 1], "seed": 0})
+    src = as_source(
+        {"path": "mix", "mix": [big_x, {"path": big_y}], "mix_weights": [3, 1], "seed": 0}
+    )
     rows = load_rows(src)
     tags = Counter(p.split()[0] for p in rows["prompt"])
     share = tags["x"] / (tags["x"] + tags["y"])
     # first_exhausted stops when x runs out: ~2000 x rows and ~667 y rows (share 0.75)
     assert abs(share - 0.75) < 0.03, tags
     assert load_rows(src)["prompt"] == rows["prompt"]  # seeded
-    full = load_rows(DataSource("mix", mix=[big_x, big_y], mix_weights=[3, 1], stopping_strategy="all_exhausted"))
+    full = load_rows(
+        DataSource("mix", mix=[big_x, big_y], mix_weights=[3, 1], stopping_strategy="all_exhausted")
+    )
     assert Counter(p.split()[0] for p in full["prompt"])["y"] >= 2000  # every y row seen
     assert "mix(" in src.describe()
 
 
 def test_bad_mixing_weights_name_the_option(files):
-    for weights, match in [([1, -1], "finite and >= 0"), ([0, 0], "sum to zero"), ([1], "2 `mix` sources")]:
+    for weights, match in [
+        ([1, -1], "finite and >= 0"),
+        ([0, 0], "sum to zero"),
+        ([1], "2 `mix` sources"),
+    ]:
         with pytest.raises(ValueError, match=match) as err:
             DataSource("mix", mix=[files["x"], files["y"]], mix_weights=weights)
         assert "mix_weights" in str(err.value)
@@ -115,7 +123,9 @@ def test_preference_and_prompt_datamodules_read_filtered_mixtures(files):
     pm.setup("fit")
     assert len(pm.datasets["train"]) == n_train
     with pytest.raises(ValueError, match="include_sources removed every row"):
-        PromptDataModule(train={"path": files["x"], "include_sources": ["nope"]}, val=files["y"]).setup("fit")
+        PromptDataModule(
+            train={"path": files["x"], "include_sources": ["nope"]}, val=files["y"]
+        ).setup("fit")
 
 
 def test_a_filter_value_that_never_occurs_is_logged(files, caplog):

@@ -23,13 +23,21 @@ def beta_share(rows):
 def test_deterministic_given_seed_and_knobs():
     cfg = SyntheticShiftConfig(num_train=300, num_eval=50, seed=3)
     assert generate(cfg) == generate(SyntheticShiftConfig(num_train=300, num_eval=50, seed=3))
-    assert generate(cfg)["train"] != generate(SyntheticShiftConfig(num_train=300, num_eval=50, seed=4))["train"]
+    assert (
+        generate(cfg)["train"]
+        != generate(SyntheticShiftConfig(num_train=300, num_eval=50, seed=4))["train"]
+    )
     # the training split does not depend on the size of the evaluation splits
-    assert generate(cfg)["train"] == generate(SyntheticShiftConfig(num_train=300, num_eval=80, seed=3))["train"]
+    assert (
+        generate(cfg)["train"]
+        == generate(SyntheticShiftConfig(num_train=300, num_eval=80, seed=3))["train"]
+    )
 
 
 def test_split_sizes_and_domain_shares():
-    cfg = SyntheticShiftConfig(num_train=1000, num_eval=200, minority_share=0.15, shifted_minority_share=0.6)
+    cfg = SyntheticShiftConfig(
+        num_train=1000, num_eval=200, minority_share=0.15, shifted_minority_share=0.6
+    )
     data = generate(cfg)
     assert [len(data[s]) for s in SPLITS] == [1000, 200, 200, 200]
     assert beta_share(data["train"]) == pytest.approx(0.15)
@@ -52,7 +60,13 @@ def test_no_prompt_shared_between_splits_and_marker_tells_domain():
 
 def test_only_tiny_words_and_one_token_each():
     data = generate(SyntheticShiftConfig(num_train=200, num_eval=20))
-    words = {w for rows in data.values() for r in rows for key in ("prompt", "chosen", "rejected") for w in r[key].split()}
+    words = {
+        w
+        for rows in data.values()
+        for r in rows
+        for key in ("prompt", "chosen", "rejected")
+        for w in r[key].split()
+    }
     assert words <= set(TINY_WORDS)
     tok = load_tokenizer("tiny")
     row = data["train"][0]
@@ -84,7 +98,9 @@ def test_noise_free_labels_follow_the_rule():
 
 def test_conflict_knob():
     def rules(conflict):
-        rows = generate(SyntheticShiftConfig(num_train=2000, num_eval=10, minority_share=0.5, conflict=conflict))["train"]
+        rows = generate(
+            SyntheticShiftConfig(num_train=2000, num_eval=10, minority_share=0.5, conflict=conflict)
+        )["train"]
         assert all(r["rule"] == "alpha" for r in rows if r["group"] == "alpha")
         return [r["rule"] for r in rows if r["group"] == "beta"]
 
@@ -96,7 +112,9 @@ def test_conflict_knob():
 
 
 def test_length_pair_share_knob():
-    rows = generate(SyntheticShiftConfig(num_train=2000, num_eval=10, length_pair_share=0.4))["train"]
+    rows = generate(SyntheticShiftConfig(num_train=2000, num_eval=10, length_pair_share=0.4))[
+        "train"
+    ]
     share = Counter(r["kind"] for r in rows)["length"] / len(rows)
     assert abs(share - 0.4) < 4 * math.sqrt(0.24 / len(rows))
 

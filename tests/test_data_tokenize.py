@@ -68,7 +68,10 @@ def test_tiny_concatenation_boundary(tiny):
     assert isinstance(out, EncodedPair)
     assert out.chosen_prompt_len == out.rejected_prompt_len == 4  # one token per word
     assert out.chosen_input_ids[:4] == out.rejected_input_ids[:4]
-    assert split(tiny, out.chosen_input_ids, out.chosen_prompt_len) == (" alpha travel please help", " good answer here")
+    assert split(tiny, out.chosen_input_ids, out.chosen_prompt_len) == (
+        " alpha travel please help",
+        " good answer here",
+    )
     assert split(tiny, out.rejected_input_ids, out.rejected_prompt_len)[1] == " bad"
 
 
@@ -76,7 +79,11 @@ def test_minilm_pair_encoding(minilm):
     ex = PreferenceExample("what is the capital of france?", "paris is the capital.", "london")
     out = one([ex], minilm)
     ids, plen = out.chosen_input_ids, out.chosen_prompt_len
-    assert ids[0] == minilm.cls_token_id and ids[plen - 1] == minilm.sep_token_id and ids[-1] == minilm.sep_token_id
+    assert (
+        ids[0] == minilm.cls_token_id
+        and ids[plen - 1] == minilm.sep_token_id
+        and ids[-1] == minilm.sep_token_id
+    )
     assert minilm.decode(ids[1 : plen - 1]) == "what is the capital of france?"
     assert minilm.decode(ids[plen:-1]) == "paris is the capital."
     assert ids == minilm(ex.prompt, ex.chosen)["input_ids"]
@@ -122,7 +129,9 @@ def test_left_truncation_keeps_leading_bos(tiny_bos):
 )
 def test_over_long_counts_special_tokens(name, max_length, fits):
     tok = load_tokenizer(name)
-    out = one([PreferenceExample("a question here", "one two three", "four")], tok, max_length=max_length)
+    out = one(
+        [PreferenceExample("a question here", "one two three", "four")], tok, max_length=max_length
+    )
     if fits:  # the prompt is cut to nothing but the answer (and [CLS] [SEP] .. [SEP]) fits
         assert isinstance(out, EncodedPair) and len(out.chosen_input_ids) == max_length
     else:
@@ -136,8 +145,13 @@ def test_over_long_rejected_field(tiny):
 
 def test_append_eos(tiny, minilm):
     out = one([PreferenceExample("q", "yes", "no")], tiny, append_eos=True)
-    assert out.chosen_input_ids[-1] == tiny.eos_token_id and out.rejected_input_ids[-1] == tiny.eos_token_id
-    assert isinstance(one([PreferenceExample("q", "one two", "no")], tiny, max_length=2, append_eos=True), BadRow)
+    assert (
+        out.chosen_input_ids[-1] == tiny.eos_token_id
+        and out.rejected_input_ids[-1] == tiny.eos_token_id
+    )
+    assert isinstance(
+        one([PreferenceExample("q", "one two", "no")], tiny, max_length=2, append_eos=True), BadRow
+    )
     with pytest.raises(ValueError, match="no eos"):
         encode_examples([PreferenceExample("q", "yes", "no")], minilm, 32, append_eos=True)
 
@@ -153,12 +167,18 @@ def test_chat_template_with_hh_prompt(tiny_chat):
 def test_chat_template_with_messages_and_plain_prompt(tiny_chat):
     msgs = [{"role": "user", "content": "what time"}]
     out = one([PreferenceExample(msgs, "one hour", "two")], tiny_chat)
-    assert split(tiny_chat, out.chosen_input_ids, out.chosen_prompt_len)[0] == "<s> user what time </s> assistant"
+    assert (
+        split(tiny_chat, out.chosen_input_ids, out.chosen_prompt_len)[0]
+        == "<s> user what time </s> assistant"
+    )
     out2 = one([PreferenceExample("what time", "one hour", "two")], tiny_chat)
     assert out2 == out  # a plain text prompt becomes one user turn
     # chat_template=False renders messages as hh text instead
     out3 = one([PreferenceExample(msgs, "one hour", "two")], tiny_chat, chat_template=False)
-    assert split(tiny_chat, out3.chosen_input_ids, out3.chosen_prompt_len)[0] == " \n\nHuman: what time\n\nAssistant:"
+    assert (
+        split(tiny_chat, out3.chosen_input_ids, out3.chosen_prompt_len)[0]
+        == " \n\nHuman: what time\n\nAssistant:"
+    )
 
 
 def test_chat_left_truncation_keeps_bos(tiny_chat):
@@ -168,7 +188,10 @@ def test_chat_left_truncation_keeps_bos(tiny_chat):
 
 
 def test_batched_matches_one_by_one(tiny, minilm):
-    examples = [PreferenceExample(f"question number {w}", f"answer {w} here", f"no {w}") for w in ("one", "two", "three")]
+    examples = [
+        PreferenceExample(f"question number {w}", f"answer {w} here", f"no {w}")
+        for w in ("one", "two", "three")
+    ]
     for tok in (tiny, minilm):
         together = encode_examples(examples, tok, 64, chunk_size=2)
         assert together == [one([e], tok, 64) for e in examples]

@@ -17,16 +17,23 @@ from lightning_robust.models import load_tokenizer
 def _examples():
     words = "alpha travel detail simple answer question"
     return [
-        PreferenceExample(prompt=f"{words} {k}", chosen="good answer " * (k % 3 + 1), rejected="bad answer")
+        PreferenceExample(
+            prompt=f"{words} {k}", chosen="good answer " * (k % 3 + 1), rejected="bad answer"
+        )
         for k in range(20)
     ] + [
         PreferenceExample(prompt="alpha", chosen="long " * 80, rejected="short"),  # too long at 32
-        PreferenceExample(prompt=[{"role": "user", "content": "hello there"}], chosen="hi", rejected="go"),
+        PreferenceExample(
+            prompt=[{"role": "user", "content": "hello there"}], chosen="hi", rejected="go"
+        ),
     ]
 
 
 def _plain(encoded):
-    return [(type(e).__name__, e.reason, e.field, e.detail) if isinstance(e, BadRow) else vars(e) for e in encoded]
+    return [
+        (type(e).__name__, e.reason, e.field, e.detail) if isinstance(e, BadRow) else vars(e)
+        for e in encoded
+    ]
 
 
 def _forbid_map(monkeypatch):
@@ -40,13 +47,17 @@ def test_cached_equals_direct_and_is_reused(tmp_path, monkeypatch):
     tokenizer = load_tokenizer("tiny")
     examples = _examples()
     direct = encode_examples(examples, tokenizer, 32, append_eos=True)
-    cached = encode_examples_cached(examples, tokenizer, 32, append_eos=True, cache_dir=str(tmp_path))
+    cached = encode_examples_cached(
+        examples, tokenizer, 32, append_eos=True, cache_dir=str(tmp_path)
+    )
     assert _plain(cached) == _plain(direct)
     assert any(isinstance(e, BadRow) for e in direct)
     assert len(list(tmp_path.glob("pairs-*"))) == 1
     assert encode_examples_cached([], tokenizer, 32, cache_dir=str(tmp_path)) == []
     _forbid_map(monkeypatch)
-    again = encode_examples_cached(examples, tokenizer, 32, append_eos=True, cache_dir=str(tmp_path))
+    again = encode_examples_cached(
+        examples, tokenizer, 32, append_eos=True, cache_dir=str(tmp_path)
+    )
     assert _plain(again) == _plain(direct)
     # another option or other text is another entry, never a stale hit
     with pytest.raises(AssertionError, match="tokenised again"):
@@ -59,13 +70,18 @@ def test_cached_equals_direct_and_is_reused(tmp_path, monkeypatch):
 def test_datamodule_tokenises_in_prepare_data(tmp_path, monkeypatch):
     from lightning_robust.data import PreferenceDataModule
 
-    rows = [{"prompt": f"alpha question {k}", "chosen": "good answer", "rejected": "bad"} for k in range(40)]
+    rows = [
+        {"prompt": f"alpha question {k}", "chosen": "good answer", "rejected": "bad"}
+        for k in range(40)
+    ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cache = tmp_path / "cache"
     first = PreferenceDataModule(train=str(path), cache_dir=str(cache), max_length=32)
     first.prepare_data()  # what Lightning runs once per node, before setup on every rank
-    assert first.datasets and len(list((cache / "lightning_robust_tokenized").glob("pairs-*"))) == 2  # train, val
+    assert (
+        first.datasets and len(list((cache / "lightning_robust_tokenized").glob("pairs-*"))) == 2
+    )  # train, val
     _forbid_map(monkeypatch)
     other_rank = PreferenceDataModule(train=str(path), cache_dir=str(cache), max_length=32)
     other_rank.setup("fit")
@@ -73,7 +89,9 @@ def test_datamodule_tokenises_in_prepare_data(tmp_path, monkeypatch):
         assert [other_rank.datasets[name][i] for i in range(len(other_rank.datasets[name]))] == [
             first.datasets[name][i] for i in range(len(first.datasets[name]))
         ]
-    uncached = PreferenceDataModule(train=str(path), cache_dir=str(cache), max_length=32, tokenize_cache=False)
+    uncached = PreferenceDataModule(
+        train=str(path), cache_dir=str(cache), max_length=32, tokenize_cache=False
+    )
     uncached.setup("fit")
     assert len(uncached.datasets["train"]) == len(first.datasets["train"])
 

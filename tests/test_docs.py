@@ -23,7 +23,11 @@ def section_numbers(text: str) -> set[str]:
 
 
 def test_section_parser_reads_headings():
-    assert section_numbers("## 0. Notation\n### 1.6 (d) KL\n### 8.5b Where\n# Title") == {"0", "1.6", "8.5b"}
+    assert section_numbers("## 0. Notation\n### 1.6 (d) KL\n### 8.5b Where\n# Title") == {
+        "0",
+        "1.6",
+        "8.5b",
+    }
 
 
 def test_every_algorithms_citation_names_an_existing_section():
@@ -44,6 +48,6 @@ def test_every_algorithms_citation_names_an_existing_section():
 
 
 def test_user_docs_stay_inside_the_repository():
-    for name in ("ALGORITHMS.md", "DESIGN.md", "SYNTHETIC_SHIFT.md"):
+    for name in ("ALGORITHMS.md", "DESIGN.md", "SYNTHETIC_SHIFT.md", "ENVIRONMENT.md"):
         text = (DOCS / name).read_text(encoding="utf-8")
         assert "../shared" not in text and "shared/docs" not in text, name

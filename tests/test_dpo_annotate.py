@@ -1,4 +1,4 @@
-"""Reward annotation for d-/dp-/e-DPO (ALGORITHMS.md §3.4): scores equal a direct scorer call, the
+"""Reward annotation for d-/dp-/e-DPO (docs/ALGORITHMS.md §3.4): scores equal a direct scorer call, the
 file is what the data module reads for distillation, the cache skips unchanged inputs, and a short
 d-DPO / e-DPO fit from the annotated file lowers the distillation loss."""
 
@@ -137,11 +137,27 @@ def test_command_with_saved_reward_model_dirs(tmp_path, tokenizer, reward_models
 
     (m0, p0), (_, p1) = reward_models
     out = str(tmp_path / "cli.jsonl")
-    main(["--data", SOURCE, "--reward-model", p0, "--reward-model", p1, "--output", out,
-          "--max-rows", "4", "--max-length", "64"])
+    main(
+        [
+            "--data",
+            SOURCE,
+            "--reward-model",
+            p0,
+            "--reward-model",
+            p1,
+            "--output",
+            out,
+            "--max-rows",
+            "4",
+            "--max-length",
+            "64",
+        ]
+    )
     rows = _read_jsonl(out)
     examples = read_examples(SOURCE, max_rows=4).examples
-    direct = _scorer(m0, tokenizer).score([e.prompt for e in examples], [e.chosen for e in examples])
+    direct = _scorer(m0, tokenizer).score(
+        [e.prompt for e in examples], [e.chosen for e in examples]
+    )
     torch.testing.assert_close(torch.tensor([r["chosen_scores"][0] for r in rows]), direct)
 
 
@@ -153,14 +169,23 @@ def _distill_val_loss(model, path, tmp_path):
 
 def _trainer(tmp_path, **kw):
     return Trainer(
-        accelerator="cpu", max_epochs=kw.pop("max_epochs", 3), logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=2, **kw,
+        accelerator="cpu",
+        max_epochs=kw.pop("max_epochs", 3),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=2,
+        **kw,
     )
 
 
 @pytest.mark.parametrize("k", [1, 2], ids=["d_dpo", "e_dpo"])
-def test_fit_from_the_annotated_file_lowers_the_distillation_loss(tmp_path, tokenizer, reward_models, k):
+def test_fit_from_the_annotated_file_lowers_the_distillation_loss(
+    tmp_path, tokenizer, reward_models, k
+):
     scorers = [_scorer(m, tokenizer) for m, _ in reward_models[:k]]
     path = str(annotate_pairs(SOURCE, scorers, tmp_path / "scored.jsonl", max_rows=32))
     torch.manual_seed(0)
@@ -180,6 +205,10 @@ def test_real_hh_rlhf_rows(tmp_path, tokenizer, reward_models):
     raw = [json.loads(line) for line in open(source, encoding="utf-8")][:4]
     assert [r["source_row"] for r in rows] == list(range(len(rows)))
     for r, src in zip(rows, raw, strict=False):
-        assert src["chosen"] == r["prompt"] + r["chosen"]  # hh-rlhf transcripts split at the last turn
-    direct = _scorer(model, tokenizer).score([r["prompt"] for r in rows], [r["rejected"] for r in rows])
+        assert (
+            src["chosen"] == r["prompt"] + r["chosen"]
+        )  # hh-rlhf transcripts split at the last turn
+    direct = _scorer(model, tokenizer).score(
+        [r["prompt"] for r in rows], [r["rejected"] for r in rows]
+    )
     torch.testing.assert_close(torch.tensor([r["rejected_scores"][0] for r in rows]), direct)

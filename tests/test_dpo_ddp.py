@@ -78,7 +78,10 @@ def test_accumulated_scope_under_ddp_equals_one_big_batch(tmp_path):
 
     proc = subprocess.run(
         [sys.executable, str(ACC_SCRIPT), str(tmp_path), "4"],
-        capture_output=True, text=True, timeout=400, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp_run = torch.load(tmp_path / "params.pt", weights_only=True)

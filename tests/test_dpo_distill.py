@@ -1,4 +1,4 @@
-"""Reward-model distillation (d-/dp-/e-DPO, ALGORITHMS.md §3.4): score columns reach the batch and
+"""Reward-model distillation (d-/dp-/e-DPO, docs/ALGORITHMS.md §3.4): score columns reach the batch and
 the DPO module's loss."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``kl_samples: reference`` (ALGORITHMS.md §3.4, DESIGN.md settled point): the forward KL of
+"""``kl_samples: reference`` (docs/ALGORITHMS.md §3.4, docs/DESIGN.md, further choices): the forward KL of
 p-/dp-/e-DPO on samples of pi_ref, from a ``ref_samples`` column or generated once and cached."""
 
 from __future__ import annotations
@@ -24,15 +24,24 @@ LORA = LoraOptions(r=4, alpha=8, dropout=0.0)
 
 def _dm(seed=1, num_train=16, batch_size=8):
     return PreferenceDataModule(
-        train="synthetic", batch_size=batch_size, max_length=48, append_eos=True, seed=0,
-        synthetic=SyntheticShiftConfig(num_train=num_train, num_eval=16, seed=seed, length_pair_share=0.0),
+        train="synthetic",
+        batch_size=batch_size,
+        max_length=48,
+        append_eos=True,
+        seed=0,
+        synthetic=SyntheticShiftConfig(
+            num_train=num_train, num_eval=16, seed=seed, length_pair_share=0.0
+        ),
     )
 
 
 def _model(tmp_path, **kw):
     options = dict(
-        kl_gamma_start=0.5, kl_samples="reference", reference_cache_dir=str(tmp_path / "cache"),
-        kl_num_samples=2, kl_sample_max_new_tokens=6,
+        kl_gamma_start=0.5,
+        kl_samples="reference",
+        reference_cache_dir=str(tmp_path / "cache"),
+        kl_num_samples=2,
+        kl_sample_max_new_tokens=6,
     )
     options.update(kw)
     return DPO(**options)
@@ -42,7 +51,9 @@ def _count_builds(monkeypatch):
     calls = []
     original = reference_module.generate_reference_samples
     monkeypatch.setattr(
-        reference_module, "generate_reference_samples", lambda *a, **k: calls.append(1) or original(*a, **k)
+        reference_module,
+        "generate_reference_samples",
+        lambda *a, **k: calls.append(1) or original(*a, **k),
     )
     return calls
 
@@ -67,13 +78,19 @@ def test_generated_samples_are_reference_samples_and_cached(tmp_path, monkeypatc
     for s, seq in zip(ids, seqs, strict=True):
         item = train[int(samples.row[s])]
         plen = item["chosen_prompt_len"]
-        assert int(samples.prompt_len[s]) == plen and seq[:plen] == list(item["chosen_input_ids"][:plen])
+        assert int(samples.prompt_len[s]) == plen and seq[:plen] == list(
+            item["chosen_input_ids"][:plen]
+        )
         assert 1 <= len(seq) - plen <= 6
     # the cached reference log-probs are those of the frozen reference, sample by sample
     for s in (0, 5, len(samples) - 1):
         seq = torch.tensor([seqs[s]])
         direct = reference_logps(
-            model.backbone, model.reference_model, seq, torch.ones_like(seq), samples.prompt_len[s : s + 1]
+            model.backbone,
+            model.reference_model,
+            seq,
+            torch.ones_like(seq),
+            samples.prompt_len[s : s + 1],
         )
         torch.testing.assert_close(direct, samples.ref_logps[s : s + 1], rtol=1e-5, atol=1e-5)
     # hit: same data, reference and settings -> read from disk
@@ -86,7 +103,9 @@ def test_generated_samples_are_reference_samples_and_cached(tmp_path, monkeypatc
     _model(tmp_path).prepare_reference_samples(dm2)
     _model(tmp_path, init_seed=1).prepare_reference_samples(dm)
     assert calls == [1, 1, 1, 1]
-    assert len([f for f in os.listdir(tmp_path / "cache") if f.startswith("ref_samples-train")]) == 4
+    assert (
+        len([f for f in os.listdir(tmp_path / "cache") if f.startswith("ref_samples-train")]) == 4
+    )
 
 
 def test_lora_disabled_reference_generates_the_frozen_copys_samples(tmp_path):
@@ -115,16 +134,23 @@ def _manual_logp(model, ids, plen):
 def test_ref_samples_column_gives_the_direct_kl_estimate(tmp_path, caplog):
     rows = []
     for i in range(6):
-        rows.append({
-            "prompt": f"what is the colour of item {i}?",
-            "chosen": "it is red and bright",
-            "rejected": "no idea at all",
-            "ref_samples": ["it is blue", "maybe green or red", "red"][: 1 + i % 3],
-        })
+        rows.append(
+            {
+                "prompt": f"what is the colour of item {i}?",
+                "chosen": "it is red and bright",
+                "rejected": "no idea at all",
+                "ref_samples": ["it is blue", "maybe green or red", "red"][: 1 + i % 3],
+            }
+        )
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     dm = PreferenceDataModule(
-        train=str(path), val_fraction=0.0, batch_size=6, shuffle=False, append_eos=True, max_length=48
+        train=str(path),
+        val_fraction=0.0,
+        batch_size=6,
+        shuffle=False,
+        append_eos=True,
+        max_length=48,
     )
     dm.setup("fit")
     gamma = 0.5
@@ -154,7 +180,8 @@ def test_ref_samples_column_gives_the_direct_kl_estimate(tmp_path, caplog):
             ids, plen = list(enc.chosen_input_ids), enc.chosen_prompt_len
             with torch.no_grad():
                 diffs.append(
-                    _manual_logp(model.reference_model, ids, plen) - _manual_logp(model.backbone, ids, plen)
+                    _manual_logp(model.reference_model, ids, plen)
+                    - _manual_logp(model.backbone, ids, plen)
                 )
         kls.append(torch.stack(diffs).mean())
     kl = torch.stack(kls).mean()
@@ -177,14 +204,24 @@ def test_ref_samples_column_gives_the_direct_kl_estimate(tmp_path, caplog):
 def test_fit_with_generated_reference_samples_lowers_the_loss(tmp_path, caplog):
     torch.manual_seed(0)
     model = DPO(
-        kl_gamma_start=0.05, kl_samples="reference", kl_sample_max_new_tokens=8,
-        learning_rate=2e-3, warmup_ratio=0.0,
+        kl_gamma_start=0.05,
+        kl_samples="reference",
+        kl_sample_max_new_tokens=8,
+        learning_rate=2e-3,
+        warmup_ratio=0.0,
     )
     dm = _dm(num_train=96, batch_size=16)
     trainer = Trainer(
-        accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-        num_sanity_val_steps=0, limit_val_batches=1, log_every_n_steps=1,
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        log_every_n_steps=1,
     )
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]
     with caplog.at_level(logging.INFO, logger="lightning_robust.modules.reference"):

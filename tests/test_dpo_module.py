@@ -85,7 +85,9 @@ def test_precomputed_cache_matches_live_and_is_invalidated(tmp_path, monkeypatch
     calls = []
     original = reference_module.compute_split_logps
     monkeypatch.setattr(
-        reference_module, "compute_split_logps", lambda *a, **k: calls.append(1) or original(*a, **k)
+        reference_module,
+        "compute_split_logps",
+        lambda *a, **k: calls.append(1) or original(*a, **k),
     )
     dm = _dm()
     dm.setup("fit")

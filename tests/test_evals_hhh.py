@@ -12,7 +12,8 @@ from lightning_robust.evals import HHH_CONFIGS, HHHAlignment, RewardModelScorer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not found: shared-data tests need ../shared/data"
+    not SHARED_DATA.exists(),
+    reason=f"{SHARED_DATA} not found: shared-data tests need ../shared/data",
 )
 HHH = SHARED_DATA / "hhh_alignment"
 
@@ -22,7 +23,9 @@ class RuleScorer:
         self.rule = rule
 
     def score(self, prompts, responses):
-        return torch.tensor([float(self.rule(p, r)) for p, r in zip(prompts, responses, strict=True)])
+        return torch.tensor(
+            [float(self.rule(p, r)) for p, r in zip(prompts, responses, strict=True)]
+        )
 
 
 def _write(path: Path, rows):
@@ -31,9 +34,21 @@ def _write(path: Path, rows):
 
 
 ROWS = [
-    {"input": "q1", "targets": {"choices": ["best", "worse"], "labels": [1, 0]}, "category": "helpful"},
-    {"input": "q2", "targets": {"choices": ["best", "worse", "worst"], "labels": [1, 0, 0]}, "category": "helpful"},
-    {"input": "q3", "targets": {"choices": ["best", "alsobest"], "labels": [1, 0]}, "category": "honest"},
+    {
+        "input": "q1",
+        "targets": {"choices": ["best", "worse"], "labels": [1, 0]},
+        "category": "helpful",
+    },
+    {
+        "input": "q2",
+        "targets": {"choices": ["best", "worse", "worst"], "labels": [1, 0, 0]},
+        "category": "helpful",
+    },
+    {
+        "input": "q3",
+        "targets": {"choices": ["best", "alsobest"], "labels": [1, 0]},
+        "category": "honest",
+    },
 ]
 VALUES = {"best": 2.0, "worse": 1.0, "worst": 3.0, "alsobest": 2.0}
 
@@ -50,7 +65,9 @@ def test_order_independent_and_constant_gets_nothing(tmp_path):
     flipped = []
     for r in ROWS:
         t = r["targets"]
-        flipped.append({**r, "targets": {"choices": t["choices"][::-1], "labels": t["labels"][::-1]}})
+        flipped.append(
+            {**r, "targets": {"choices": t["choices"][::-1], "labels": t["labels"][::-1]}}
+        )
     a = HHHAlignment(str(_write(tmp_path / "a.jsonl", ROWS)), configs=["helpful", "honest"])
     b = HHHAlignment(str(_write(tmp_path / "b.jsonl", flipped)), configs=["helpful", "honest"])
     rule = RuleScorer(lambda p, r: VALUES[r])
@@ -63,20 +80,29 @@ def test_order_independent_and_constant_gets_nothing(tmp_path):
 def test_shared_fixture_constant_oracle_and_tiny_model():
     bench = HHHAlignment(str(HHH))  # a local directory of <category>.jsonl
     constant = bench.evaluate(RuleScorer(lambda p, r: 1.0))
-    assert constant == {**{c: 0.0 for c in HHH_CONFIGS}, "overall": 0.0}  # correct answers are all first
-    rows = [json.loads(x) for c in HHH_CONFIGS for x in (HHH / f"{c}.jsonl").read_text().splitlines()]
+    assert constant == {
+        **{c: 0.0 for c in HHH_CONFIGS},
+        "overall": 0.0,
+    }  # correct answers are all first
+    rows = [
+        json.loads(x) for c in HHH_CONFIGS for x in (HHH / f"{c}.jsonl").read_text().splitlines()
+    ]
     # oracle: 1 for any answer labelled best somewhere. The same query recurs with other pairs
     # (102 distinct inputs), and an answer best in one row can be the worse one of another
     # row, so the expected accuracy is counted per row: best in the set, the other not.
     best = {(r["input"], r["targets"]["choices"][r["targets"]["labels"].index(1)]) for r in rows}
     expected = sum(
-        (r["input"], r["targets"]["choices"][1 - r["targets"]["labels"].index(1)]) not in best for r in rows
+        (r["input"], r["targets"]["choices"][1 - r["targets"]["labels"].index(1)]) not in best
+        for r in rows
     ) / len(rows)
-    assert bench.evaluate(RuleScorer(lambda p, r: float((p, r) in best)))["overall"] == pytest.approx(expected)
+    assert bench.evaluate(RuleScorer(lambda p, r: float((p, r) in best)))[
+        "overall"
+    ] == pytest.approx(expected)
     # shorter answer wins; expected accuracy counted from the files
     short = bench.evaluate(RuleScorer(lambda p, r: -len(r)))
     expected = sum(
-        len(r["targets"]["choices"][r["targets"]["labels"].index(1)]) < len(r["targets"]["choices"][1 - r["targets"]["labels"].index(1)])
+        len(r["targets"]["choices"][r["targets"]["labels"].index(1)])
+        < len(r["targets"]["choices"][1 - r["targets"]["labels"].index(1)])
         for r in rows
     ) / len(rows)
     assert short["overall"] == pytest.approx(expected)

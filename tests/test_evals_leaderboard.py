@@ -14,11 +14,23 @@ BBH = SHARED_DATA / "bbh_slice" / "bbh_slice_shared.jsonl"
 
 
 def test_flatten_results():
-    results = {"results": {"t": {"alias": "t", "sample_len": 4, "acc,none": 0.5, "acc_stderr,none": 0.1, "exact_match,strict-match": 0.25}}}
+    results = {
+        "results": {
+            "t": {
+                "alias": "t",
+                "sample_len": 4,
+                "acc,none": 0.5,
+                "acc_stderr,none": 0.1,
+                "exact_match,strict-match": 0.25,
+            }
+        }
+    }
     assert flatten_results(results) == {"t/acc": 0.5, "t/exact_match_strict-match": 0.25}
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not found: needs ../shared/data")
+@pytest.mark.skipif(
+    not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not found: needs ../shared/data"
+)
 def test_local_bbh_tasks_through_simple_evaluate(tmp_path):
     pytest.importorskip("lm_eval", reason="lm-eval is the optional extra 'eval'")
     from transformers import LlamaForCausalLM

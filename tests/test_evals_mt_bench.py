@@ -12,7 +12,8 @@ from lightning_robust.evals import MTBenchHuman, PairwiseAccuracy, RewardModelSc
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not found: shared-data tests need ../shared/data"
+    not SHARED_DATA.exists(),
+    reason=f"{SHARED_DATA} not found: shared-data tests need ../shared/data",
 )
 PAIRS = SHARED_DATA / "mt_bench_human_pairs" / "llmbar_mtbench_shared.jsonl"
 HH = SHARED_DATA / "hh_rlhf_harmless_base" / "harmless_base_test_shared.jsonl"
@@ -25,29 +26,58 @@ class RuleScorer:
 
     def score(self, prompts, responses):
         self.seen += list(zip(prompts, responses, strict=True))
-        return torch.tensor([float(self.rule(p, r)) for p, r in zip(prompts, responses, strict=True)])
+        return torch.tensor(
+            [float(self.rule(p, r)) for p, r in zip(prompts, responses, strict=True)]
+        )
 
 
 def _conv(q1, a1, q2, a2):
     return [
-        {"role": "user", "content": q1}, {"role": "assistant", "content": a1},
-        {"role": "user", "content": q2}, {"role": "assistant", "content": a2},
+        {"role": "user", "content": q1},
+        {"role": "assistant", "content": a1},
+        {"role": "user", "content": q2},
+        {"role": "assistant", "content": a2},
     ]
 
 
 def _hub_rows():
     base = {"question_id": 81, "model_a": "m1", "model_b": "m2", "judge": "expert_0"}
     return [
-        {**base, "turn": 1, "winner": "model_a", "conversation_a": _conv("q1", "good", "q2", "bad"),
-         "conversation_b": _conv("q1", "bad", "q2", "good")},
-        {**base, "turn": 1, "winner": "tie", "conversation_a": _conv("q1", "good", "q2", "bad"),
-         "conversation_b": _conv("q1", "good", "q2", "good")},
-        {**base, "turn": 2, "winner": "model_b", "conversation_a": _conv("q1", "good", "q2", "bad"),
-         "conversation_b": _conv("q1", "bad", "q2", "good")},
-        {**base, "turn": 2, "winner": "model_a", "conversation_a": _conv("q1", "good", "q2", "bad"),
-         "conversation_b": _conv("q1", "bad", "q2", "good")},
-        {**base, "turn": 2, "winner": "tie (bothbad)", "conversation_a": _conv("q1", "a", "q2", "bad"),
-         "conversation_b": _conv("q1", "b", "q2", "bad")},
+        {
+            **base,
+            "turn": 1,
+            "winner": "model_a",
+            "conversation_a": _conv("q1", "good", "q2", "bad"),
+            "conversation_b": _conv("q1", "bad", "q2", "good"),
+        },
+        {
+            **base,
+            "turn": 1,
+            "winner": "tie",
+            "conversation_a": _conv("q1", "good", "q2", "bad"),
+            "conversation_b": _conv("q1", "good", "q2", "good"),
+        },
+        {
+            **base,
+            "turn": 2,
+            "winner": "model_b",
+            "conversation_a": _conv("q1", "good", "q2", "bad"),
+            "conversation_b": _conv("q1", "bad", "q2", "good"),
+        },
+        {
+            **base,
+            "turn": 2,
+            "winner": "model_a",
+            "conversation_a": _conv("q1", "good", "q2", "bad"),
+            "conversation_b": _conv("q1", "bad", "q2", "good"),
+        },
+        {
+            **base,
+            "turn": 2,
+            "winner": "tie (bothbad)",
+            "conversation_a": _conv("q1", "a", "q2", "bad"),
+            "conversation_b": _conv("q1", "b", "q2", "bad"),
+        },
     ]
 
 
@@ -76,7 +106,9 @@ def test_llmbar_schema_with_oracle_and_tiny_model():
     bench = MTBenchHuman(str(PAIRS))
     metrics = bench.evaluate(RuleScorer(lambda p, r: len(r)))
     expected = sum(
-        (len(r["output_1"]) > len(r["output_2"])) if r["label"] == 1 else (len(r["output_2"]) > len(r["output_1"]))
+        (len(r["output_1"]) > len(r["output_2"]))
+        if r["label"] == 1
+        else (len(r["output_2"]) > len(r["output_1"]))
         for r in rows
     ) / len(rows)
     assert metrics == {"turn_1": pytest.approx(expected), "overall": pytest.approx(expected)}
@@ -84,10 +116,10 @@ def test_llmbar_schema_with_oracle_and_tiny_model():
     # an answer-identity oracle that prefers what the human majority chose; an answer can be
     # the winner of one pair and the loser of another, so agreement is counted per row
     winners = {r["output_1"] if r["label"] == 1 else r["output_2"] for r in rows}
-    agreed = sum(
-        (r["output_2"] if r["label"] == 1 else r["output_1"]) not in winners for r in rows
+    agreed = sum((r["output_2"] if r["label"] == 1 else r["output_1"]) not in winners for r in rows)
+    assert bench.evaluate(RuleScorer(lambda p, r: float(r in winners)))["turn_1"] == pytest.approx(
+        agreed / 101
     )
-    assert bench.evaluate(RuleScorer(lambda p, r: float(r in winners)))["turn_1"] == pytest.approx(agreed / 101)
 
     from lightning_robust.models import load_sequence_classifier, load_tokenizer
 
@@ -118,10 +150,20 @@ def test_hh_rlhf_holdout_matches_the_data_module_split():
 
     bench = PairwiseAccuracy(str(HH), holdout_fraction=0.1, seed=0)
     held = bench.rows()
-    dm = PreferenceDataModule(train=str(HH), tokenizer="tiny", val_fraction=0.1, seed=0, on_bad_row="skip", max_length=4096)
+    dm = PreferenceDataModule(
+        train=str(HH),
+        tokenizer="tiny",
+        val_fraction=0.1,
+        seed=0,
+        on_bad_row="skip",
+        max_length=4096,
+    )
     dm.setup("fit")
     assert len(held) == len(dm.datasets["val"])
-    train_prompts = {dm.tokenizer.decode(x["chosen_input_ids"][: x["chosen_prompt_len"]]) for x in dm.datasets["train"]}
+    train_prompts = {
+        dm.tokenizer.decode(x["chosen_input_ids"][: x["chosen_prompt_len"]])
+        for x in dm.datasets["train"]
+    }
     assert not any(e.prompt in train_prompts for e in held)
     metrics = bench.evaluate(RuleScorer(lambda p, r: len(r)))
     expected = sum(len(e.chosen) > len(e.rejected) for e in held) / len(held)

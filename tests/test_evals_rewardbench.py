@@ -23,7 +23,8 @@ from lightning_robust.evals.rewardbench import summarize
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.exists(), reason=f"{SHARED_DATA} not found: shared-data tests need ../shared/data"
+    not SHARED_DATA.exists(),
+    reason=f"{SHARED_DATA} not found: shared-data tests need ../shared/data",
 )
 LLMBAR = SHARED_DATA / "rewardbench_llmbar" / "llmbar_rewardbench_format_shared.jsonl"
 CONSTANTS = SHARED_DATA / "rewardbench_llmbar" / "rewardbench_constants.json"
@@ -38,7 +39,9 @@ class OracleScorer:
 
     def score(self, prompts, responses):
         self.calls += 1
-        return torch.tensor([float(self.rule(p, r)) for p, r in zip(prompts, responses, strict=True)])
+        return torch.tensor(
+            [float(self.rule(p, r)) for p, r in zip(prompts, responses, strict=True)]
+        )
 
 
 @needs_shared_data
@@ -50,7 +53,13 @@ def test_constants_equal_the_official_file():
 
 
 def test_section_scores_by_hand():
-    acc = {"alpacaeval-easy": 1.0, "alpacaeval-length": 0.5, "mt-bench-easy": 0.0, "math-prm": 0.5, "hep-go": 1.0}
+    acc = {
+        "alpacaeval-easy": 1.0,
+        "alpacaeval-length": 0.5,
+        "mt-bench-easy": 0.0,
+        "math-prm": 0.5,
+        "hep-go": 1.0,
+    }
     sections = section_scores(acc)
     # Chat: (1*100 + 0.5*95 + 0*28) / (100 + 95 + 28) = 147.5 / 223; alpacaeval-hard and
     # mt-bench-med are missing and do not count as 0.
@@ -118,7 +127,12 @@ def test_llmbar_fixture_with_an_oracle_computed_by_hand():
     # perfect on two subsets, constant (ties: all wrong) elsewhere
     metrics = RewardBench(str(LLMBAR)).evaluate(OracleScorer(lambda p, r: float((p, r) in chosen)))
     assert metrics["llmbar-natural"] == 1.0 and metrics["llmbar-adver-neighbor"] == 1.0
-    assert metrics["llmbar-adver-GPTInst"] == metrics["llmbar-adver-GPTOut"] == metrics["llmbar-adver-manual"] == 0.0
+    assert (
+        metrics["llmbar-adver-GPTInst"]
+        == metrics["llmbar-adver-GPTOut"]
+        == metrics["llmbar-adver-manual"]
+        == 0.0
+    )
     assert metrics["chat_hard"] == pytest.approx((100 + 134) / (100 + 134 + 92 + 47 + 46))
     assert metrics["score"] == metrics["chat_hard"]  # the only section present
     assert "chat" not in metrics and "safety" not in metrics
@@ -127,7 +141,9 @@ def test_llmbar_fixture_with_an_oracle_computed_by_hand():
     by_len = RewardBench(str(LLMBAR)).evaluate(OracleScorer(lambda p, r: len(r)))
     for subset in {r["subset"] for r in rows}:
         part = [r for r in rows if r["subset"] == subset]
-        assert by_len[subset] == pytest.approx(sum(len(r["chosen"]) > len(r["rejected"]) for r in part) / len(part))
+        assert by_len[subset] == pytest.approx(
+            sum(len(r["chosen"]) > len(r["rejected"]) for r in part) / len(part)
+        )
 
 
 @needs_shared_data
@@ -138,6 +154,8 @@ def test_llmbar_fixture_with_a_tiny_reward_model():
     scorer = RewardModelScorer(load_sequence_classifier("tiny", tok, seed=0), tok, max_length=64)
     bench = RewardBench(str(LLMBAR), max_rows_per_subset=3)
     metrics = bench.evaluate(scorer)
-    assert set(bench.details["counts"]) == {s for s in SUBSET_MAPPING["Chat Hard"] if s.startswith("llmbar")}
+    assert set(bench.details["counts"]) == {
+        s for s in SUBSET_MAPPING["Chat Hard"] if s.startswith("llmbar")
+    }
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert metrics == bench.evaluate(scorer)  # deterministic

@@ -13,8 +13,12 @@ from lightning_robust.evals import HHHAlignment, MTBenchHuman, RewardBench, as_s
 
 def _rewardbench_file(path, subsets=("llmbar-natural", "llmbar-natural", "llmbar-naturl")):
     rows = [
-        {"prompt": f"q{k}", "chosen": "a much longer answer" if k % 2 == 0 else "short",
-         "rejected": "short" if k % 2 == 0 else "a much longer answer", "subset": s}
+        {
+            "prompt": f"q{k}",
+            "chosen": "a much longer answer" if k % 2 == 0 else "short",
+            "rejected": "short" if k % 2 == 0 else "a much longer answer",
+            "subset": s,
+        }
         for k, s in enumerate(subsets)
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -34,8 +38,10 @@ def test_plain_function_scorer(tmp_path):
 
 def test_scorer_output_is_checked():
     with pytest.raises(ValueError, match=r"by_half returned shape \(1,\) for 2 responses"):
+
         def by_half(prompts, responses):
             return [1.0]
+
         as_scorer(by_half).score(["p", "p"], ["a", "b"])
     with pytest.raises(ValueError, match=r"non-finite scores at positions \[1\]"):
         as_scorer(lambda p, r: [0.0, float("nan")]).score(["p", "p"], ["a", "b"])

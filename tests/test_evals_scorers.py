@@ -18,7 +18,12 @@ from lightning_robust.models.scorers import (
 )
 
 PROMPTS = ["what is the weather today", "tell me a story", "what is the weather today", "help me"]
-RESPONSES = ["the sun is hot and bright", "once a cat met a dog", "it will rain", "sure i can help you with the plan"]
+RESPONSES = [
+    "the sun is hot and bright",
+    "once a cat met a dog",
+    "it will rain",
+    "sure i can help you with the plan",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +51,14 @@ def _direct_reward(model, tok, prompt, response):
 
 
 def _direct_logp(model, tok, prompt, response):
-    enc = encode_examples([PreferenceExample(prompt, response, response + " x")], tok, 128, append_eos=True)[0]
+    enc = encode_examples(
+        [PreferenceExample(prompt, response, response + " x")], tok, 128, append_eos=True
+    )[0]
     ids = torch.tensor([enc.chosen_input_ids])
     with torch.no_grad():
-        logp, count = sequence_logprobs(model, ids, torch.ones_like(ids), torch.tensor([enc.chosen_prompt_len]))
+        logp, count = sequence_logprobs(
+            model, ids, torch.ones_like(ids), torch.tensor([enc.chosen_prompt_len])
+        )
     return logp.item(), count.item()
 
 
@@ -60,7 +69,9 @@ def test_reward_scorer_equals_single_forward_and_is_batch_independent(tok):
     assert isinstance(scorer, Scorer)
     scores = scorer.score(PROMPTS, RESPONSES)
     assert model.training  # mode restored
-    expected = [_direct_reward(model.eval(), tok, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    expected = [
+        _direct_reward(model.eval(), tok, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)
+    ]
     assert scores.tolist() == pytest.approx(expected, abs=1e-5)
     one = RewardModelScorer(model, tok, max_length=128, batch_size=1).score(PROMPTS, RESPONSES)
     assert one.tolist() == pytest.approx(scores.tolist(), abs=1e-5)
@@ -124,7 +135,9 @@ def test_dpo_implicit_reward_and_reference_free_forms(tok, lm, ref):
     dpo = DPOImplicitRewardScorer(lm, tok, reference=ref, beta=beta, max_length=128)
     pi = LikelihoodScorer(lm, tok, max_length=128).score(PROMPTS, RESPONSES)
     pr = LikelihoodScorer(ref, tok, max_length=128).score(PROMPTS, RESPONSES)
-    assert dpo.score(PROMPTS, RESPONSES).tolist() == pytest.approx((beta * (pi - pr)).tolist(), abs=1e-4)
+    assert dpo.score(PROMPTS, RESPONSES).tolist() == pytest.approx(
+        (beta * (pi - pr)).tolist(), abs=1e-4
+    )
     # the reference runs once per (prompt, response): a second call reuses its cached log-probs
     calls = []
     hook = ref.register_forward_hook(lambda *a: calls.append(1))
@@ -134,7 +147,9 @@ def test_dpo_implicit_reward_and_reference_free_forms(tok, lm, ref):
     free = DPOImplicitRewardScorer(lm, tok, max_length=128).score(PROMPTS, RESPONSES)
     norm = LikelihoodScorer(lm, tok, max_length=128, normalize=True).score(PROMPTS, RESPONSES)
     assert free.tolist() == pytest.approx(norm.tolist(), abs=1e-5)
-    total = DPOImplicitRewardScorer(lm, tok, ref_free_norm="sum", max_length=128).score(PROMPTS, RESPONSES)
+    total = DPOImplicitRewardScorer(lm, tok, ref_free_norm="sum", max_length=128).score(
+        PROMPTS, RESPONSES
+    )
     assert total.tolist() == pytest.approx(pi.tolist(), abs=1e-5)
 
 

@@ -34,23 +34,46 @@ def _config(root: Path, *, callbacks=(), nonfinite="error", max_steps=3) -> str:
     config = {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": max_steps, "log_every_n_steps": 1,
-            "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
-            "num_sanity_val_steps": 0, "default_root_dir": str(root),
-            "logger": {"class_path": "lightning_robust.loggers.ResumableCSVLogger",
-                       "init_args": {"save_dir": str(root), "name": "logs", "version": "run"}},
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": max_steps,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "default_root_dir": str(root),
+            "logger": {
+                "class_path": "lightning_robust.loggers.ResumableCSVLogger",
+                "init_args": {"save_dir": str(root), "name": "logs", "version": "run"},
+            },
             "callbacks": [
-                {"class_path": "lightning_robust.modules.checkpoint_io.RunCheckpoint",
-                 "init_args": {"dirpath": str(root / "ckpt"), "every_n_train_steps": 1}},
+                {
+                    "class_path": "lightning_robust.modules.checkpoint_io.RunCheckpoint",
+                    "init_args": {"dirpath": str(root / "ckpt"), "every_n_train_steps": 1},
+                },
                 *callbacks,
             ],
         },
-        "model": {"class_path": "lightning_robust.modules.RewardModel",
-                  "init_args": {"model_name_or_path": "tiny", "tiny_config": TINY, "nonfinite": nonfinite,
-                                "learning_rate": 1.0e-3}},
-        "data": {"class_path": "lightning_robust.data.PreferenceDataModule",
-                 "init_args": {"train": "synthetic", "batch_size": 4, "max_length": 48, "val_fraction": 0.0,
-                               "synthetic": {"num_train": 16, "num_eval": 4, "seed": 1}}},
+        "model": {
+            "class_path": "lightning_robust.modules.RewardModel",
+            "init_args": {
+                "model_name_or_path": "tiny",
+                "tiny_config": TINY,
+                "nonfinite": nonfinite,
+                "learning_rate": 1.0e-3,
+            },
+        },
+        "data": {
+            "class_path": "lightning_robust.data.PreferenceDataModule",
+            "init_args": {
+                "train": "synthetic",
+                "batch_size": 4,
+                "max_length": 48,
+                "val_fraction": 0.0,
+                "synthetic": {"num_train": 16, "num_eval": 4, "seed": 1},
+            },
+        },
     }
     path = root / "config.yaml"
     root.mkdir(parents=True, exist_ok=True)
@@ -86,11 +109,23 @@ def _fail_on_second_write(monkeypatch, make_error):
     monkeypatch.setattr(checkpoint_io.torch, "save", save)
 
 
-@pytest.mark.parametrize("fault, message", [
-    (lambda: OSError(errno.ENOSPC, "No space left on device"), r"OSError: \[Errno 28\] No space left on device"),
-    (lambda: OSError(errno.EROFS, "Read-only file system"), r"OSError: \[Errno 30\] Read-only file system"),
-], ids=["disk full", "read-only"])
-def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(fault, message, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        (
+            lambda: OSError(errno.ENOSPC, "No space left on device"),
+            r"OSError: \[Errno 28\] No space left on device",
+        ),
+        (
+            lambda: OSError(errno.EROFS, "Read-only file system"),
+            r"OSError: \[Errno 30\] Read-only file system",
+        ),
+    ],
+    ids=["disk full", "read-only"],
+)
+def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(
+    fault, message, tmp_path, capsys, monkeypatch
+):
     import re
 
     config = _config(tmp_path)
@@ -116,7 +151,9 @@ def test_nan_mid_run_under_error_names_the_step(tmp_path, capsys):
     assert line.startswith("error: ") and "non-finite" in line and "step 1" in line, line
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
     assert state["global_step"] == 1  # the step before the fault is what a resume starts from
-    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )
 
 
 def test_nan_mid_run_under_skip_drops_that_step_only(tmp_path):
@@ -124,11 +161,17 @@ def test_nan_mid_run_under_skip_drops_that_step_only(tmp_path):
     main(["fit", "--config", _config(tmp_path, callbacks=inject, nonfinite="skip")])
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True, map_location="cpu")
     assert state["global_step"] == 3 and state["nonfinite_skipped_steps"] == 1
-    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
-    skipped = [float(r["train/skipped_steps"]) for r in _metrics(tmp_path) if r.get("train/skipped_steps")]
+    assert all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )
+    skipped = [
+        float(r["train/skipped_steps"]) for r in _metrics(tmp_path) if r.get("train/skipped_steps")
+    ]
     assert skipped == [0.0, 1.0, 1.0]
     losses = [float(r["train/loss"]) for r in _metrics(tmp_path) if r.get("train/loss")]
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))  # the skipped step logs 0.0
+    assert len(losses) == 3 and all(
+        torch.isfinite(torch.tensor(losses))
+    )  # the skipped step logs 0.0
 
 
 def test_grpo_reward_model_returning_nan_is_one_line(tmp_path, capsys, monkeypatch):
@@ -150,10 +193,20 @@ def test_grpo_reward_model_returning_nan_is_one_line(tmp_path, capsys, monkeypat
         return NaNOnSecondCall(scorer) if spec == "synthetic:proxy" else scorer
 
     monkeypatch.setattr(online, "load_reward_scorer", load)  # the name the online module calls
-    args = ["fit", "--config", str(ROOT / "configs" / "grpo" / "tiny_grpo.yaml"),
-            "--trainer.max_steps=3", "--trainer.logger=false", "--trainer.callbacks=null",
-            "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false", "--model.init_args.max_new_tokens=4",
-            "--data.init_args.synthetic.num_train=12"]
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "grpo" / "tiny_grpo.yaml"),
+        "--trainer.max_steps=3",
+        "--trainer.logger=false",
+        "--trainer.callbacks=null",
+        "--trainer.limit_val_batches=0",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.max_new_tokens=4",
+        "--data.init_args.synthetic.num_train=12",
+    ]
     line = _error_line(capsys, args)
-    assert line.startswith("error: proxy reward model 'synthetic:proxy' returned non-finite scores at rows [0, 1"), line
+    assert line.startswith(
+        "error: proxy reward model 'synthetic:proxy' returned non-finite scores at rows [0, 1"
+    ), line

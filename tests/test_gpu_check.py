@@ -16,8 +16,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 #: importable packages the GPU machine does not have preinstalled
-BLOCKED = ["datasets", "pyarrow", "pandas", "deepspeed", "vllm", "flash_attn", "lm_eval", "cvxpy",
-           "cvxpylayers", "jsonargparse", "gguf"]
+BLOCKED = [
+    "datasets",
+    "pyarrow",
+    "pandas",
+    "deepspeed",
+    "vllm",
+    "flash_attn",
+    "lm_eval",
+    "cvxpy",
+    "cvxpylayers",
+    "jsonargparse",
+    "gguf",
+]
 
 
 def _load():
@@ -33,7 +44,12 @@ def test_arguments():
     assert args.runs == list(gc.RUNS) and args.steps == 2 and args.batch_size == 2
     args = gc.parse_args(["--runs", "dpo, wdpo", "--steps", "3"])
     assert args.runs == ["dpo", "wdpo"] and args.steps == 3 and args.batch_size == 8
-    for bad in (["--runs", "dpo,ppo"], ["--steps", "0"], ["--batch-size", "-1"], ["--max-length", "4"]):
+    for bad in (
+        ["--runs", "dpo,ppo"],
+        ["--steps", "0"],
+        ["--batch-size", "-1"],
+        ["--max-length", "4"],
+    ):
         with pytest.raises(SystemExit) as err:
             gc.parse_args(bad)
         assert err.value.code == 2
@@ -64,14 +80,25 @@ def test_cpu_smoke_runs_with_only_the_preinstalled_packages(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(blocked), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--cpu-smoke", "--output", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "datasets" in BLOCKED and "ModuleNotFoundError" not in proc.stderr
     report = json.loads(out.read_text())
     status = {r["run"]: r["status"] for r in report["runs"]}
-    assert status == {"reward": "ok", "dpo": "ok", "dr_dpo": "ok", "wdpo": "ok", "drro_grpo": "ok",
-                      "zero2": "skipped", "zero3": "skipped"}
+    assert status == {
+        "reward": "ok",
+        "dpo": "ok",
+        "dr_dpo": "ok",
+        "wdpo": "ok",
+        "drro_grpo": "ok",
+        "zero2": "skipped",
+        "zero3": "skipped",
+    }
     for r in report["runs"]:
         if r["status"] == "ok":
             assert r["tokens_per_s"] > 0 and r["steps_timed"] == 2 and r["attn_used"] == "sdpa"

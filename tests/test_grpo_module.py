@@ -1,4 +1,4 @@
-"""GRPO / DRRO-GRPO LightningModule (ALGORITHMS.md §5.3–§5.5) on the synthetic prompt task."""
+"""GRPO / DRRO-GRPO LightningModule (docs/ALGORITHMS.md §5.3–§5.5) on the synthetic prompt task."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def series(rows, key) -> list[float]:
 
 
 def test_delta_zero_drro_is_grpo_exactly(tmp_path):
-    """ALGORITHMS.md §5.5 edge case: delta~ = 0 gives GRPO exactly (same seed, same parameters)."""
+    """docs/ALGORITHMS.md §5.5 edge case: delta~ = 0 gives GRPO exactly (same seed, same parameters)."""
     reference = module(shaping="none")
     fit(reference, data(num_train=8), tmp_path / "grpo")
     expected = parameters(reference)
@@ -215,7 +215,7 @@ def test_dynamic_budget_history_survives_a_checkpoint(tmp_path):
 
 
 def test_robust_prompt_weights_scale_each_prompts_loss(tmp_path):
-    """GRPO across prompts (DESIGN.md settled point): prompt losses -mean group reward, n q."""
+    """GRPO across prompts (docs/DESIGN.md, further choices): prompt losses -mean group reward, n q."""
     weighting = TVBall(rho=0.5)
     model = module(shaping="none", weighting=weighting)
     model.configure_model()
@@ -304,7 +304,9 @@ def test_non_finite_gradient_never_reaches_the_optimiser(tmp_path, policy):
 
     model.backbone.get_output_embeddings().register_forward_hook(poison)
     if policy == "error":
-        with pytest.raises(NonFiniteError, match=r"non-finite gradients of \['backbone\..*global step 1"):
+        with pytest.raises(
+            NonFiniteError, match=r"non-finite gradients of \['backbone\..*global step 1"
+        ):
             fit(model, data(), tmp_path)
         return
     fit(model, data(), tmp_path)

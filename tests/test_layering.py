@@ -61,11 +61,20 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("lightning_robust.models", "lightning_robust.modules", *ABOVE_MODULES),
         ("lightning_robust.models.loading",),
     ),
-    "lightning_robust.models": (("lightning", "pytorch_lightning", "lightning_robust.modules", *ABOVE_MODULES), ()),
+    "lightning_robust.models": (
+        ("lightning", "pytorch_lightning", "lightning_robust.modules", *ABOVE_MODULES),
+        (),
+    ),
     "lightning_robust.modules": (ABOVE_MODULES, ()),
     # evals run without Lightning, modules or callbacks
     "lightning_robust.evals": (
-        ("lightning", "pytorch_lightning", "lightning_robust.modules", "lightning_robust.callbacks", "callbacks"),
+        (
+            "lightning",
+            "pytorch_lightning",
+            "lightning_robust.modules",
+            "lightning_robust.callbacks",
+            "callbacks",
+        ),
         (),
     ),
 }
@@ -134,7 +143,9 @@ def crossings(modules: dict[str, Path]) -> list[str]:
             if not _under(module, prefix):
                 continue
             for line, name in imports(path, module):
-                if any(_under(name, b) for b in banned) and not any(_under(name, a) for a in allowed):
+                if any(_under(name, b) for b in banned) and not any(
+                    _under(name, a) for a in allowed
+                ):
                     if not _under(name, prefix):  # a package may import itself
                         found.append(f"{path}:{line}: {module} imports {name}")
     return sorted(set(found))
@@ -239,4 +250,6 @@ def test_the_checks_catch_what_they_are_for(toy_tree):
     assert any("lightning_robust.weighting imports lightning" in f for f in found)
     assert not any("data.dm" in f for f in found)  # the tokenizer seam is allowed
     # tiny -> loading inside a function still closes the cycle; the lazy __getattr__ does not
-    assert cycles(import_graph(toy_tree)) == [["lightning_robust.models.loading", "lightning_robust.models.tiny"]]
+    assert cycles(import_graph(toy_tree)) == [
+        ["lightning_robust.models.loading", "lightning_robust.models.tiny"]
+    ]

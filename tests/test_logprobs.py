@@ -80,6 +80,7 @@ def test_chunked_logsoftmax_gather_equals_the_plain_path_values_and_gradients():
         torch.testing.assert_close(got, plain, rtol=0, atol=1e-12)
         (grad,) = torch.autograd.grad(got, z, g)
         torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+
     # second derivatives (WDPO's double backward): against the plain path's
     def hvp(fn):
         (first,) = torch.autograd.grad(fn(z), z, g, create_graph=True)
@@ -92,7 +93,9 @@ def test_chunked_logsoftmax_gather_equals_the_plain_path_values_and_gradients():
         atol=1e-12,
     )
     small = z.detach()[:6, :7].clone().requires_grad_()
-    assert torch.autograd.gradgradcheck(lambda x: logsoftmax_gather(x, targets[:6] % 7, 4), (small,))
+    assert torch.autograd.gradgradcheck(
+        lambda x: logsoftmax_gather(x, targets[:6] % 7, 4), (small,)
+    )
     # low precision: float32 results and a gradient in the logits' dtype
     zb = z.detach().bfloat16().requires_grad_()
     out = logsoftmax_gather(zb, targets, chunk_rows=8)
@@ -115,10 +118,16 @@ def _pair_batch(shapes=((3, 5, 2), (0, 4, 6), (6, 1, 1), (2, 7, 7))):
     feats = []
     for i, (p, c, r) in enumerate(shapes):
         prompt = draw(p)
-        feats.append({
-            "chosen_input_ids": prompt + draw(c), "rejected_input_ids": prompt + draw(r),
-            "chosen_prompt_len": p, "rejected_prompt_len": p, "group": -1, "index": i,
-        })
+        feats.append(
+            {
+                "chosen_input_ids": prompt + draw(c),
+                "rejected_input_ids": prompt + draw(r),
+                "chosen_prompt_len": p,
+                "rejected_prompt_len": p,
+                "group": -1,
+                "index": i,
+            }
+        )
     return PreferenceCollator(tok.pad_token_id)(feats)
 
 
@@ -142,18 +151,29 @@ def test_prompt_shared_pair_rows_equal_the_two_row_computation():
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).double()
         two, two_counts = sequence_logprobs(model, ids, mask, plen)
-        (g_two,) = torch.autograd.grad(two.sum() + two[0], model.model.layers[0].self_attn.q_proj.weight)
-        one, one_counts = pair_logprobs(
-            model, packed["pair_input_ids"], batch["chosen_prompt_len"],
-            packed["pair_chosen_end"], packed["pair_length"],
+        (g_two,) = torch.autograd.grad(
+            two.sum() + two[0], model.model.layers[0].self_attn.q_proj.weight
         )
-        (g_one,) = torch.autograd.grad(one.sum() + one[0], model.model.layers[0].self_attn.q_proj.weight)
+        one, one_counts = pair_logprobs(
+            model,
+            packed["pair_input_ids"],
+            batch["chosen_prompt_len"],
+            packed["pair_chosen_end"],
+            packed["pair_length"],
+        )
+        (g_one,) = torch.autograd.grad(
+            one.sum() + one[0], model.model.layers[0].self_attn.q_proj.weight
+        )
         assert one_counts.tolist() == two_counts.tolist() == [5, 3, 1, 7, 2, 5, 1, 7]
         torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
         torch.testing.assert_close(g_one, g_two, rtol=1e-4, atol=1e-7)  # float32 sums
         full, _ = pair_logprobs(
-            model, packed["pair_input_ids"], batch["chosen_prompt_len"],
-            packed["pair_chosen_end"], packed["pair_length"], fast_head=False,
+            model,
+            packed["pair_input_ids"],
+            batch["chosen_prompt_len"],
+            packed["pair_chosen_end"],
+            packed["pair_length"],
+            fast_head=False,
         )
         torch.testing.assert_close(full, two, rtol=0, atol=1e-5)
 

@@ -29,9 +29,15 @@ BAD_STEP = 1
 
 def _batches(n_batches=STEPS, n=4, *, append_eos=False):
     dm = PreferenceDataModule(
-        train="synthetic", batch_size=n, max_length=40, val_fraction=0.0, shuffle=False,
+        train="synthetic",
+        batch_size=n,
+        max_length=40,
+        val_fraction=0.0,
+        shuffle=False,
         append_eos=append_eos,
-        synthetic=SyntheticShiftConfig(num_train=n * n_batches, num_eval=4, seed=4, length_pair_share=0.0),
+        synthetic=SyntheticShiftConfig(
+            num_train=n * n_batches, num_eval=4, seed=4, length_pair_share=0.0
+        ),
     )
     dm.setup("fit")
     loader = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=n, collate_fn=dm.collator)
@@ -67,9 +73,15 @@ class Snapshots(Callback):
 def _fit(model, batches):
     snaps = Snapshots()
     trainer = Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, callbacks=[snaps],
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[snaps],
     )
     trainer.fit(model, train_dataloaders=_loader(batches))
     return trainer, snaps
@@ -93,7 +105,9 @@ def _assert_only_bad_step_skipped(snaps, model):
 
 
 def _reward_model(**kw):
-    return RewardModel(tiny_config=TINY, use_margin=True, learning_rate=1e-2, warmup_ratio=0.0, **kw)
+    return RewardModel(
+        tiny_config=TINY, use_margin=True, learning_rate=1e-2, warmup_ratio=0.0, **kw
+    )
 
 
 def _nan_gradient_at(model, step: int, name_part: str):
@@ -107,7 +121,9 @@ def _nan_gradient_at(model, step: int, name_part: str):
 def test_infinite_loss_raises_naming_step_and_position():
     batches = _batches()
     batches[BAD_STEP]["margin"][2] = float("inf")
-    with pytest.raises(NonFiniteError, match=rf"global step {BAD_STEP} .*per-example losses at positions \[2\]"):
+    with pytest.raises(
+        NonFiniteError, match=rf"global step {BAD_STEP} .*per-example losses at positions \[2\]"
+    ):
         _fit(_reward_model(), batches)
 
 
@@ -139,7 +155,9 @@ def test_infinite_reward_with_finite_loss_is_caught():
 def test_nan_gradient_raises_naming_the_parameter():
     model = _reward_model()
     name = _nan_gradient_at(model, BAD_STEP, "score")
-    with pytest.raises(NonFiniteError, match=rf"gradients of \['backbone\.{name}'\] at global step {BAD_STEP}"):
+    with pytest.raises(
+        NonFiniteError, match=rf"gradients of \['backbone\.{name}'\] at global step {BAD_STEP}"
+    ):
         _fit(model, _batches())
 
 
@@ -155,8 +173,9 @@ def test_skip_under_the_accumulated_scope():
     """Manual optimisation (scope='accumulated') goes through the same screen."""
     batches = _batches()
     batches[BAD_STEP]["margin"][3] = float("inf")
-    model = _reward_model(nonfinite="skip", micro_batch_size=2,
-                          weighting=TVBall(0.3, scope="accumulated"))
+    model = _reward_model(
+        nonfinite="skip", micro_batch_size=2, weighting=TVBall(0.3, scope="accumulated")
+    )
     _, snaps = _fit(model, batches)
     _assert_only_bad_step_skipped(snaps, model)
 
@@ -198,5 +217,8 @@ def test_dpo_non_finite_loss_is_never_silent():
         return output
 
     model.backbone.get_output_embeddings().register_forward_hook(poison)
-    with pytest.raises(NonFiniteError, match=r"global step 1 .*per-example losses at positions \[0, 1, 2, 3\].*chosen log-probs"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"global step 1 .*per-example losses at positions \[0, 1, 2, 3\].*chosen log-probs",
+    ):
         _fit(model, batches)

@@ -1,4 +1,4 @@
-"""DPO-family losses and reward distillation (ALGORITHMS.md §0, §3, §3.4, §3.5): worked examples,
+"""DPO-family losses and reward distillation (docs/ALGORITHMS.md §0, §3, §3.4, §3.5): worked examples,
 derivatives, rDPO unbiasedness, and composition with the robust weightings (§1.6, §3.1, §3.2)."""
 
 from __future__ import annotations
@@ -122,18 +122,23 @@ def _analytic_dldh(loss_type, h, beta, eps):
     return (-(1 - eps) * beta * s_neg - eps * beta * s_pos) / (1 - 2 * eps)
 
 
-@pytest.mark.parametrize("loss_type, eps", [("dpo", 0.0), ("ipo", 0.0), ("cdpo", 0.15), ("rdpo", 0.2)])
+@pytest.mark.parametrize(
+    "loss_type, eps", [("dpo", 0.0), ("ipo", 0.0), ("cdpo", 0.15), ("rdpo", 0.2)]
+)
 def test_dldh_autograd_and_finite_differences(loss_type, eps):
     beta = 0.3
     h = torch.tensor([-7.0, -1.3, 0.0, 0.4, 2.5, 9.0], dtype=F64, requires_grad=True)
     (g,) = torch.autograd.grad(preference_losses(loss_type, h, beta, eps).sum(), h)
-    assert torch.allclose(g, _analytic_dldh(loss_type, h.detach(), beta, eps), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(
+        g, _analytic_dldh(loss_type, h.detach(), beta, eps), rtol=1e-12, atol=1e-14
+    )
     step = 1e-6
     with torch.no_grad():
         hp, hm = h + step, h - step
-        fd = (preference_losses(loss_type, hp, beta, eps) - preference_losses(loss_type, hm, beta, eps)) / (
-            2 * step
-        )
+        fd = (
+            preference_losses(loss_type, hp, beta, eps)
+            - preference_losses(loss_type, hm, beta, eps)
+        ) / (2 * step)
     assert torch.allclose(g, fd, rtol=1e-7, atol=1e-8)
 
 
@@ -174,7 +179,9 @@ def test_section34_worked_example():
     h = example_margin()
     d = distillation_losses(t(1.3), t(0.2), h, beta)
     assert d.item() == pytest.approx(1.0, abs=1e-12)
-    kl = forward_kl_estimate(t(-20.0, -25.0, -22.0), t(-20.5, -24.0, -23.0), torch.zeros(3, dtype=torch.long))
+    kl = forward_kl_estimate(
+        t(-20.0, -25.0, -22.0), t(-20.5, -24.0, -23.0), torch.zeros(3, dtype=torch.long)
+    )
     assert kl.shape == (1,)
     assert kl.item() == pytest.approx(1.0 / 6.0, abs=1e-12)
     p_dpo = dpo_losses(h, beta) + gamma * kl
@@ -185,8 +192,13 @@ def test_section34_worked_example():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    r1=st.floats(-10, 10), r2=st.floats(-10, 10), lw=st.floats(-40, 0), ll=st.floats(-40, 0),
-    rw=st.floats(-40, 0), rl=st.floats(-40, 0), beta=st.floats(0.01, 2.0),
+    r1=st.floats(-10, 10),
+    r2=st.floats(-10, 10),
+    lw=st.floats(-40, 0),
+    ll=st.floats(-40, 0),
+    rw=st.floats(-40, 0),
+    rl=st.floats(-40, 0),
+    beta=st.floats(0.01, 2.0),
 )
 def test_distillation_symmetric_in_pair_order(r1, r2, lw, ll, rw, rl, beta):
     forward = distillation_losses(t(r1), t(r2), preference_margin(t(lw), t(ll), t(rw), t(rl)), beta)
@@ -325,7 +337,12 @@ def test_rho0_and_tau_inf_reduce_to_plain_dpo():
     h = _random_margins(seed=3)
     losses = dpo_losses(h, 0.1)
     plain = losses.mean()
-    for strategy in (TVBall(rho=0), KLPenalty(tau=float("inf")), KLPenalty(float("inf"), form="seed"), ERM()):
+    for strategy in (
+        TVBall(rho=0),
+        KLPenalty(tau=float("inf")),
+        KLPenalty(float("inf"), form="seed"),
+        ERM(),
+    ):
         out = strategy(losses)
         assert torch.equal(out.loss, plain), strategy
         (g,) = torch.autograd.grad(out.loss, h, retain_graph=True)

@@ -1,4 +1,4 @@
-"""DRRO / DRO for RLHF (ALGORITHMS.md §5): the §5.1 water-filling table and LP checks, worst-case
+"""DRRO / DRO for RLHF (docs/ALGORITHMS.md §5): the §5.1 water-filling table and LP checks, worst-case
 regret by LP and vertex enumeration, Theorem 6.1, the §5.3 bonus table, exact reductions to
 GRPO, limits in tau, edge cases, and the dynamic budget (§5.4)."""
 

@@ -1,4 +1,4 @@
-"""PPO / DR-PPO / GRPO objective pieces (ALGORITHMS.md §4, §5.4): the §4 worked example with
+"""PPO / DR-PPO / GRPO objective pieces (docs/ALGORITHMS.md §4, §5.4): the §4 worked example with
 TV-ball weights, GAE against a hand loop, surrogate and value loss against direct formulas,
 KL estimators by Monte Carlo, aggregation modes, and the version-B identity."""
 

@@ -1,4 +1,4 @@
-"""WDPO input-embedding gradient penalty (ALGORITHMS.md §3.3, §8.3) on a tiny random-init Llama
+"""WDPO input-embedding gradient penalty (docs/ALGORITHMS.md §3.3, §8.3) on a tiny random-init Llama
 in float64: the closed form, batched vs per-example, padding, and the double-backprop
 parameter gradient against finite differences."""
 
@@ -30,9 +30,16 @@ def setup():
 
     tok = tiny_tokenizer()
     cfg = tiny_llama_config(
-        len(tok), tok.pad_token_id, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-        initializer_range=0.2, attn_implementation="eager",
+        len(tok),
+        tok.pad_token_id,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        attn_implementation="eager",
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).double().eval()
@@ -67,8 +74,13 @@ def test_penalty_matches_closed_form_per_example(setup):
         sq = []
         for row in (i, N + i):
             e = _embeds(model, ids[row : row + 1])
-            lp, _ = sequence_logprobs(model, ids[row : row + 1], mask[row : row + 1],
-                                      prompt_len[row : row + 1], inputs_embeds=e)
+            lp, _ = sequence_logprobs(
+                model,
+                ids[row : row + 1],
+                mask[row : row + 1],
+                prompt_len[row : row + 1],
+                inputs_embeds=e,
+            )
             (g,) = torch.autograd.grad(lp.sum(), e)
             sq.append(g.pow(2).sum())
         closed = BETA**2 * torch.sigmoid(-BETA * h[i].detach()) ** 2 * (sq[0] + sq[1])
@@ -84,9 +96,15 @@ def test_batched_equals_per_example(setup):
         for i in range(N):
             rows = torch.tensor([i, N + i])
             e = _embeds(model, ids[rows])
-            lp, _ = sequence_logprobs(model, ids[rows], mask[rows], prompt_len[rows], inputs_embeds=e)
-            li = preference_losses(loss_type, preference_margin(lp[:1], lp[1:], ref[i : i + 1],
-                                                                ref[N + i : N + i + 1]), BETA, eps)
+            lp, _ = sequence_logprobs(
+                model, ids[rows], mask[rows], prompt_len[rows], inputs_embeds=e
+            )
+            li = preference_losses(
+                loss_type,
+                preference_margin(lp[:1], lp[1:], ref[i : i + 1], ref[N + i : N + i + 1]),
+                BETA,
+                eps,
+            )
             single = embedding_gradient_penalty(li, e, create_graph=False)
             assert batched[i].item() == pytest.approx(single.item(), rel=1e-5)
 
@@ -126,8 +144,11 @@ def test_parameter_gradient_matches_finite_differences(setup, form):
     model, ids, mask, prompt_len, ref = setup
     rho = 2.0
     params = dict(model.named_parameters())
-    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight",
-             "lm_head.weight"]
+    names = [
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "lm_head.weight",
+    ]
     model.zero_grad(set_to_none=True)
     obj = _objective(model, ids, mask, prompt_len, ref, rho, form, create_graph=True)
     grads = torch.autograd.grad(obj, [params[n] for n in names])
@@ -193,7 +214,9 @@ def test_errors():
         embedding_gradient_penalty(detached, e)
     # a loss of example i that reads only its own rows: grad of sum(E_i)+sum(E_{n+i}) is ones
     ok = e.sum(dim=(1, 2))[:2] + e.sum(dim=(1, 2))[2:]
-    assert torch.equal(embedding_gradient_penalty(ok, e, create_graph=False), torch.full((2,), 12.0, dtype=F64))
+    assert torch.equal(
+        embedding_gradient_penalty(ok, e, create_graph=False), torch.full((2,), 12.0, dtype=F64)
+    )
 
 
 def test_default_sdpa_model_needs_math_backend_for_double_backprop():
@@ -202,8 +225,15 @@ def test_default_sdpa_model_needs_math_backend_for_double_backprop():
     from transformers import LlamaForCausalLM
 
     tok = tiny_tokenizer()
-    cfg = tiny_llama_config(len(tok), tok.pad_token_id, hidden_size=16, intermediate_size=32,
-                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    cfg = tiny_llama_config(
+        len(tok),
+        tok.pad_token_id,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
     ids = torch.randint(5, len(tok), (4, 6))

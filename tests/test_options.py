@@ -44,7 +44,10 @@ def test_one_loader_for_both_kinds():
     assert tok.padding_side == "left" and lm.config.pad_token_id == tok.pad_token_id
     assert all(m.p == 0 for m in lm.modules() if isinstance(m, torch.nn.Dropout))
     _, again = load_backbone(ModelOptions(init_seed=1), "causal_lm")
-    assert all(torch.equal(a, b) for a, b in zip(lm.state_dict().values(), again.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(lm.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     _, rm = load_backbone(ModelOptions(), "sequence_classifier")
     assert rm.config.num_labels == 1
     with pytest.raises(ValueError, match="unknown backbone kind"):
@@ -53,12 +56,16 @@ def test_one_loader_for_both_kinds():
 
 def test_any_torch_optimizer_by_name_with_its_arguments():
     model = torch.nn.Linear(3, 2)
-    options = OptimizerOptions(learning_rate=0.1, name="SGD", kwargs={"momentum": 0.9}, warmup_ratio=0.0)
+    options = OptimizerOptions(
+        learning_rate=0.1, name="SGD", kwargs={"momentum": 0.9}, warmup_ratio=0.0
+    )
     built = build_optimizer(model.parameters(), options, total_steps=10)
     opt = built["optimizer"]
     assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["lr"] == 0.1
-    adamw = build_optimizer(model.parameters(), OptimizerOptions(kwargs={"betas": (0.9, 0.95)}), 10)["optimizer"]
+    adamw = build_optimizer(
+        model.parameters(), OptimizerOptions(kwargs={"betas": (0.9, 0.95)}), 10
+    )["optimizer"]
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.9, 0.95)
 
 
@@ -66,12 +73,16 @@ def test_weight_decay_spares_biases_and_norm_weights():
     """Behaviour change (issue 15 item 8): as HF Trainer / TRL, biases and normalisation weights
     take no weight decay. Checked by effect: one AdamW step with zero gradients moves a weight
     only by its decay, ``p <- p (1 - lr wd)``."""
-    model = RewardModel(weight_decay=0.1, learning_rate=0.5, warmup_ratio=0.0, lr_schedule="constant")
+    model = RewardModel(
+        weight_decay=0.1, learning_rate=0.5, warmup_ratio=0.0, lr_schedule="constant"
+    )
     model.configure_model()
     named = dict(model.backbone.named_parameters())
     before = {k: v.detach().clone() for k, v in named.items()}
     optimizer = build_optimizer(
-        model.backbone.parameters(), model.optimizer_options, 10,
+        model.backbone.parameters(),
+        model.optimizer_options,
+        10,
         no_decay=no_weight_decay_ids(model),
     )["optimizer"]
     for p in named.values():
@@ -85,11 +96,20 @@ def test_weight_decay_spares_biases_and_norm_weights():
     for k in decayed:
         torch.testing.assert_close(named[k].detach(), before[k] * (1 - 0.5 * 0.1))
     # weight_decay 0: a single group, exactly as before
-    assert len(build_optimizer(model.backbone.parameters(), OptimizerOptions(), 10, {1})["optimizer"].param_groups) == 1
+    assert (
+        len(
+            build_optimizer(model.backbone.parameters(), OptimizerOptions(), 10, {1})[
+                "optimizer"
+            ].param_groups
+        )
+        == 1
+    )
 
 
 def test_no_decay_set_names_biases_and_norm_layers():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 1, bias=False))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 1, bias=False)
+    )
     ids = no_weight_decay_ids(model)
     assert ids == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}
 
@@ -100,10 +120,21 @@ def test_lora_options_pass_peft_arguments_through():
     plain = LoraOptions(r=4, alpha=8, dropout=0.0).peft_config("CAUSAL_LM")
     assert plain.r == 4 and plain.lora_alpha == 8 and not plain.use_dora and not plain.use_rslora
     rich = LoraOptions(
-        r=4, alpha=8, dropout=0.0, use_dora=True, use_rslora=True, bias="lora_only",
-        rank_pattern={"q_proj": 2}, extra={"fan_in_fan_out": False},
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        use_dora=True,
+        use_rslora=True,
+        bias="lora_only",
+        rank_pattern={"q_proj": 2},
+        extra={"fan_in_fan_out": False},
     ).peft_config("SEQ_CLS")
-    assert rich.use_dora and rich.use_rslora and rich.bias == "lora_only" and rich.rank_pattern == {"q_proj": 2}
+    assert (
+        rich.use_dora
+        and rich.use_rslora
+        and rich.bias == "lora_only"
+        and rich.rank_pattern == {"q_proj": 2}
+    )
     with pytest.raises(ValueError, match="not peft.LoraConfig arguments"):
         LoraOptions(extra={"rank": 3})
     with pytest.raises(ValueError, match="use the LoraOptions fields"):
@@ -143,7 +174,12 @@ def test_optimizer_choice_from_the_command_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
     cli = build_cli(
-        ["--config", str(config), "--model.init_args.optimizer={name: SGD, kwargs: {momentum: 0.9}}"], run=False
+        [
+            "--config",
+            str(config),
+            "--model.init_args.optimizer={name: SGD, kwargs: {momentum: 0.9}}",
+        ],
+        run=False,
     )
     options = cli.model.optimizer_options
     assert options.name == "SGD" and options.kwargs == {"momentum": 0.9}

@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package -> (first version with the API, where the code needs it)
 API_FLOORS = {
-    "transformers": ("4.56", "from_pretrained(dtype=...) in models/loading.py and models/causal_lm.py"),
+    "transformers": (
+        "4.56",
+        "from_pretrained(dtype=...) in models/loading.py and models/causal_lm.py",
+    ),
     "lightning": ("2.6", "load_from_checkpoint(weights_only=...) and the CLI's --weights_only"),
     "jsonargparse": ("4.39", "the jsonargparse floor of lightning 2.6's CLI"),
     "torch": ("2.4", "torch.load(weights_only=True, mmap=True) and torch._foreach_norm"),
@@ -54,7 +57,9 @@ def test_installed_versions_satisfy_the_requirements():
             installed = version(req.name)
         except PackageNotFoundError:  # pragma: no cover - the environment lacks a dependency
             raise AssertionError(f"{req.name} is not installed") from None
-        assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} not in {req.specifier}"
+        assert req.specifier.contains(installed, prereleases=True), (
+            f"{req.name} {installed} not in {req.specifier}"
+        )
 
 
 def test_gpu_extras_have_upper_bounds():
@@ -62,7 +67,9 @@ def test_gpu_extras_have_upper_bounds():
     for extra in GPU_EXTRAS:
         for text in extras[extra]:
             req = Requirement(text)
-            assert any(s.operator in ("<", "<=") for s in req.specifier), f"{extra}: {text} has no upper bound"
+            assert any(s.operator in ("<", "<=") for s in req.specifier), (
+                f"{extra}: {text} has no upper bound"
+            )
 
 
 def test_tracking_extra_names_the_loggers():
@@ -75,6 +82,8 @@ def test_cvxpy_is_imported_lazily():
         "import sys, lightning_robust.cli as c; c.register_classes();"
         "print(any(m.split('.')[0] in ('cvxpy', 'cvxpylayers') for m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

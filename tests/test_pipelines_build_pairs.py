@@ -11,8 +11,10 @@ import torch
 
 from lightning_robust.pipelines.build_pairs import build_pairs, main, select_pairs
 
-PROMPTS = [{"prompt": f"please explain the {w} to me"} for w in
-           ["weather", "music", "garden", "river", "market", "school"]]
+PROMPTS = [
+    {"prompt": f"please explain the {w} to me"}
+    for w in ["weather", "music", "garden", "river", "market", "school"]
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +29,21 @@ def trained_rm(tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("rm")
     module = RewardModel(learning_rate=1e-3)
-    dm = PreferenceDataModule(batch_size=8, max_length=48,
-                              synthetic=SyntheticShiftConfig(num_train=16, num_eval=8, seed=0))
-    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      default_root_dir=tmp)
+    dm = PreferenceDataModule(
+        batch_size=8,
+        max_length=48,
+        synthetic=SyntheticShiftConfig(num_train=16, num_eval=8, seed=0),
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp,
+    )
     trainer.fit(module, datamodule=dm)
     path = tmp / "rm.ckpt"
     trainer.save_checkpoint(path)
@@ -73,8 +85,17 @@ def test_builds_max_min_pairs_scored_by_each_reward_model(tmp_path, prompt_file,
     multi_dir, multi_model, tok = _multi_objective_dir(tmp_path)
     out = tmp_path / "pairs.jsonl"
     objectives = {"helpfulness": 0.75, "safety": 0.25}
-    build_pairs(prompt_file, "tiny", [trained_rm, {"path": multi_dir, "objectives": objectives}], out,
-                num_samples=4, max_new_tokens=8, batch_size=4, reward_weights=[1.0, 0.5], seed=0)
+    build_pairs(
+        prompt_file,
+        "tiny",
+        [trained_rm, {"path": multi_dir, "objectives": objectives}],
+        out,
+        num_samples=4,
+        max_new_tokens=8,
+        batch_size=4,
+        reward_weights=[1.0, 0.5],
+        seed=0,
+    )
     rows = _rows(out)
     samples = [json.loads(line) for line in open(str(out) + ".samples.jsonl")]
     assert len(samples) == len(PROMPTS) and all(len(s["completions"]) == 4 for s in samples)
@@ -86,19 +107,25 @@ def test_builds_max_min_pairs_scored_by_each_reward_model(tmp_path, prompt_file,
         r_r = rm.score([row["prompt"]], [row["rejected"]]).item()
         assert row["chosen_scores"][0] == pytest.approx(r_c, abs=1e-4)
         assert row["rejected_scores"][0] == pytest.approx(r_r, abs=1e-4)
-        assert row["chosen_score"] == pytest.approx(row["chosen_scores"][0] + 0.5 * row["chosen_scores"][1])
+        assert row["chosen_score"] == pytest.approx(
+            row["chosen_scores"][0] + 0.5 * row["chosen_scores"][1]
+        )
         assert row["chosen_score"] > row["rejected_score"]
         sample = next(s for s in samples if s["source_row"] == row["source_row"])
         combined = [s[0] + 0.5 * s[1] for s in sample["scores"]]
         nonempty = [c for c, t in zip(combined, sample["completions"], strict=True) if t.strip()]
-        assert row["chosen_score"] == pytest.approx(max(nonempty)) and row["rejected_score"] == pytest.approx(min(nonempty))
+        assert row["chosen_score"] == pytest.approx(max(nonempty)) and row[
+            "rejected_score"
+        ] == pytest.approx(min(nonempty))
     # the multi-objective score is the weighted sum of the named outputs
     row = rows[0]
     enc = tok(row["prompt"] + row["chosen"], return_tensors="pt")
     with torch.no_grad():
         logits = multi_model.eval()(**enc).logits[0]
     expected = 0.75 * logits[0] + 0.25 * logits[1]
-    assert row["chosen_scores"][1] == pytest.approx(expected.item(), abs=0.05)  # rendering may differ slightly
+    assert row["chosen_scores"][1] == pytest.approx(
+        expected.item(), abs=0.05
+    )  # rendering may differ slightly
 
     # the output is preference data the data module reads
     from lightning_robust.data import PreferenceDataModule
@@ -138,7 +165,11 @@ def test_all_pairs_and_pair_selection():
     pairs, _ = select_pairs([0.1, 0.5, 0.3], ["a", "b", "c"], "all")
     assert sorted(pairs) == [(1, 0), (1, 2), (2, 0)]
     pairs, skipped = select_pairs([1.0, 1.0, 2.0], ["", " ", "x"], "max_min")
-    assert pairs == [] and skipped["empty_completion"] == 2 and skipped["fewer_than_2_completions"] == 1
+    assert (
+        pairs == []
+        and skipped["empty_completion"] == 2
+        and skipped["fewer_than_2_completions"] == 1
+    )
     pairs, skipped = select_pairs([0.2, 0.2], ["x", "y"], "max_min")
     assert pairs == [] and skipped["all_scores_equal"] == 1
 
@@ -157,13 +188,17 @@ def test_bad_inputs_name_the_option(tmp_path, prompt_file, trained_rm):
         build_pairs(prompt_file, "tiny", [trained_rm], out, reward_weights=[1, 2])
     # a bare module gets the policy's tokens: its vocabulary must cover them
     small = LlamaForSequenceClassification(tiny_llama_config(50, 0))
-    with pytest.raises(ValueError, match=r"reward_models\[0\]: its vocabulary \(50 tokens\) differs"):
+    with pytest.raises(
+        ValueError, match=r"reward_models\[0\]: its vocabulary \(50 tokens\) differs"
+    ):
         build_pairs(prompt_file, "tiny", [small], out)
     # require_same_tokenizer: a reward model with another vocabulary is refused by name
     other = load_reward_scorer("tiny")
     other.tokenizer = copy.deepcopy(other.tokenizer)
     other.tokenizer.add_tokens(["zzzextra"])
-    with pytest.raises(ValueError, match=r"reward_models\[1\]: its tokenizer .* differs from the policy's"):
+    with pytest.raises(
+        ValueError, match=r"reward_models\[1\]: its tokenizer .* differs from the policy's"
+    ):
         build_pairs(prompt_file, "tiny", [trained_rm, other], out, require_same_tokenizer=True)
     multi_dir, *_ = _multi_objective_dir(tmp_path)
     with pytest.raises(ValueError, match=r"objectives \['honesty'\] are not outputs"):
@@ -172,13 +207,44 @@ def test_bad_inputs_name_the_option(tmp_path, prompt_file, trained_rm):
 
 def test_command_line(tmp_path, prompt_file, trained_rm, capsys):
     out = tmp_path / "cli.parquet"
-    assert main(["--prompts", prompt_file, "--policy", "tiny", "--reward-model", trained_rm,
-                 "--output", str(out), "-k", "2", "--max-new-tokens", "4", "--pairing", "all"]) == 0
+    assert (
+        main(
+            [
+                "--prompts",
+                prompt_file,
+                "--policy",
+                "tiny",
+                "--reward-model",
+                trained_rm,
+                "--output",
+                str(out),
+                "-k",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--pairing",
+                "all",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == str(out)
     import pyarrow.parquet as pq
 
     assert pq.read_table(out).num_rows >= 1
     with pytest.raises(SystemExit) as exc:
-        main(["--prompts", prompt_file, "--policy", "tiny", "--reward-model", trained_rm,
-              "--output", str(out), "-k", "1"])
+        main(
+            [
+                "--prompts",
+                prompt_file,
+                "--policy",
+                "tiny",
+                "--reward-model",
+                trained_rm,
+                "--output",
+                str(out),
+                "-k",
+                "1",
+            ]
+        )
     assert exc.value.code == 2 and "num_samples (K)" in capsys.readouterr().err

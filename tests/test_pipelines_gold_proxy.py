@@ -29,6 +29,7 @@ def test_delta0_statistic_against_a_direct_computation():
     gold = torch.tensor([[4.0, 3.0, 2.0, 1.0], [0.0, 1.0, 0.0, 5.0]])
     gaps = []
     for p, g in zip(proxy.tolist(), gold.tolist(), strict=True):
+
         def z(v):
             m = sum(v) / len(v)
             s = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5
@@ -37,12 +38,18 @@ def test_delta0_statistic_against_a_direct_computation():
         gaps.append([abs(a - b) for a, b in zip(z(p), z(g), strict=True)])
     expected = sum(sum(g) / len(g) for g in gaps) / len(gaps)
     assert delta0_from_scores(proxy, gold) == pytest.approx(expected, rel=1e-9)
-    assert delta0_from_scores(proxy, gold, "max") == pytest.approx(sum(max(g) for g in gaps) / 2, rel=1e-9)
+    assert delta0_from_scores(proxy, gold, "max") == pytest.approx(
+        sum(max(g) for g in gaps) / 2, rel=1e-9
+    )
     assert delta0_from_scores(gold, gold) == 0.0  # a perfect proxy needs no budget
     # scale/shift of the proxy does not matter after group normalisation
     assert delta0_from_scores(3 * gold + 1, gold) == pytest.approx(0.0, abs=1e-6)
-    torch.testing.assert_close(group_normalise(torch.tensor([[1.0, 3.0]])), torch.tensor([[-1 / 2**0.5, 1 / 2**0.5]]),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        group_normalise(torch.tensor([[1.0, 3.0]])),
+        torch.tensor([[-1 / 2**0.5, 1 / 2**0.5]]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="G >= 2"):
         delta0_from_scores(proxy[:, :1], gold[:, :1])
     with pytest.raises(ValueError, match="statistic"):
@@ -56,48 +63,130 @@ def test_pipeline_labels_trains_calibrates_and_feeds_grpo(tmp_path):
     from lightning_robust.modules import GRPO
 
     prompts = tmp_path / "pilot.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"tell me about the {w}"}) + "\n"
-                               for w in ["river", "garden", "music", "bread"]))
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"tell me about the {w}"}) + "\n"
+            for w in ["river", "garden", "music", "bread"]
+        )
+    )
     summary = gold_proxy_pipeline(
-        "synthetic", "tiny", tmp_path / "work", max_rows=48, proxy_max_steps=3, proxy_batch_size=8,
-        proxy_max_length=48, proxy_learning_rate=1e-3, accelerator="cpu",
-        pilot_prompts=str(prompts), policy="tiny", pilot_size=4, num_generations=4, max_new_tokens=6,
+        "synthetic",
+        "tiny",
+        tmp_path / "work",
+        max_rows=48,
+        proxy_max_steps=3,
+        proxy_batch_size=8,
+        proxy_max_length=48,
+        proxy_learning_rate=1e-3,
+        accelerator="cpu",
+        pilot_prompts=str(prompts),
+        policy="tiny",
+        pilot_size=4,
+        num_generations=4,
+        max_new_tokens=6,
     )
     labels = [json.loads(line) for line in open(tmp_path / "work" / "gold_labelled.jsonl")]
     assert len(labels) == summary["labels"]["rows"] == 48
     assert all(r["gold_chosen"] >= r["gold_rejected"] for r in labels)  # ordered by the gold model
-    agree = sum(r["source_agrees"] and r["gold_chosen"] > r["gold_rejected"] for r in labels) / len(labels)
+    agree = sum(r["source_agrees"] and r["gold_chosen"] > r["gold_rejected"] for r in labels) / len(
+        labels
+    )
     assert summary["labels"]["source_agreement"] == pytest.approx(agree)
-    assert 0.0 <= summary["proxy"]["heldout_gold_agreement"] <= 1.0 and summary["proxy"]["heldout_pairs"] > 0
-    samples = [json.loads(line) for line in open(tmp_path / "work" / "pilot" / "pilot_pairs.jsonl.samples.jsonl")]
+    assert (
+        0.0 <= summary["proxy"]["heldout_gold_agreement"] <= 1.0
+        and summary["proxy"]["heldout_pairs"] > 0
+    )
+    samples = [
+        json.loads(line)
+        for line in open(tmp_path / "work" / "pilot" / "pilot_pairs.jsonl.samples.jsonl")
+    ]
     scores = torch.tensor([s["scores"] for s in samples])
-    assert summary["pilot"]["delta0"] == pytest.approx(delta0_from_scores(scores[..., 0], scores[..., 1]))
+    assert summary["pilot"]["delta0"] == pytest.approx(
+        delta0_from_scores(scores[..., 0], scores[..., 1])
+    )
     assert json.load(open(tmp_path / "work" / "summary.json"))["grpo_overrides"]["model.delta0"] > 0
 
     # the proxy and the calibrated budget drive one DRRO step; the gold model is logged
     overrides = summary["grpo_overrides"]
-    module = GRPO(reward_model=overrides["model.reward_model"], gold_reward_model=overrides["model.gold_reward_model"],
-                  delta0=overrides["model.delta0"], shaping="drro_soft", budget="dynamic", bonus_form="weight",
-                  num_generations=4, max_new_tokens=6, learning_rate=1e-3)
-    dm = PromptDataModule(batch_size=2, max_prompt_length=32,
-                          synthetic=SyntheticPromptConfig(num_train=2, num_val=0, seed=0))
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=tmp_path)
+    module = GRPO(
+        reward_model=overrides["model.reward_model"],
+        gold_reward_model=overrides["model.gold_reward_model"],
+        delta0=overrides["model.delta0"],
+        shaping="drro_soft",
+        budget="dynamic",
+        bonus_form="weight",
+        num_generations=4,
+        max_new_tokens=6,
+        learning_rate=1e-3,
+    )
+    dm = PromptDataModule(
+        batch_size=2,
+        max_prompt_length=32,
+        synthetic=SyntheticPromptConfig(num_train=2, num_val=0, seed=0),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=dm)
     logged = trainer.callback_metrics
     assert any("gold" in k for k in logged), sorted(logged)
 
 
 def test_command_prints_the_grpo_flags(tmp_path, capsys):
-    assert main(["--pairs", "synthetic", "--gold", "tiny", "--work-dir", str(tmp_path / "w"), "--max-rows", "16",
-                 "--proxy-max-steps", "1", "--proxy-batch-size", "8", "--proxy-max-length", "48",
-                 "--accelerator", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "--pairs",
+                "synthetic",
+                "--gold",
+                "tiny",
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--max-rows",
+                "16",
+                "--proxy-max-steps",
+                "1",
+                "--proxy-batch-size",
+                "8",
+                "--proxy-max-length",
+                "48",
+                "--accelerator",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert f"--model.reward_model={tmp_path / 'w' / 'proxy'}" in out and "--model.gold_reward_model=tiny" in out
+    assert (
+        f"--model.reward_model={tmp_path / 'w' / 'proxy'}" in out
+        and "--model.gold_reward_model=tiny" in out
+    )
     with pytest.raises(SystemExit):
-        main(["--pairs", "synthetic", "--gold", "tiny", "--work-dir", str(tmp_path / "v"), "--max-rows", "4",
-              "--pilot-prompts", "synthetic", "--proxy-max-steps", "1", "--accelerator", "cpu"])
+        main(
+            [
+                "--pairs",
+                "synthetic",
+                "--gold",
+                "tiny",
+                "--work-dir",
+                str(tmp_path / "v"),
+                "--max-rows",
+                "4",
+                "--pilot-prompts",
+                "synthetic",
+                "--proxy-max-steps",
+                "1",
+                "--accelerator",
+                "cpu",
+            ]
+        )
     assert "pilot_prompts needs `policy`" in capsys.readouterr().err
 
 
@@ -108,8 +197,14 @@ def test_train_proxy_follows_on_bad_row(tmp_path):
     from lightning_robust.pipelines.gold_proxy import train_proxy
 
     words = list(TINY_WORDS)
-    rows = [{"prompt": f"{words[i % len(words)]} {words[(i + 1) % len(words)]}",
-             "chosen": words[(i + 2) % len(words)], "rejected": words[(i + 3) % len(words)]} for i in range(24)]
+    rows = [
+        {
+            "prompt": f"{words[i % len(words)]} {words[(i + 1) % len(words)]}",
+            "chosen": words[(i + 2) % len(words)],
+            "rejected": words[(i + 3) % len(words)],
+        }
+        for i in range(24)
+    ]
     rows[5]["rejected"] = " ".join(words[:10] * 10)  # far beyond max_length
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -1,4 +1,4 @@
-"""PPO / DR-PPO LightningModule (ALGORITHMS.md §4) on the synthetic prompt task."""
+"""PPO / DR-PPO LightningModule (docs/ALGORITHMS.md §4) on the synthetic prompt task."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def same(a, b) -> bool:
 
 
 def test_rho_zero_dr_ppo_is_ppo_exactly(tmp_path):
-    """ALGORITHMS.md §4 edge case: rho = 0 gives standard PPO exactly (both versions)."""
+    """docs/ALGORITHMS.md §4 edge case: rho = 0 gives standard PPO exactly (both versions)."""
     ppo = module()
     fit(ppo, data(), tmp_path / "ppo")
     expected = parameters(ppo)

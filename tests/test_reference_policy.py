@@ -54,12 +54,18 @@ def test_implicit_reward_scorer_takes_the_reference_policy(lora):
     _perturb(module.backbone)  # the policy has moved away from its reference
     tok = module.tokenizer
     ref = module.reference_policy
-    by_policy = DPOImplicitRewardScorer(module.backbone, tok, reference=ref, beta=0.5, max_length=64)
+    by_policy = DPOImplicitRewardScorer(
+        module.backbone, tok, reference=ref, beta=0.5, max_length=64
+    )
     if lora is None:
-        expected_ref = LikelihoodScorer(module.reference_model, tok, max_length=64).score(PROMPTS, RESPONSES)
+        expected_ref = LikelihoodScorer(module.reference_model, tok, max_length=64).score(
+            PROMPTS, RESPONSES
+        )
     else:
         with module.backbone.disable_adapter():
-            expected_ref = LikelihoodScorer(module.backbone, tok, max_length=64).score(PROMPTS, RESPONSES)
+            expected_ref = LikelihoodScorer(module.backbone, tok, max_length=64).score(
+                PROMPTS, RESPONSES
+            )
     pi = LikelihoodScorer(module.backbone, tok, max_length=64).score(PROMPTS, RESPONSES)
     got = by_policy.score(PROMPTS, RESPONSES)
     torch.testing.assert_close(got, 0.5 * (pi - expected_ref), rtol=1e-5, atol=1e-5)
@@ -75,6 +81,6 @@ def test_precomputed_full_weight_reference_has_no_model_to_score_with():
     module = DPO(reference="precomputed")
     module.configure_model()
     with pytest.raises(ValueError, match="keeps no reference model"):
-        DPOImplicitRewardScorer(module.backbone, module.tokenizer, reference=module.reference_policy).score(
-            PROMPTS, RESPONSES
-        )
+        DPOImplicitRewardScorer(
+            module.backbone, module.tokenizer, reference=module.reference_policy
+        ).score(PROMPTS, RESPONSES)

@@ -66,7 +66,9 @@ def test_wasserstein_penalty_forms_and_checks():
     out = (losses.repeat(2)[:, None, None] * embeds).sum(dim=(1, 2))  # l_i depends on rows i, i+n
     pair = out[:2] + out[2:]
     seed = WassersteinPenalty(0.3, "seed")(pair, embeds)
-    sq = torch.tensor([2.0 * 3 * 2, 2.0 * 3 * 2]) * torch.tensor([1.0, 4.0])  # ||l_i * 1||^2 over 2 rows
+    sq = torch.tensor([2.0 * 3 * 2, 2.0 * 3 * 2]) * torch.tensor(
+        [1.0, 4.0]
+    )  # ||l_i * 1||^2 over 2 rows
     torch.testing.assert_close(seed.scalar, 0.3 * sq.mean())
     sqrt = WassersteinPenalty(0.3, "sqrt")(pair, embeds)
     torch.testing.assert_close(sqrt.scalar, 0.3 * sq.mean().sqrt())

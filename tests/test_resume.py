@@ -75,16 +75,25 @@ def test_one_process_killed_four_times_ends_as_the_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_a_rank_dies_the_other_exits_clearly_and_the_run_resumes_exactly(tmp_path):
+def test_two_gloo_processes_a_rank_dies_the_other_exits_clearly_and_the_run_resumes_exactly(
+    tmp_path,
+):
     """Rank 1 is SIGKILLed mid-epoch in epoch 2; rank 0 must end (not hang) with a one-line error
     naming the lost peer; ``--ckpt_path last`` then ends as the uninterrupted 2-process run."""
     ref = h.launch(tmp_path / "ref", 2)
     code, out = h.wait(ref)  # one 2-process run at a time: the machine has 2 cores
     assert code == 0, out[-3000:]
     killed = tmp_path / "killed"
-    code, out = h.wait(h.launch(killed, 2, {**h.KILL_POINTS["epoch 2, mid-epoch (step 7)"], "rank": 1}), timeout=180)
+    code, out = h.wait(
+        h.launch(killed, 2, {**h.KILL_POINTS["epoch 2, mid-epoch (step 7)"], "rank": 1}),
+        timeout=180,
+    )
     assert code == 1, out[-3000:]
-    assert out.strip().splitlines()[-1].startswith("error: another process of this distributed run died ("), out[-2000:]
+    assert (
+        out.strip()
+        .splitlines()[-1]
+        .startswith("error: another process of this distributed run died (")
+    ), out[-2000:]
     code, out = h.wait(h.launch(killed, 2, None, "--ckpt_path", "last"))
     assert code == 0, out[-4000:]
     assert "Restored all states" in out
@@ -128,7 +137,9 @@ def test_sampler_shards_by_rank_like_one_process_with_the_global_batch():
     assert len(ranks[0]) == len(ranks[1]) == 6
     # global batch j of 2 ranks x 2 = batch j of one process with 4
     for j in range(2):
-        assert sorted(list(ranks[0])[2 * j:2 * j + 2] + list(ranks[1])[2 * j:2 * j + 2]) == sorted(order[4 * j:4 * j + 4])
+        assert sorted(
+            list(ranks[0])[2 * j : 2 * j + 2] + list(ranks[1])[2 * j : 2 * j + 2]
+        ) == sorted(order[4 * j : 4 * j + 4])
     # 2 ranks stopped after 2 examples each (4 of the epoch) resume on 1 process at example 4
     for r in ranks:
         r.advance(2)
@@ -144,8 +155,14 @@ def test_data_module_applies_a_restored_position_whenever_the_loader_is_built():
     from lightning_robust.data import PreferenceDataModule
 
     def module():
-        dm = PreferenceDataModule(train="synthetic", tokenizer="tiny", batch_size=4, max_length=48,
-                                  seed=3, synthetic={"num_train": 16, "num_eval": 4, "seed": 1})
+        dm = PreferenceDataModule(
+            train="synthetic",
+            tokenizer="tiny",
+            batch_size=4,
+            max_length=48,
+            seed=3,
+            synthetic={"num_train": 16, "num_eval": 4, "seed": 1},
+        )
         dm.setup("fit")
         return dm
 
@@ -178,8 +195,15 @@ def test_resumable_csv_logger_keeps_rows_before_the_resume_point(tmp_path):
     resumed.log_metrics({"train/loss": 50.0}, step=5)
     with open(tmp_path / "logs" / "run" / "metrics.csv", newline="") as f:
         rows = [(r["step"], r["train/loss"], r["val/loss"]) for r in csv.DictReader(f)]
-    assert rows == [("0", "0.0", ""), ("1", "1.0", ""), ("2", "2.0", ""), ("3", "3.0", ""),
-                    ("4", "4.0", ""), ("4", "", "8.0"), ("5", "50.0", "")]
+    assert rows == [
+        ("0", "0.0", ""),
+        ("1", "1.0", ""),
+        ("2", "2.0", ""),
+        ("3", "3.0", ""),
+        ("4", "4.0", ""),
+        ("4", "", "8.0"),
+        ("5", "50.0", ""),
+    ]
     fresh = ResumableCSVLogger(tmp_path, name="logs", version="run")  # a new run from step 0
     fresh.log_metrics({"train/loss": 1.5}, step=0)
     with open(tmp_path / "logs" / "run" / "metrics.csv", newline="") as f:

@@ -25,7 +25,10 @@ def _direct_scores(model, tok, prompts, responses):
     out = []
     for p, r in zip(prompts, responses, strict=True):
         text = p if isinstance(p, str) else messages_to_plain(p)
-        ids = tok(text, add_special_tokens=False)["input_ids"] + tok(r, add_special_tokens=False)["input_ids"]
+        ids = (
+            tok(text, add_special_tokens=False)["input_ids"]
+            + tok(r, add_special_tokens=False)["input_ids"]
+        )
         with torch.no_grad():
             out.append(model(input_ids=torch.tensor([ids])).logits[0, 0].item())
     return torch.tensor(out)
@@ -36,7 +39,9 @@ def test_synthetic_specs():
     assert isinstance(gold, SyntheticGoldReward) and isinstance(proxy, SyntheticProxyReward)
     assert isinstance(gold, Scorer)
     scores = gold.score(PROMPTS, RESPONSES)
-    assert scores.tolist() == pytest.approx([gold_reward(p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)])
+    assert scores.tolist() == pytest.approx(
+        [gold_reward(p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    )
     with pytest.raises(ValueError, match="synthetic:silver"):
         load_reward_scorer("synthetic:silver")
 
@@ -54,7 +59,9 @@ def test_saved_sequence_classifier_directory(tmp_path):
 
     tok = load_tokenizer("tiny")
     torch.manual_seed(0)
-    model = LlamaForSequenceClassification(tiny_llama_config(len(tok), tok.pad_token_id, num_labels=1)).eval()
+    model = LlamaForSequenceClassification(
+        tiny_llama_config(len(tok), tok.pad_token_id, num_labels=1)
+    ).eval()
     model.save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
     scorer = load_reward_scorer(str(tmp_path / "rm"), batch_size=2)
@@ -63,7 +70,9 @@ def test_saved_sequence_classifier_directory(tmp_path):
     assert not scorer.model.training
     got = scorer.score(PROMPTS, RESPONSES)
     assert got.dtype == torch.float32 and got.shape == (2,)
-    torch.testing.assert_close(got, _direct_scores(model, tok, PROMPTS, RESPONSES), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        got, _direct_scores(model, tok, PROMPTS, RESPONSES), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_reward_model_checkpoint(tmp_path):
@@ -75,11 +84,19 @@ def test_reward_model_checkpoint(tmp_path):
 
     module = RewardModel(learning_rate=1e-3)
     dm = PreferenceDataModule(
-        batch_size=8, max_length=48, synthetic=SyntheticShiftConfig(num_train=16, num_eval=8, seed=0)
+        batch_size=8,
+        max_length=48,
+        synthetic=SyntheticShiftConfig(num_train=16, num_eval=8, seed=0),
     )
     trainer = Trainer(
-        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=dm)
     path = tmp_path / "rm.ckpt"

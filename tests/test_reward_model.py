@@ -17,8 +17,10 @@ from lightning_robust.weighting import ERM, TVBall
 
 
 def test_bradley_terry_worked_example():
-    # ALGORITHMS.md §2: r_w=0.8, r_l=-0.3 give a BT loss of 0.287335.
-    loss = bradley_terry_losses(torch.tensor([0.8], dtype=torch.float64), torch.tensor([-0.3], dtype=torch.float64))
+    # docs/ALGORITHMS.md §2: r_w=0.8, r_l=-0.3 give a BT loss of 0.287335.
+    loss = bradley_terry_losses(
+        torch.tensor([0.8], dtype=torch.float64), torch.tensor([-0.3], dtype=torch.float64)
+    )
     assert loss.item() == pytest.approx(0.287335, abs=1e-6)
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.1))), abs=1e-12)
 
@@ -31,8 +33,10 @@ def _batch(model, n=8, seed=0):
     mask[::3, 9:] = 0
     ids[mask == 0] = model.tokenizer.pad_token_id
     return {
-        "chosen_input_ids": ids[:n], "chosen_attention_mask": mask[:n],
-        "rejected_input_ids": ids[n:], "rejected_attention_mask": mask[n:],
+        "chosen_input_ids": ids[:n],
+        "chosen_attention_mask": mask[:n],
+        "rejected_input_ids": ids[n:],
+        "rejected_attention_mask": mask[n:],
         "group": torch.full((n,), -1),
     }
 
@@ -73,23 +77,42 @@ def test_tiny_model_is_deterministic_and_pad_aware():
 
 def _datamodule(**kw):
     return PreferenceDataModule(
-        train="synthetic", batch_size=16, max_length=64,
-        synthetic=SyntheticShiftConfig(num_train=320, num_eval=48, seed=1, length_pair_share=0.0), **kw,
+        train="synthetic",
+        batch_size=16,
+        max_length=64,
+        synthetic=SyntheticShiftConfig(num_train=320, num_eval=48, seed=1, length_pair_share=0.0),
+        **kw,
     )
 
 
 def test_fit_logs_train_val_robust_and_group_metrics(tmp_path):
     model = RewardModel(weighting=TVBall(rho=0.4), learning_rate=3e-3)
     trainer = Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=_datamodule())
     m = trainer.callback_metrics
-    for key in ["train/loss", "train/accuracy", "train/robust/ess", "train/robust/max_weight",
-                "train/robust/entropy", "val/accuracy", "val/loss", "val/margin",
-                "val/reward_mean", "val/reward_std", "val/shifted/accuracy", "val/minority/accuracy"]:
+    for key in [
+        "train/loss",
+        "train/accuracy",
+        "train/robust/ess",
+        "train/robust/max_weight",
+        "train/robust/entropy",
+        "val/accuracy",
+        "val/loss",
+        "val/margin",
+        "val/reward_mean",
+        "val/reward_std",
+        "val/shifted/accuracy",
+        "val/minority/accuracy",
+    ]:
         assert key in m, f"{key} not logged; have {sorted(m)}"
     assert 0.0 <= float(m["val/accuracy"]) <= 1.0
     assert float(m["train/robust/ess"]) < 16.0  # TV rho=0.4 concentrates the weights
@@ -100,8 +123,13 @@ def test_training_reduces_loss_on_synthetic_data(tmp_path):
     torch.manual_seed(0)
     model = RewardModel(weighting=ERM(), learning_rate=1e-3)
     trainer = Trainer(
-        accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
     dm = _datamodule()
     before = trainer.validate(model, datamodule=dm, verbose=False)[0]["val/loss"]
@@ -125,7 +153,9 @@ def test_lora_trains_only_adapters_and_export_merges(tmp_path):
     expected = model(batch["chosen_input_ids"], batch["chosen_attention_mask"])
     path = model.export(tmp_path / "rm", merge_lora=True)
     loaded = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    got = loaded(input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits[:, 0]
+    got = loaded(
+        input_ids=batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]
+    ).logits[:, 0]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     # the training model keeps its adapters
     assert any("lora_" in n for n, _ in model.backbone.named_parameters())
@@ -134,8 +164,15 @@ def test_lora_trains_only_adapters_and_export_merges(tmp_path):
 def test_margin_column_reaches_the_loss_and_bad_margins_are_named(tmp_path):
     import json
 
-    rows = [{"prompt": f"question {i}", "chosen": "good answer", "rejected": "bad answer", "margin": 0.5 * i}
-            for i in range(8)]
+    rows = [
+        {
+            "prompt": f"question {i}",
+            "chosen": "good answer",
+            "rejected": "bad answer",
+            "margin": 0.5 * i,
+        }
+        for i in range(8)
+    ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     dm = PreferenceDataModule(train=str(path), val_fraction=0.0, batch_size=8, shuffle=False)

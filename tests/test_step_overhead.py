@@ -35,17 +35,28 @@ def _fit_params(lightning_clipping: bool, steps: int = 3, clip: float | None = 0
     torch.manual_seed(0)
     model = RewardModel(tiny_config=TINY, learning_rate=1e-2, warmup_ratio=0.0)
     if lightning_clipping:  # Lightning's own clip_grad_norm_ (a second norm pass)
-        model.configure_gradient_clipping = lambda *a, **k: LightningModule.configure_gradient_clipping(
-            model, *a, **k
+        model.configure_gradient_clipping = lambda *a, **k: (
+            LightningModule.configure_gradient_clipping(model, *a, **k)
         )
     dm = PreferenceDataModule(
-        train="synthetic", batch_size=4, max_length=32, val_fraction=0.0, shuffle=False,
+        train="synthetic",
+        batch_size=4,
+        max_length=32,
+        val_fraction=0.0,
+        shuffle=False,
         synthetic=SyntheticShiftConfig(num_train=4 * steps, num_eval=4, seed=1),
     )
     trainer = Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, gradient_clip_val=clip, log_every_n_steps=2,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=clip,
+        log_every_n_steps=2,
     )
     trainer.fit(model, datamodule=dm)
     return {n: p.detach().clone() for n, p in model.backbone.named_parameters()}, trainer
@@ -59,7 +70,9 @@ def test_clipping_with_the_screened_norm_equals_lightning_clipping():
     unclipped, _ = _fit_params(False, clip=None)  # the clipping was active
     assert not all(torch.equal(ours[k], unclipped[k]) for k in ours)
     # the windowed metrics were logged (3 steps, every 2: a window of 2 and the last one)
-    assert "train/loss" in trainer.callback_metrics and "train/robust/ess" in trainer.callback_metrics
+    assert (
+        "train/loss" in trainer.callback_metrics and "train/robust/ess" in trainer.callback_metrics
+    )
 
 
 def test_step_window_means():

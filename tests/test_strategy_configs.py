@@ -86,8 +86,15 @@ def test_multi_node_overlay_sets_nodes_and_devices(tmp_path, monkeypatch):
     # ZeRO-2 after it keeps the nodes and devices and switches the stage
     monkeypatch.chdir(tmp_path)
     cli = build_cli(
-        ["--config", str(RECIPES["dpo"]), "--config", str(CONFIGS / "strategy" / "multi_node.yaml"),
-         "--config", str(CONFIGS / "strategy" / "deepspeed_zero2.yaml"), *CPU[:2]],
+        [
+            "--config",
+            str(RECIPES["dpo"]),
+            "--config",
+            str(CONFIGS / "strategy" / "multi_node.yaml"),
+            "--config",
+            str(CONFIGS / "strategy" / "deepspeed_zero2.yaml"),
+            *CPU[:2],
+        ],
         run=False,
     )
     assert cli.trainer.num_nodes == 2
@@ -99,7 +106,8 @@ def test_gradient_checkpointing_switch(cls_name):
     from lightning_robust import modules
 
     model = getattr(modules, cls_name)(
-        gradient_checkpointing=True, tiny_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+        gradient_checkpointing=True,
+        tiny_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1},
     )
     model.configure_model()
     assert model.backbone.is_gradient_checkpointing

@@ -67,7 +67,9 @@ def test_scorers_return_float32_and_check_lengths():
     gold = SyntheticGoldReward().score(prompts, responses)
     proxy = SyntheticProxyReward().score(prompts, responses)
     assert gold.dtype == proxy.dtype == torch.float32 and gold.shape == (2,)
-    torch.testing.assert_close(gold, torch.tensor([gold_reward(p, r) for p, r in zip(prompts, responses, strict=True)]))
+    torch.testing.assert_close(
+        gold, torch.tensor([gold_reward(p, r) for p, r in zip(prompts, responses, strict=True)])
+    )
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         SyntheticGoldReward().score(prompts, responses[:1])
 
@@ -86,8 +88,12 @@ def test_repeating_a_topic_word_keeps_raising_the_proxy_while_gold_falls():
 def test_prompts_are_deterministic_given_the_seed():
     cfg = SyntheticPromptConfig(num_train=50, num_val=10, seed=3)
     assert generate_prompts("train", cfg) == generate_prompts("train", cfg)
-    assert generate_prompts("train", cfg) != generate_prompts("train", SyntheticPromptConfig(num_train=50, seed=4))
-    assert generate_prompts("train", cfg) != generate_prompts("val", SyntheticPromptConfig(num_train=50, num_val=50, seed=3))
+    assert generate_prompts("train", cfg) != generate_prompts(
+        "train", SyntheticPromptConfig(num_train=50, seed=4)
+    )
+    assert generate_prompts("train", cfg) != generate_prompts(
+        "val", SyntheticPromptConfig(num_train=50, num_val=50, seed=3)
+    )
     rows = generate_prompts("train", cfg)
     assert all(prompt_topic(r["prompt"]) == r["group"] for r in rows)
     with pytest.raises(ValueError, match="split"):
@@ -110,7 +116,9 @@ def one_thread():
 def _policy(seed: int = 0):
     from transformers import LlamaForCausalLM
 
-    dm = PromptDataModule(batch_size=8, synthetic=SyntheticPromptConfig(num_train=64, num_val=64, seed=seed))
+    dm = PromptDataModule(
+        batch_size=8, synthetic=SyntheticPromptConfig(num_train=64, num_val=64, seed=seed)
+    )
     dm.setup("fit")
     tok = dm.tokenizer
     torch.manual_seed(seed)
@@ -120,9 +128,13 @@ def _policy(seed: int = 0):
 
 def _sample(model, tok, batch, generations=4, new_tokens=12):
     rollout = generate_rollouts(
-        model, batch["prompt_input_ids"], batch["prompt_attention_mask"],
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        num_generations=generations, max_new_tokens=new_tokens,
+        model,
+        batch["prompt_input_ids"],
+        batch["prompt_attention_mask"],
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        num_generations=generations,
+        max_new_tokens=new_tokens,
     )
     texts = tok.batch_decode(rollout.response_ids, skip_special_tokens=True)
     prompts = [batch["prompts"][i] for i in rollout.prompt_index.tolist()]
@@ -184,6 +196,8 @@ def test_optimising_the_proxy_longer_raises_proxy_while_gold_falls(one_thread):
     gold0, proxy0 = _evaluate(model, tok, dm)
     _reinforce(model, tok, dm, SyntheticProxyReward(), steps=100)
     gold1, proxy1 = _evaluate(model, tok, dm)
-    print(f"proxy {proxy0.mean():.3f} -> {proxy1.mean():.3f}; gold {gold0.mean():.3f} -> {gold1.mean():.3f}")
+    print(
+        f"proxy {proxy0.mean():.3f} -> {proxy1.mean():.3f}; gold {gold0.mean():.3f} -> {gold1.mean():.3f}"
+    )
     assert proxy1.mean() > proxy0.mean() + 0.5
     assert gold1.mean() < gold0.mean()

@@ -12,16 +12,30 @@ from lightning_robust.cli import build_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GPU_RECIPES = [
-    "reward/btl.yaml", "reward/dr_tv.yaml", "reward/dr_chi2.yaml", "dpo/dpo.yaml", "dpo/dr_dpo_tv.yaml",
-    "dpo/kldpo.yaml", "dpo/wdpo.yaml", "grpo/drro_grpo.yaml", "ppo/dr_ppo.yaml",
+    "reward/btl.yaml",
+    "reward/dr_tv.yaml",
+    "reward/dr_chi2.yaml",
+    "dpo/dpo.yaml",
+    "dpo/dr_dpo_tv.yaml",
+    "dpo/kldpo.yaml",
+    "dpo/wdpo.yaml",
+    "grpo/drro_grpo.yaml",
+    "ppo/dr_ppo.yaml",
 ]
 
 
-@pytest.mark.parametrize("name,expected", [("tensorboard", "TensorBoardLogger"), ("csv", "ResumableCSVLogger")])
+@pytest.mark.parametrize(
+    "name,expected", [("tensorboard", "TensorBoardLogger"), ("csv", "ResumableCSVLogger")]
+)
 def test_logger_overlay_applies(name, expected, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(
-        ["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "logger" / f"{name}.yaml")],
+        [
+            "--config",
+            str(CONFIGS / "quickstart.yaml"),
+            "--config",
+            str(CONFIGS / "logger" / f"{name}.yaml"),
+        ],
         run=False,
     )
     assert type(cli.trainer.logger).__name__ == expected

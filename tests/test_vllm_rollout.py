@@ -33,12 +33,21 @@ def test_push_goes_through_apply_model():
 def test_push_falls_back_to_the_v0_path_and_errors_without_either():
     model = FakeModel()
     runner = types.SimpleNamespace(model=model)
-    llm = types.SimpleNamespace(llm_engine=types.SimpleNamespace(
-        model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(model_runner=runner))))
+    llm = types.SimpleNamespace(
+        llm_engine=types.SimpleNamespace(
+            model_executor=types.SimpleNamespace(
+                driver_worker=types.SimpleNamespace(model_runner=runner)
+            )
+        )
+    )
     load_weights_into_engine(llm, [("w", torch.zeros(1))])
     assert model.loaded[0][0] == "w"
-    with pytest.raises(RuntimeError, match=r"cannot push the policy's weights into vLLM 9\.9.*experimental"):
-        load_weights_into_engine(types.SimpleNamespace(llm_engine=types.SimpleNamespace()), [], "9.9")
+    with pytest.raises(
+        RuntimeError, match=r"cannot push the policy's weights into vLLM 9\.9.*experimental"
+    ):
+        load_weights_into_engine(
+            types.SimpleNamespace(llm_engine=types.SimpleNamespace()), [], "9.9"
+        )
 
 
 def test_merged_lora_policy_pushes_base_names_only():
@@ -67,7 +76,10 @@ def test_engine_samples_in_the_hf_layout_and_pushes(monkeypatch, caplog):
             self.kwargs = kwargs
 
         def generate(self, prompts, params, use_tqdm=False):
-            return [types.SimpleNamespace(outputs=[Completion([5, 2, 7]), Completion([6])]) for _ in prompts]
+            return [
+                types.SimpleNamespace(outputs=[Completion([5, 2, 7]), Completion([6])])
+                for _ in prompts
+            ]
 
         def apply_model(self, fn):
             return [fn(pushed)]

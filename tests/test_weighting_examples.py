@@ -1,4 +1,4 @@
-"""Worked examples of ALGORITHMS.md §1.3–§1.7 and the independent checks of §1.4, §1.5, §1.7."""
+"""Worked examples of docs/ALGORITHMS.md §1.3–§1.7 and the independent checks of §1.4, §1.5, §1.7."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def test_tv_example_13_saturated(caplog):
     assert torch.equal(out.weights, torch.nn.functional.one_hot(torch.tensor(3), 8).double())
     assert out.loss.item() == 1.6
     assert out.stats["saturated"].item() == 1.0
-    assert sum("saturated" in r.getMessage() or "D_max" in r.getMessage() for r in caplog.records) == 1
+    assert (
+        sum("saturated" in r.getMessage() or "D_max" in r.getMessage() for r in caplog.records) == 1
+    )
 
 
 def test_chi2_example_14():
@@ -125,7 +127,11 @@ def _chi2_dual(losses: torch.Tensor, rho: float, eta: float) -> float:
 
 def _kl_dual(losses: torch.Tensor, rho: float, lam: float) -> float:
     mx = losses.max().item()
-    return mx + lam * (torch.logsumexp((losses - mx) / lam, 0).item() - math.log(len(losses))) + lam * rho
+    return (
+        mx
+        + lam * (torch.logsumexp((losses - mx) / lam, 0).item() - math.log(len(losses)))
+        + lam * rho
+    )
 
 
 @pytest.mark.parametrize("rho", [0.01, 0.1, 0.5, 1.5, 3.0])
@@ -158,7 +164,9 @@ def test_kl_dual_check(rho, seed):
     value = out.loss.item()
     assert _kl_dual(losses, rho, lam) == pytest.approx(value, abs=1e-11)
     best = minimize_scalar(
-        lambda s: _kl_dual(losses, rho, math.exp(s)), bounds=(-12, 12), method="bounded",
+        lambda s: _kl_dual(losses, rho, math.exp(s)),
+        bounds=(-12, 12),
+        method="bounded",
         options={"xatol": 1e-12},
     )
     assert best.fun == pytest.approx(value, abs=1e-9)

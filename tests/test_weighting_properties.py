@@ -1,6 +1,6 @@
 """Property-based checks: every closed form equals the cvxpylayers (Clarabel, float64) solution.
 
-Tolerances follow ALGORITHMS.md §7: interior-point weights are accurate to about 1e-6, so values
+Tolerances follow docs/ALGORITHMS.md §7: interior-point weights are accurate to about 1e-6, so values
 are compared to 2e-5 (in units of the loss range) and weights to 1e-4 where the losses are well
 separated (distinct integers on a grid, so relative gaps >= 1/300); the invariants that do not
 involve the solver (simplex, divergence = rho, tie symmetry) hold to 1e-9.
@@ -126,9 +126,11 @@ def test_ball_invariants_with_ties(losses, frac, name):
 
 
 @SETTINGS
-@given(losses=tied_losses(min_size=3), frac=st.floats(0.05, 0.9), name=st.sampled_from(["tv", "cvar"]))
+@given(
+    losses=tied_losses(min_size=3), frac=st.floats(0.05, 0.9), name=st.sampled_from(["tv", "cvar"])
+)
 def test_tied_values_match_cvxpy(losses, frac, name):
-    """With ties the TV/CVaR maximiser is not unique: compare values (ALGORITHMS.md §7)."""
+    """With ties the TV/CVaR maximiser is not unique: compare values (docs/ALGORITHMS.md §7)."""
     n = len(losses)
     m = int((losses == losses.max()).sum())
     if m == n:
@@ -174,7 +176,9 @@ def test_kl_penalty_normalized_equals_cvxpy(tau, seed):
 
 
 @SETTINGS
-@given(losses=separated_losses(), frac=st.floats(0.05, 0.9), name=st.sampled_from(["tv", "chi2", "kl"]))
+@given(
+    losses=separated_losses(), frac=st.floats(0.05, 0.9), name=st.sampled_from(["tv", "chi2", "kl"])
+)
 def test_minimize_equals_cvxpy_minimum(losses, frac, name):
     n = len(losses)
     rho = frac * d_max(name, n, 1)

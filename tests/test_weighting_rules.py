@@ -1,4 +1,4 @@
-"""The rules of ALGORITHMS.md §1.2 and the RobustWeighting contract, for every strategy."""
+"""The rules of docs/ALGORITHMS.md §1.2 and the RobustWeighting contract, for every strategy."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def simplex_strategies():
 
 
 def _divergence(name: str, q: torch.Tensor) -> float:
-    return {"tv": cf.tv_divergence, "chi2": cf.chi2_divergence, "kl": cf.kl_divergence}[name](q).item()
+    return {"tv": cf.tv_divergence, "chi2": cf.chi2_divergence, "kl": cf.kl_divergence}[name](
+        q
+    ).item()
 
 
 # ---------------------------------------------------------------- contract
@@ -101,9 +103,17 @@ def test_rule2_zero_radius_is_erm_bit_for_bit(dtype):
     erm = ERM()(losses)
     assert torch.equal(erm.loss, losses.mean())
     same = [
-        TVBall(0.0), ChiSquareBall(0.0), KLBall(0.0), CVaR(1.0), KLPenalty(math.inf),
-        KLPenalty(math.inf, form="seed"), Cvxpy("tv", 0.0), Cvxpy("chi2", 0.0), Cvxpy("cvar", 1.0),
-        TVBall(0.0, minimize=True), TVBall(0.0, nan_policy="mask"),
+        TVBall(0.0),
+        ChiSquareBall(0.0),
+        KLBall(0.0),
+        CVaR(1.0),
+        KLPenalty(math.inf),
+        KLPenalty(math.inf, form="seed"),
+        Cvxpy("tv", 0.0),
+        Cvxpy("chi2", 0.0),
+        Cvxpy("cvar", 1.0),
+        TVBall(0.0, minimize=True),
+        TVBall(0.0, nan_policy="mask"),
     ]
     for strategy in same:
         out = strategy(losses)
@@ -163,8 +173,16 @@ def test_rule6_ties_get_exactly_equal_weights(seed):
     losses = torch.randint(0, 5, (14,), generator=g).double() * 0.37
     perm = torch.randperm(14, generator=g)
     strategies = [
-        TVBall(0.23), ChiSquareBall(0.4), KLBall(0.3), CVaR(0.3), CVaR(0.07), KLPenalty(0.5),
-        TVBall(0.9), Cvxpy("tv", 0.23), Cvxpy("chi2", 0.4), Cvxpy("cvar", 0.3),
+        TVBall(0.23),
+        ChiSquareBall(0.4),
+        KLBall(0.3),
+        CVaR(0.3),
+        CVaR(0.07),
+        KLPenalty(0.5),
+        TVBall(0.9),
+        Cvxpy("tv", 0.23),
+        Cvxpy("chi2", 0.4),
+        Cvxpy("cvar", 0.3),
     ]
     for strategy in strategies:
         q = strategy(losses).weights
@@ -219,12 +237,18 @@ def test_rule7_mask_mode():
     bad[2] = float("nan")
     bad[5] = -float("inf")
     keep = torch.tensor([0, 1, 3, 4, 6, 7])
-    for make in [lambda: TVBall(0.2, nan_policy="mask"), lambda: ChiSquareBall(0.5, nan_policy="mask"),
-                 lambda: KLBall(0.2, nan_policy="mask"), lambda: CVaR(0.4, nan_policy="mask"),
-                 lambda: KLPenalty(0.5, nan_policy="mask"), lambda: ERM(nan_policy="mask"),
-                 lambda: KLPenalty(0.5, form="seed", nan_policy="mask")]:
-        x = (losses * 1.0).masked_scatter(torch.isnan(bad) | torch.isinf(bad),
-                                           bad[~torch.isfinite(bad)])
+    for make in [
+        lambda: TVBall(0.2, nan_policy="mask"),
+        lambda: ChiSquareBall(0.5, nan_policy="mask"),
+        lambda: KLBall(0.2, nan_policy="mask"),
+        lambda: CVaR(0.4, nan_policy="mask"),
+        lambda: KLPenalty(0.5, nan_policy="mask"),
+        lambda: ERM(nan_policy="mask"),
+        lambda: KLPenalty(0.5, form="seed", nan_policy="mask"),
+    ]:
+        x = (losses * 1.0).masked_scatter(
+            torch.isnan(bad) | torch.isinf(bad), bad[~torch.isfinite(bad)]
+        )
         out = make()(x)
         assert out.weights[2] == 0 and out.weights[5] == 0
         ref = make()(L[keep])
@@ -240,8 +264,11 @@ def test_rule7_mask_mode():
 
 def test_rule7_all_masked_skips():
     losses = torch.full((4,), float("nan"), requires_grad=True)
-    for strategy in [TVBall(0.2, nan_policy="mask"), ERM(nan_policy="mask"),
-                     GroupDRO(2, nan_policy="mask")]:
+    for strategy in [
+        TVBall(0.2, nan_policy="mask"),
+        ERM(nan_policy="mask"),
+        GroupDRO(2, nan_policy="mask"),
+    ]:
         out = strategy(losses * 1.0, torch.tensor([0, 1, 0, 1]))
         assert torch.equal(out.weights, torch.zeros(4))
         assert out.loss.item() == 0.0 and out.stats["skipped"].item() == 1.0
@@ -294,12 +321,20 @@ def test_cli_style_construction():
     parser = jsonargparse.ArgumentParser()
     parser.add_subclass_arguments(RobustWeighting, "weighting")
     for yaml_text, cls in [
-        ("weighting:\n  class_path: lightning_robust.weighting.TVBall\n  init_args:\n    rho: 0.4\n",
-         TVBall),
-        ("weighting:\n  class_path: lightning_robust.weighting.KLPenalty\n  init_args:\n"
-         "    tau: 0.05\n    form: seed\n    scope: local\n", KLPenalty),
-        ("weighting:\n  class_path: lightning_robust.weighting.GroupDRO\n  init_args:\n"
-         "    num_groups: 4\n", GroupDRO),
+        (
+            "weighting:\n  class_path: lightning_robust.weighting.TVBall\n  init_args:\n    rho: 0.4\n",
+            TVBall,
+        ),
+        (
+            "weighting:\n  class_path: lightning_robust.weighting.KLPenalty\n  init_args:\n"
+            "    tau: 0.05\n    form: seed\n    scope: local\n",
+            KLPenalty,
+        ),
+        (
+            "weighting:\n  class_path: lightning_robust.weighting.GroupDRO\n  init_args:\n"
+            "    num_groups: 4\n",
+            GroupDRO,
+        ),
     ]:
         cfg = parser.parse_string(yaml_text)
         obj = parser.instantiate_classes(cfg).weighting
@@ -310,9 +345,14 @@ def test_cli_style_construction():
 
 
 def test_minimize_is_worst_case_of_negated_losses():
-    for make in [lambda **k: TVBall(0.2, **k), lambda **k: ChiSquareBall(0.5, **k),
-                 lambda **k: KLBall(0.2, **k), lambda **k: CVaR(0.25, **k),
-                 lambda **k: KLPenalty(0.5, **k), lambda **k: KLPenalty(0.5, form="seed", **k)]:
+    for make in [
+        lambda **k: TVBall(0.2, **k),
+        lambda **k: ChiSquareBall(0.5, **k),
+        lambda **k: KLBall(0.2, **k),
+        lambda **k: CVaR(0.25, **k),
+        lambda **k: KLPenalty(0.5, **k),
+        lambda **k: KLPenalty(0.5, form="seed", **k),
+    ]:
         lo = make(minimize=True)(L)
         ref = make()(-L)
         assert torch.allclose(lo.weights, ref.weights, atol=1e-15, rtol=0)
@@ -445,18 +485,22 @@ def test_envelope_theorem_cvxpylayers(divergence, rho):
     assert torch.equal(grad2, detached.weights)
 
 
-@pytest.mark.parametrize("make", [lambda: TVBall(0.25), lambda: ChiSquareBall(0.6),
-                                  lambda: KLBall(0.3), lambda: CVaR(0.3)])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: TVBall(0.25), lambda: ChiSquareBall(0.6), lambda: KLBall(0.3), lambda: CVaR(0.3)],
+)
 def test_envelope_theorem_finite_differences(make):
     strategy = make()
     losses = torch.tensor([0.3, 1.7, 0.9, 2.4, 1.1, 0.05, 1.3], dtype=torch.float64)
     q = strategy(losses).weights
     h = 1e-6
     eye = torch.eye(7, dtype=torch.float64)
-    fd = torch.stack([
-        (strategy(losses + h * eye[i]).loss - strategy(losses - h * eye[i]).loss) / (2 * h)
-        for i in range(7)
-    ])
+    fd = torch.stack(
+        [
+            (strategy(losses + h * eye[i]).loss - strategy(losses - h * eye[i]).loss) / (2 * h)
+            for i in range(7)
+        ]
+    )
     assert torch.allclose(fd, q, atol=1e-6, rtol=0)
 
 
@@ -468,8 +512,14 @@ def test_gradient_wrt_parameters_is_weighted_sum():
     def per_example():
         return (model(x).squeeze(-1) - y) ** 2
 
-    for strategy in [TVBall(0.3), ChiSquareBall(0.5), KLBall(0.2), CVaR(0.3), KLPenalty(0.4),
-                     KLPenalty(0.4, form="seed")]:
+    for strategy in [
+        TVBall(0.3),
+        ChiSquareBall(0.5),
+        KLBall(0.2),
+        CVaR(0.3),
+        KLPenalty(0.4),
+        KLPenalty(0.4, form="seed"),
+    ]:
         out = strategy(per_example())
         grads = torch.autograd.grad(out.loss, list(model.parameters()))
         manual = [torch.zeros_like(p) for p in model.parameters()]
@@ -505,8 +555,11 @@ def test_local_scope_single_process_matches_global():
 @pytest.mark.parametrize("n", [200, 257, 1000])
 def test_tie_structure_both_branches(n):
     g = torch.Generator().manual_seed(n)
-    for z in (torch.rand(n, generator=g, dtype=torch.float64),
-              torch.randint(0, 7, (n,), generator=g).double(), torch.zeros(n, dtype=torch.float64)):
+    for z in (
+        torch.rand(n, generator=g, dtype=torch.float64),
+        torch.randint(0, 7, (n,), generator=g).double(),
+        torch.zeros(n, dtype=torch.float64),
+    ):
         zs, perm, start, stop = cf.tie_structure(z)
         assert torch.equal(z[perm], zs) and torch.all(zs[1:] <= zs[:-1])
         assert torch.equal(start, (zs[None, :] > zs[:, None]).sum(1).double())
@@ -541,10 +594,18 @@ def test_group_dro_buffer_stays_float64_under_dtype_casts():
 def test_cuda_matches_cpu():
     losses = torch.tensor([0.2, 0.9, 0.45, 1.6, 0.7, 0.3, 0.55, 1.1, 0.9, 0.2])
     groups = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
-    makers = [lambda: TVBall(0.2), lambda: ChiSquareBall(0.5), lambda: KLBall(0.2),
-              lambda: CVaR(0.25), lambda: KLPenalty(0.5), lambda: KLPenalty(0.5, form="seed"),
-              lambda: GroupDRO(3), lambda: ERM(), lambda: Cvxpy("chi2", 0.5),
-              lambda: TVBall(0.2, nan_policy="mask")]
+    makers = [
+        lambda: TVBall(0.2),
+        lambda: ChiSquareBall(0.5),
+        lambda: KLBall(0.2),
+        lambda: CVaR(0.25),
+        lambda: KLPenalty(0.5),
+        lambda: KLPenalty(0.5, form="seed"),
+        lambda: GroupDRO(3),
+        lambda: ERM(),
+        lambda: Cvxpy("chi2", 0.5),
+        lambda: TVBall(0.2, nan_policy="mask"),
+    ]
     for make in makers:
         cpu = make()(losses, groups)
         gpu = make().cuda()(losses.cuda().requires_grad_(), groups.cuda())
@@ -567,4 +628,6 @@ def test_radius_equal_to_its_maximum_in_floats_saturates(strategy_rho):
     losses = torch.tensor([0.0, 0.1, 0.1, 0.1, 0.1], dtype=torch.float64)
     out = cls(rho=rho)(losses)
     assert out.stats["saturated"].item() == 1.0
-    torch.testing.assert_close(out.weights, torch.tensor([0.0, 0.25, 0.25, 0.25, 0.25], dtype=torch.float64))
+    torch.testing.assert_close(
+        out.weights, torch.tensor([0.0, 0.25, 0.25, 0.25, 0.25], dtype=torch.float64)
+    )

@@ -23,7 +23,9 @@ def main():
         block = "```\n" + "\n".join(lines).strip() + "\n```"
         text = re.sub(
             rf"<!-- begin {name} -->.*?<!-- end {name} -->",
-            lambda _, name=name, block=block: f"<!-- begin {name} -->\n{block}\n<!-- end {name} -->",
+            lambda _, name=name, block=block: (
+                f"<!-- begin {name} -->\n{block}\n<!-- end {name} -->"
+            ),
             text,
             flags=re.S,
         )

@@ -1,7 +1,10 @@
-"""Robustness experiments of issue 7: each seed paper's claim tested on CPU, with seeds and spread.
+"""Robustness experiments: each seed paper's claim tested on CPU under a declared protocol.
 
-One command per experiment (``python -m benchmarks.robustness.<name> [--quick]``); each prints
-a results table, saves plots under ``docs/results/`` and writes its section of
-``docs/results.md``. Shared helpers (seeding, tables, plots, results writing) are in
-:mod:`benchmarks.robustness.common`.
+Issue 12's protocol (:mod:`benchmarks.robustness.protocol`): methods, grids and seeds declared
+before a run, every selection on in-distribution validation data, per-seed raw records in
+``docs/results/<experiment>.json``; ``docs/results.md`` is generated from them
+(``python -m benchmarks.robustness``; ``--check`` in CI) with paired statistics from
+:mod:`benchmarks.robustness.stats`. Experiments under the protocol: ``exp1_synthetic``.
+The issue-7 scripts (``reward_models``, ``preference_shift``, ``distillation``,
+``overoptimization``, ``simplex``) still run but write to ``docs/results_old_protocol.md``.
 """

@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_MD = ROOT / "docs" / "results.md"
+# the issue-7 scripts (old protocol, not regenerated) write here; results.md is generated (report.py)
+OLD_RESULTS_MD = ROOT / "docs" / "results_old_protocol.md"
 RESULTS_DIR = ROOT / "docs" / "results"
 RUNS_DIR = ROOT / "runs" / "robustness"
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -84,7 +86,11 @@ def run_jobs(fn: Callable, jobs: Sequence, workers: int = 1, progress: bool = Tr
 
     def report(k: int) -> None:
         if progress:
-            print(f"  [{k}/{len(jobs)}] {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"  [{k}/{len(jobs)}] {time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     results = []
     if workers == 1 or len(jobs) <= 1:
@@ -190,7 +196,10 @@ def write_section(path: Path, number: int, title: str, body: str) -> Path:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     section = f"## {number}. {title}\n\n{body.strip()}\n\n"
     heads = [(int(m.group(1)), m.start()) for m in _SECTION.finditer(text)]
-    bounds = [(n, start, heads[i + 1][1] if i + 1 < len(heads) else len(text)) for i, (n, start) in enumerate(heads)]
+    bounds = [
+        (n, start, heads[i + 1][1] if i + 1 < len(heads) else len(text))
+        for i, (n, start) in enumerate(heads)
+    ]
     for n, start, end in bounds:
         if n == number:
             text = text[:start] + section + text[end:]

@@ -45,8 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     command_line,
     fmt_mean_std,
@@ -87,7 +87,10 @@ METHODS = {
     "d-DPO (oracle r*)": ({"loss_type": "distill"}, "oracle"),
     "d-DPO (biased RM)": ({"loss_type": "distill"}, "biased"),
     "e-DPO (3 RMs)": ({"loss_type": "distill"}, "ensemble"),
-    "dp-DPO (oracle, γ=0.05)": ({"loss_type": "distill", "kl_gamma_start": 0.05, "kl_samples": "data"}, "oracle"),
+    "dp-DPO (oracle, γ=0.05)": (
+        {"loss_type": "distill", "kl_gamma_start": 0.05, "kl_samples": "data"},
+        "oracle",
+    ),
 }
 QUICK_METHODS = ("DPO", "d-DPO (oracle r*)", "e-DPO (3 RMs)")
 
@@ -142,17 +145,24 @@ def make_pairs(
                 break
         gap = KEYWORD_VALUE[k1] - KEYWORD_VALUE[k2]
         if gap == 0 or label_noise > 0:
-            first_wins = rng.random() < (0.5 if gap == 0 else 1 / (1 + math.exp(-gap / label_noise)))
+            first_wins = rng.random() < (
+                0.5 if gap == 0 else 1 / (1 + math.exp(-gap / label_noise))
+            )
         else:
             first_wins = gap > 0
         kc, kr = (k1, k2) if first_wins else (k2, k1)
         long_n, short_n = max(n1, n2), min(n1, n2)
         nc, nr = (long_n, short_n) if rng.random() < length_bias else (short_n, long_n)
         chosen, rejected = _response(rng, filler, nc, kc), _response(rng, filler, nr, kr)
-        rows.append({
-            "prompt": prompt, "chosen": chosen, "rejected": rejected,
-            "chosen_reward": true_reward(chosen), "rejected_reward": true_reward(rejected),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "chosen_reward": true_reward(chosen),
+                "rejected_reward": true_reward(rejected),
+            }
+        )
     return rows
 
 
@@ -166,12 +176,17 @@ def reward_scores(rows: list[dict], kind: str, seed: int) -> list[dict]:
     for row in rows:
         new = dict(row)
         if kind == "oracle":
-            new["chosen_scores"], new["rejected_scores"] = row["chosen_reward"], row["rejected_reward"]
+            new["chosen_scores"], new["rejected_scores"] = (
+                row["chosen_reward"],
+                row["rejected_reward"],
+            )
         else:
             members = ENSEMBLE_BIASES[:1] if kind == "biased" else ENSEMBLE_BIASES
             for side in ("chosen", "rejected"):
                 base, n = row[f"{side}_reward"], len(row[side].split())
-                scores = [base + b * (n - MID_LENGTH) + rng.gauss(0.0, SCORE_NOISE) for b in members]
+                scores = [
+                    base + b * (n - MID_LENGTH) + rng.gauss(0.0, SCORE_NOISE) for b in members
+                ]
                 new[f"{side}_scores"] = scores[0] if kind == "biased" else scores
         out.append(new)
     return out
@@ -208,11 +223,16 @@ def write_data(job: DistillJob) -> dict[str, Path]:
     if all(p.exists() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
-    train = make_pairs(job.num_train, job.length_bias, job.label_noise, job.seed, "train", job.tie_share)
+    train = make_pairs(
+        job.num_train, job.length_bias, job.label_noise, job.seed, "train", job.tie_share
+    )
     for kind in ("oracle", "biased", "ensemble"):
         _write_jsonl(paths[kind], reward_scores(train, kind, job.seed))
     _write_jsonl(paths["test"], make_pairs(job.num_test, 0.5, 0.0, job.seed, "test"))
-    _write_jsonl(paths["test_train_dist"], make_pairs(job.num_test, job.length_bias, 0.0, job.seed, "test_train"))
+    _write_jsonl(
+        paths["test_train_dist"],
+        make_pairs(job.num_test, job.length_bias, 0.0, job.seed, "test_train"),
+    )
     return paths
 
 
@@ -223,7 +243,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def pair_metrics(scorer, test: list[dict], train_like: list[dict]) -> dict[str, float]:
@@ -232,8 +254,12 @@ def pair_metrics(scorer, test: list[dict], train_like: list[dict]) -> dict[str, 
     from lightning_robust.evals import pairwise_scores
 
     def scores(rows):
-        return pairwise_scores(scorer, [r["prompt"] for r in rows], [r["chosen"] for r in rows],
-                               [r["rejected"] for r in rows])
+        return pairwise_scores(
+            scorer,
+            [r["prompt"] for r in rows],
+            [r["chosen"] for r in rows],
+            [r["rejected"] for r in rows],
+        )
 
     sc, sr = scores(test)
     correct = (sc > sr).tolist()
@@ -276,8 +302,13 @@ def _distill_run(job: DistillJob) -> list[dict]:
                 return
             if self.scorer is None:
                 self.scorer = DPOImplicitRewardScorer(
-                    pl_module.backbone, pl_module.tokenizer, reference=pl_module.reference_model,
-                    beta=job.beta, max_length=64, batch_size=64, append_eos=True,
+                    pl_module.backbone,
+                    pl_module.tokenizer,
+                    reference=pl_module.reference_model,
+                    beta=job.beta,
+                    max_length=64,
+                    batch_size=64,
+                    append_eos=True,
                 )
             record = {**asdict(job), "epoch": epoch}
             record.update(pair_metrics(self.scorer, test, train_like))
@@ -285,18 +316,36 @@ def _distill_run(job: DistillJob) -> list[dict]:
 
     seed_all(job.seed)
     data = PreferenceDataModule(
-        train={"path": str(paths[score_kind]), "schema": "preference"}, val_fraction=0.0,
-        tokenizer="tiny", max_length=64, batch_size=job.batch_size, append_eos=True, seed=job.seed,
+        train={"path": str(paths[score_kind]), "schema": "preference"},
+        val_fraction=0.0,
+        tokenizer="tiny",
+        max_length=64,
+        batch_size=job.batch_size,
+        append_eos=True,
+        seed=job.seed,
         cache_dir=str(Path(job.data_dir) / "hf_cache"),
     )
     model = DPO(
-        "tiny", beta=job.beta, learning_rate=job.learning_rate, warmup_ratio=0.03,
-        lr_schedule="constant", init_seed=job.seed, **options,
+        "tiny",
+        beta=job.beta,
+        learning_rate=job.learning_rate,
+        warmup_ratio=0.03,
+        lr_schedule="constant",
+        init_seed=job.seed,
+        **options,
     )
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=job.long_epochs, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Evaluate()],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=job.long_epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[Evaluate()],
         default_root_dir=str(RUNS_DIR / "distillation"),
     )
     trainer.fit(model, datamodule=data)
@@ -320,16 +369,26 @@ def longer_is_better_share(records: list[dict]) -> float:
     shares = []
     for seed, num_test in sorted({(r["seed"], r["num_test"]) for r in records}):
         rows = make_pairs(num_test, 0.5, 0.0, seed, "test")
-        shares.append(sum(len(r["chosen"].split()) > len(r["rejected"].split()) for r in rows) / len(rows))
+        shares.append(
+            sum(len(r["chosen"].split()) > len(r["rejected"].split()) for r in rows) / len(rows)
+        )
     return sum(shares) / len(shares)
 
 
 def tables(records: list[dict]) -> tuple[str, str]:
-    records = sorted(records, key=lambda r: (r["label_noise"], r["epoch"]))  # stable: method order kept
+    records = sorted(
+        records, key=lambda r: (r["label_noise"], r["epoch"])
+    )  # stable: method order kept
     rows = summarize(records, ["label_noise", "length", "method"], METRICS)
     header = ["label noise T", "training", "method", *(METRIC_LABELS[m] for m in METRICS), "seeds"]
     body = [
-        [f"{r['label_noise']:g}", r["length"], r["method"], *(fmt_mean_std(r[m]) for m in METRICS), r["n"]]
+        [
+            f"{r['label_noise']:g}",
+            r["length"],
+            r["method"],
+            *(fmt_mean_std(r[m]) for m in METRICS),
+            r["n"],
+        ]
         for r in rows
     ]
     return text_table(header, body), markdown_table(header, body)
@@ -344,15 +403,26 @@ def plot(records: list[dict], path: Path, neutral: float = 0.5) -> Path | None:
     rows = summarize(records, ["label_noise", "length", "method"], METRICS)
     regimes = list(dict.fromkeys((r["label_noise"], r["length"]) for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(1, len(regimes), figsize=(4.0 * len(regimes), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(regimes), figsize=(4.0 * len(regimes), 3.8), sharey=True, squeeze=False
+    )
     width = 0.38
     for ax, (noise, length) in zip(axes[0], regimes, strict=True):
         here = {r["method"]: r for r in rows if r["label_noise"] == noise and r["length"] == length}
         xs = range(len(methods))
-        for offset, metric, color in ((-width / 2, "acc", "tab:blue"), (width / 2, "prefers_longer", "tab:red")):
-            ax.bar([x + offset for x in xs], [here[m][f"{metric}_mean"] for m in methods], width,
-                   yerr=[here[m][f"{metric}_std"] for m in methods], color=color, capsize=2,
-                   label=METRIC_LABELS[metric])
+        for offset, metric, color in (
+            (-width / 2, "acc", "tab:blue"),
+            (width / 2, "prefers_longer", "tab:red"),
+        ):
+            ax.bar(
+                [x + offset for x in xs],
+                [here[m][f"{metric}_mean"] for m in methods],
+                width,
+                yerr=[here[m][f"{metric}_std"] for m in methods],
+                color=color,
+                capsize=2,
+                label=METRIC_LABELS[metric],
+            )
         ax.axhline(neutral, color="grey", linewidth=0.8)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
@@ -365,17 +435,25 @@ def plot(records: list[dict], path: Path, neutral: float = 0.5) -> Path | None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke version: small data, 3 methods")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0 1)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0 1)"
+    )
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS))
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0], help="label-noise temperatures T")
+    parser.add_argument(
+        "--noise", type=float, nargs="+", default=[0.0, 1.0], help="label-noise temperatures T"
+    )
     parser.add_argument("--long-epochs", type=int, default=None, help="default 4 (quick 2)")
     parser.add_argument("--workers", type=int, default=2, help="processes (1 torch thread each)")
     parser.add_argument("--data-dir", type=Path, default=RUNS_DIR / "distillation" / "data")
-    parser.add_argument("--results-md", type=Path, default=RESULTS_MD)
+    parser.add_argument("--results-md", type=Path, default=OLD_RESULTS_MD)
     parser.add_argument("--plots-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--json", type=Path, default=None, help="also write all records as JSON")
-    parser.add_argument("--from-json", type=Path, default=None, help="report records saved with --json")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not touch results.md")
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help="report records saved with --json"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; do not touch results.md"
+    )
     return parser.parse_args(argv)
 
 
@@ -385,17 +463,23 @@ def main(argv=None) -> list[dict]:
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
         records, seconds = saved["records"], saved.get("seconds", math.nan)
-        command, workers = saved.get("command") or command_line(MODULE, argv), saved.get("workers", "?")
+        command, workers = (
+            saved.get("command") or command_line(MODULE, argv),
+            saved.get("workers", "?"),
+        )
     else:
         seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
         methods = args.methods or (list(QUICK_METHODS) if args.quick else list(METHODS))
         settings = dict(
             long_epochs=args.long_epochs or (2 if args.quick else 4),
-            num_train=200 if args.quick else 1000, num_test=100 if args.quick else 300,
+            num_train=200 if args.quick else 1000,
+            num_test=100 if args.quick else 300,
         )
         jobs = [
             DistillJob(method, noise, seed, str(args.data_dir), **settings)
-            for noise in args.noise for method in methods for seed in seeds
+            for noise in args.noise
+            for method in methods
+            for seed in seeds
         ]
         start = time.perf_counter()
         records = run_all(jobs, args.workers)
@@ -411,7 +495,9 @@ def main(argv=None) -> list[dict]:
     neutral = longer_is_better_share(records)
     print(f"\nDistillation under a spurious length correlation: {runs} runs in {seconds:.0f} s")
     print(text)
-    print(f"A perfect ranker prefers the longer answer on {neutral:.3f} of the test pairs (mean over seeds).")
+    print(
+        f"A perfect ranker prefers the longer answer on {neutral:.3f} of the test pairs (mean over seeds)."
+    )
     figure = plot(records, args.plots_dir / "distillation_length_bias.png", neutral)
     if not args.no_write:
         job = records[0]
@@ -436,7 +522,9 @@ def main(argv=None) -> list[dict]:
             f"above it the policy has picked up the spurious length preference.",
         ]
         if figure is not None:
-            body.append(f"![accuracy and length preference]({os.path.relpath(figure, args.results_md.parent)})")
+            body.append(
+                f"![accuracy and length preference]({os.path.relpath(figure, args.results_md.parent)})"
+            )
         write_section(args.results_md, SECTION, TITLE, "\n\n".join(body))
     return records
 

@@ -13,7 +13,7 @@ pays for length and repetition, which the gold reward punishes. A tiny random-in
 * ``PPO``: :class:`~lightning_robust.modules.PPO` (value head, GAE, KL-in-reward ``beta``);
 * ``DRO``: GRPO with ``shaping="dro"`` (the value-robust baseline, fixed budget);
 * ``DRRO hard`` / ``DRRO soft``, fixed or dynamic budget (S003's final method: soft + dynamic),
-  the soft bonus in the default ``mass`` form and in the ``weight`` form (ALGORITHMS.md §8.5).
+  the soft bonus in the default ``mass`` form and in the ``weight`` form (docs/ALGORITHMS.md §8.5).
 
 Every ``val_every`` rollouts the policy samples one completion per validation prompt; the
 sequence-level KL to the initial policy (k3), the proxy and the gold reward are recorded (the
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     command_line,
     fmt_mean_std,
@@ -56,16 +56,31 @@ METHODS: dict[str, tuple[str, dict]] = {
     "PPO": ("PPO", {}),
     "DRO": ("GRPO", {"shaping": "dro", "budget": "fixed", "delta": 0.5}),
     "DRRO hard fixed": ("GRPO", {"shaping": "drro_hard", "budget": "fixed", "delta": 0.5}),
-    "DRRO hard dynamic": ("GRPO", {"shaping": "drro_hard", "budget": "dynamic", "delta0": 0.1, "budget_c": 0.05}),
+    "DRRO hard dynamic": (
+        "GRPO",
+        {"shaping": "drro_hard", "budget": "dynamic", "delta0": 0.1, "budget_c": 0.05},
+    ),
     "DRRO soft fixed": ("GRPO", {"shaping": "drro_soft", "budget": "fixed", "delta": 0.5}),
-    "DRRO soft dynamic": ("GRPO", {"shaping": "drro_soft", "budget": "dynamic", "delta0": 0.1, "budget_c": 0.05}),
-    # the soft bonus in the "weight" form b = delta omega (ALGORITHMS.md §8.5): with the very
+    "DRRO soft dynamic": (
+        "GRPO",
+        {"shaping": "drro_soft", "budget": "dynamic", "delta0": 0.1, "budget_c": 0.05},
+    ),
+    # the soft bonus in the "weight" form b = delta omega (docs/ALGORITHMS.md §8.5): with the very
     # uneven p~ of LM completions the default "mass" form delta G p~ omega is nearly 0
     "DRRO soft fixed (weight form)": (
-        "GRPO", {"shaping": "drro_soft", "budget": "fixed", "delta": 0.5, "bonus_form": "weight"}),
+        "GRPO",
+        {"shaping": "drro_soft", "budget": "fixed", "delta": 0.5, "bonus_form": "weight"},
+    ),
     "DRRO soft dynamic (weight form)": (
-        "GRPO", {"shaping": "drro_soft", "budget": "dynamic", "delta0": 0.1, "budget_c": 0.05,
-                 "bonus_form": "weight"}),
+        "GRPO",
+        {
+            "shaping": "drro_soft",
+            "budget": "dynamic",
+            "delta0": 0.1,
+            "budget_c": 0.05,
+            "bonus_form": "weight",
+        },
+    ),
 }
 
 
@@ -91,17 +106,34 @@ def _module(job: OverOptJob):
         raise ValueError(f"unknown method {job.method!r}; expected one of {list(METHODS)}")
     kind, kwargs = METHODS[job.method]
     common = dict(
-        model_name_or_path="tiny", reward_model="synthetic:proxy", gold_reward_model="synthetic:gold",
-        max_new_tokens=job.max_new_tokens, temperature=1.0, learning_rate=job.learning_rate,
+        model_name_or_path="tiny",
+        reward_model="synthetic:proxy",
+        gold_reward_model="synthetic:gold",
+        max_new_tokens=job.max_new_tokens,
+        temperature=1.0,
+        learning_rate=job.learning_rate,
         init_seed=job.seed,
     )
     if kind == "PPO":
         # the repo's tiny PPO config (S000 Table 13 beta, TRL epochs), one completion per prompt
         # and as many prompts per rollout as GRPO has completions
-        return PPO(beta=0.02, ppo_epochs=4, num_minibatches=2, num_generations=1,
-                   lr_schedule="linear", **common)
-    return GRPO(num_generations=job.num_generations, clip=0.2, ppo_epochs=1, lr_schedule="constant",
-                warmup_ratio=0.0, **common, **kwargs)
+        return PPO(
+            beta=0.02,
+            ppo_epochs=4,
+            num_minibatches=2,
+            num_generations=1,
+            lr_schedule="linear",
+            **common,
+        )
+    return GRPO(
+        num_generations=job.num_generations,
+        clip=0.2,
+        ppo_epochs=1,
+        lr_schedule="constant",
+        warmup_ratio=0.0,
+        **common,
+        **kwargs,
+    )
 
 
 def run_overopt(job: OverOptJob) -> list[dict]:
@@ -116,13 +148,20 @@ def run_overopt(job: OverOptJob) -> list[dict]:
     quiet_lightning()
     seed_all(job.seed)
     L.seed_everything(job.seed, verbose=False)
-    work = RUNS_DIR / "overoptimization" / f"{job.method.replace(' ', '_')}_{job.seed}_{job.rollouts}"
+    work = (
+        RUNS_DIR / "overoptimization" / f"{job.method.replace(' ', '_')}_{job.seed}_{job.rollouts}"
+    )
     is_ppo = METHODS[job.method][0] == "PPO"
     # PPO: one completion per prompt, so G times the prompts per rollout (same samples per update)
     batch = job.prompts_per_rollout * (job.num_generations if is_ppo else 1)
     data = PromptDataModule(
-        batch_size=batch, val_batch_size=job.num_val, max_prompt_length=32, seed=job.seed,
-        synthetic=SyntheticPromptConfig(num_train=batch * job.rollouts, num_val=job.num_val, seed=job.seed),
+        batch_size=batch,
+        val_batch_size=job.num_val,
+        max_prompt_length=32,
+        seed=job.seed,
+        synthetic=SyntheticPromptConfig(
+            num_train=batch * job.rollouts, num_val=job.num_val, seed=job.seed
+        ),
     )
     frontier = RewardKLFrontier(output_dir=str(work))
 
@@ -140,9 +179,17 @@ def run_overopt(job: OverOptJob) -> list[dict]:
     model = _module(job)
     updates_per_rollout = 4 * 2 if is_ppo else 1
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, val_check_interval=job.val_every, default_root_dir=str(work),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        val_check_interval=job.val_every,
+        default_root_dir=str(work),
         callbacks=[frontier, lengths],
     )
     trainer.validate(model, datamodule=data, verbose=False)  # step 0: the initial policy
@@ -151,10 +198,18 @@ def run_overopt(job: OverOptJob) -> list[dict]:
     trainer.fit(model, datamodule=data)
     points = start + [p for p in frontier.points if p["stage"] == "val"]
     if len(lengths.lengths) != len(points):
-        raise RuntimeError(f"{len(points)} frontier points but {len(lengths.lengths)} validation passes")
+        raise RuntimeError(
+            f"{len(points)} frontier points but {len(lengths.lengths)} validation passes"
+        )
     return [
-        {**asdict(job), "rollout": p["step"] // updates_per_rollout, "kl": p["kl"], "proxy": p["proxy"],
-         "gold": p["gold"], "length": n}
+        {
+            **asdict(job),
+            "rollout": p["step"] // updates_per_rollout,
+            "kl": p["kl"],
+            "proxy": p["proxy"],
+            "gold": p["gold"],
+            "length": n,
+        }
         for p, n in zip(points, lengths.lengths, strict=True)
     ]
 
@@ -163,21 +218,48 @@ def finals(records: list[dict]) -> list[dict]:
     """Per (method, seed): peak validation gold, the KL there, and the final gold/proxy/KL."""
     out = []
     for key in dict.fromkeys((r["method"], r["seed"]) for r in records):
-        run = sorted((r for r in records if (r["method"], r["seed"]) == key), key=lambda r: r["rollout"])
+        run = sorted(
+            (r for r in records if (r["method"], r["seed"]) == key), key=lambda r: r["rollout"]
+        )
         peak = max(run, key=lambda r: r["gold"])
-        out.append({
-            "method": key[0], "seed": key[1], "initial_gold": run[0]["gold"], "peak_gold": peak["gold"],
-            "peak_kl": peak["kl"], "final_gold": run[-1]["gold"], "final_proxy": run[-1]["proxy"],
-            "final_kl": run[-1]["kl"], "final_length": run[-1]["length"],
-        })
+        out.append(
+            {
+                "method": key[0],
+                "seed": key[1],
+                "initial_gold": run[0]["gold"],
+                "peak_gold": peak["gold"],
+                "peak_kl": peak["kl"],
+                "final_gold": run[-1]["gold"],
+                "final_proxy": run[-1]["proxy"],
+                "final_kl": run[-1]["kl"],
+                "final_length": run[-1]["length"],
+            }
+        )
     return out
 
 
 def overopt_table(final: list[dict]) -> tuple[str, str]:
-    metrics = ["initial_gold", "peak_gold", "peak_kl", "final_gold", "final_proxy", "final_kl", "final_length"]
+    metrics = [
+        "initial_gold",
+        "peak_gold",
+        "peak_kl",
+        "final_gold",
+        "final_proxy",
+        "final_kl",
+        "final_length",
+    ]
     rows = summarize(final, ["method"], metrics)
-    header = ["method", "initial gold", "peak gold", "KL at peak", "final gold", "final proxy", "final KL",
-              "final length (tokens)", "seeds"]
+    header = [
+        "method",
+        "initial gold",
+        "peak gold",
+        "KL at peak",
+        "final gold",
+        "final proxy",
+        "final KL",
+        "final length (tokens)",
+        "seeds",
+    ]
     body = [[r["method"], *(fmt_mean_std(r[m]) for m in metrics), r["n"]] for r in rows]
     return text_table(header, body), markdown_table(header, body)
 
@@ -194,12 +276,30 @@ def plot_overopt(records: list[dict], path: Path) -> Path | None:
         curve = sorted((r for r in rows if r["method"] == name), key=lambda r: r["rollout"])
         style = "--" if "weight form" in name else "-"
         for ax, m in zip(axes[:2], ("gold", "proxy"), strict=True):
-            ax.errorbar([r["kl_mean"] for r in curve], [r[f"{m}_mean"] for r in curve],
-                        yerr=[r[f"{m}_std"] for r in curve], color=cmap(i % 10), marker="o",
-                        markersize=3, capsize=2, linewidth=1.2, linestyle=style, label=name)
-        axes[2].errorbar([r["rollout"] for r in curve], [r["gold_mean"] for r in curve],
-                         yerr=[r["gold_std"] for r in curve], color=cmap(i % 10), marker="o",
-                         markersize=3, capsize=2, linewidth=1.2, linestyle=style, label=name)
+            ax.errorbar(
+                [r["kl_mean"] for r in curve],
+                [r[f"{m}_mean"] for r in curve],
+                yerr=[r[f"{m}_std"] for r in curve],
+                color=cmap(i % 10),
+                marker="o",
+                markersize=3,
+                capsize=2,
+                linewidth=1.2,
+                linestyle=style,
+                label=name,
+            )
+        axes[2].errorbar(
+            [r["rollout"] for r in curve],
+            [r["gold_mean"] for r in curve],
+            yerr=[r["gold_std"] for r in curve],
+            color=cmap(i % 10),
+            marker="o",
+            markersize=3,
+            capsize=2,
+            linewidth=1.2,
+            linestyle=style,
+            label=name,
+        )
     for ax, m in zip(axes[:2], ("gold", "proxy"), strict=True):
         ax.set_xlabel("sequence KL(π ‖ π_init) (k3, validation samples)")
         ax.set_ylabel(f"{m} reward (validation)")
@@ -208,7 +308,9 @@ def plot_overopt(records: list[dict], path: Path) -> Path | None:
     axes[2].set_ylabel("gold reward (validation)")
     axes[2].grid(alpha=0.3)
     axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("tiny LM on the synthetic prompt task: reward vs KL (mean ± std over seeds)", fontsize=9)
+    fig.suptitle(
+        "tiny LM on the synthetic prompt task: reward vs KL (mean ± std over seeds)", fontsize=9
+    )
     return save_figure(fig, path)
 
 
@@ -218,8 +320,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--rollouts", type=int, default=None)
     parser.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(METHODS)}")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_MD))
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes (default 1 quick, 2 full)"
+    )
+    parser.add_argument("--out-md", default=str(OLD_RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()
@@ -238,18 +342,26 @@ def main(argv=None) -> dict:
     figure = plot_overopt(records, Path(args.out_dir) / f"{prefix}frontier.png")
     elapsed = time.time() - start
     j = jobs[0]
-    body = "\n\n".join([
-        "### 4b. Tiny LM on the synthetic prompt task (GRPO / PPO / DRO / DRRO)",
-        f"Command: `{command_line(MODULE, argv)}` ({elapsed:.0f} s with {workers} worker(s)); seeds "
-        f"{seeds}; {j.rollouts} rollouts of {j.prompts_per_rollout} prompts × G = {j.num_generations} "
-        f"(PPO: {j.prompts_per_rollout * j.num_generations} prompts × 1), {j.max_new_tokens} new tokens, "
-        f"lr {j.learning_rate:g}; validation on {j.num_val} prompts every {j.val_every} rollouts. "
-        "Budgets (δ̃ = 0.5 fixed; δ̃0 = 0.1, c = 0.05, W = 10 dynamic; τ = 0.2) are the repo's tiny-config "
-        "values, chosen here, not tuned on gold. Mean ± std over seeds.",
-        md,
-        f"![frontier](results/{figure.name})" if figure is not None else "",
-    ])
-    write_block(Path(args.out_md), SECTION, SECTION_TITLE, "overopt" + ("_quick" if args.quick else ""), body)
+    body = "\n\n".join(
+        [
+            "### 4b. Tiny LM on the synthetic prompt task (GRPO / PPO / DRO / DRRO)",
+            f"Command: `{command_line(MODULE, argv)}` ({elapsed:.0f} s with {workers} worker(s)); seeds "
+            f"{seeds}; {j.rollouts} rollouts of {j.prompts_per_rollout} prompts × G = {j.num_generations} "
+            f"(PPO: {j.prompts_per_rollout * j.num_generations} prompts × 1), {j.max_new_tokens} new tokens, "
+            f"lr {j.learning_rate:g}; validation on {j.num_val} prompts every {j.val_every} rollouts. "
+            "Budgets (δ̃ = 0.5 fixed; δ̃0 = 0.1, c = 0.05, W = 10 dynamic; τ = 0.2) are the repo's tiny-config "
+            "values, chosen here, not tuned on gold. Mean ± std over seeds.",
+            md,
+            f"![frontier](results/{figure.name})" if figure is not None else "",
+        ]
+    )
+    write_block(
+        Path(args.out_md),
+        SECTION,
+        SECTION_TITLE,
+        "overopt" + ("_quick" if args.quick else ""),
+        body,
+    )
     return {"records": records, "finals": final, "figure": figure, "elapsed": elapsed}
 
 

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     command_line,
     fmt_mean_std,
@@ -130,12 +130,16 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def mixture_accuracies(margins: torch.Tensor, pairs: list[dict], mixtures=MIXTURES) -> dict[float, float]:
+def mixture_accuracies(
+    margins: torch.Tensor, pairs: list[dict], mixtures=MIXTURES
+) -> dict[float, float]:
     """Share of pairs with ``sign(h) == sign(r_a(y1) - r_a(y2))`` per ``a`` (ties under ``r_a``
     left out); ``margins[i]`` is the implicit-reward margin of ``y1`` over ``y2`` of pair ``i``."""
     out = {}
     for a in mixtures:
-        gaps = torch.tensor([mixture_reward(a, p["y1"]) - mixture_reward(a, p["y2"]) for p in pairs])
+        gaps = torch.tensor(
+            [mixture_reward(a, p["y1"]) - mixture_reward(a, p["y2"]) for p in pairs]
+        )
         keep = gaps.abs() > 1e-9
         right = (torch.sign(margins[keep]) == torch.sign(gaps[keep])).float()
         out[a] = float(right.mean()) if keep.any() else math.nan
@@ -148,7 +152,9 @@ def oracle_records(seeds, num_test: int, a_train: float) -> list[dict]:
     out = []
     for seed in seeds:
         pairs = make_pairs(num_test, seed, "test")
-        margins = torch.tensor([mixture_reward(a_train, p["y1"]) - mixture_reward(a_train, p["y2"]) for p in pairs])
+        margins = torch.tensor(
+            [mixture_reward(a_train, p["y1"]) - mixture_reward(a_train, p["y2"]) for p in pairs]
+        )
         for a, value in mixture_accuracies(margins, pairs).items():
             out.append({"seed": seed, "a": a, "accuracy": value})
     return out
@@ -230,15 +236,25 @@ def run_shift(job: ShiftJob) -> list[dict]:
     datasets.disable_progress_bars()
     quiet_lightning()
     seed_all(job.seed)
-    tag = {"KLDPO": f"{job.kldpo_tau:g}", "DR-DPO": f"{job.tv_rho:g}", "WDPO": f"{job.wdpo_rho:g}"}.get(job.method, "")
-    work = RUNS_DIR / "preference_shift" / (
-        f"{job.method}{tag}_{job.label_noise:g}_{job.seed}_{job.a_train:g}_{job.num_train}"
+    tag = {
+        "KLDPO": f"{job.kldpo_tau:g}",
+        "DR-DPO": f"{job.tv_rho:g}",
+        "WDPO": f"{job.wdpo_rho:g}",
+    }.get(job.method, "")
+    work = (
+        RUNS_DIR
+        / "preference_shift"
+        / (f"{job.method}{tag}_{job.label_noise:g}_{job.seed}_{job.a_train:g}_{job.num_train}")
     )
     train_pairs = make_pairs(job.num_train, job.seed, "train")
     test_pairs = make_pairs(job.num_test, job.seed, "test")
-    train_file = write_jsonl(label_pairs(train_pairs, job.a_train, job.label_noise, job.seed), work / "train.jsonl")
+    train_file = write_jsonl(
+        label_pairs(train_pairs, job.a_train, job.label_noise, job.seed), work / "train.jsonl"
+    )
     # test rows oriented y1 -> chosen so margins are y1 over y2; labels come from each r_a
-    test_rows = [{"prompt": p["prompt"], "chosen": p["y1"], "rejected": p["y2"]} for p in test_pairs]
+    test_rows = [
+        {"prompt": p["prompt"], "chosen": p["y1"], "rejected": p["y2"]} for p in test_pairs
+    ]
     test_file = write_jsonl(test_rows, work / "test.jsonl")
     records: list[dict] = []
     wanted = {job.short_epochs: "short", job.long_epochs: "long"}
@@ -251,24 +267,47 @@ def run_shift(job: ShiftJob) -> list[dict]:
             margins = _margins(pl_module, trainer.datamodule.val_dataloader()[0])
             acc = mixture_accuracies(margins, test_pairs)
             for a, value in acc.items():
-                records.append({
-                    **asdict(job), "label": method_label(job), "epoch": epoch,
-                    "length": f"{wanted[epoch]} ({epoch} ep)", "a": a, "accuracy": value,
-                })
+                records.append(
+                    {
+                        **asdict(job),
+                        "label": method_label(job),
+                        "epoch": epoch,
+                        "length": f"{wanted[epoch]} ({epoch} ep)",
+                        "a": a,
+                        "accuracy": value,
+                    }
+                )
 
     data = PreferenceDataModule(
-        train=str(train_file), val=str(test_file), batch_size=job.batch_size, max_length=48,
-        seed=job.seed, shuffle=True,
+        train=str(train_file),
+        val=str(test_file),
+        batch_size=job.batch_size,
+        max_length=48,
+        seed=job.seed,
+        shuffle=True,
     )
     model = DPO(
-        "tiny", beta=job.beta, learning_rate=job.learning_rate, warmup_ratio=0.03,
-        lr_schedule="constant", init_seed=job.seed, reference_cache_dir=str(work / "ref"),
+        "tiny",
+        beta=job.beta,
+        learning_rate=job.learning_rate,
+        warmup_ratio=0.03,
+        lr_schedule="constant",
+        init_seed=job.seed,
+        reference_cache_dir=str(work / "ref"),
         **method_kwargs(job),
     )
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=job.long_epochs, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(work),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=job.long_epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(work),
         callbacks=[MixtureAccuracy()],
     )
     trainer.fit(model, datamodule=data)
@@ -281,15 +320,39 @@ def shift_table(records: list[dict]) -> tuple[str, str, list[dict]]:
     rows = summarize(records, ["label_noise", "length", "label", "a"], ["accuracy"])
     keyed = {(r["label_noise"], r["length"], r["label"], r["a"]): r for r in rows}
     mixtures = sorted({r["a"] for r in rows}, reverse=True)
-    header = ["label noise T", "training", "method", *(f"a={a:g}" for a in mixtures), "worst a", "seeds"]
+    header = [
+        "label noise T",
+        "training",
+        "method",
+        *(f"a={a:g}" for a in mixtures),
+        "worst a",
+        "seeds",
+    ]
     body, summary = [], []
-    for noise, length, label in dict.fromkeys((r["label_noise"], r["length"], r["label"]) for r in rows):
+    for noise, length, label in dict.fromkeys(
+        (r["label_noise"], r["length"], r["label"]) for r in rows
+    ):
         cells = [keyed[(noise, length, label, a)] for a in mixtures]
         worst = min(c["accuracy_mean"] for c in cells)
-        body.append([f"{noise:g}", length, label, *(fmt_mean_std(c["accuracy"]) for c in cells),
-                     f"{worst:.3f}", cells[0]["n"]])
-        summary.append({"label_noise": noise, "length": length, "label": label, "worst": worst,
-                        **{a: c["accuracy_mean"] for a, c in zip(mixtures, cells, strict=True)}})
+        body.append(
+            [
+                f"{noise:g}",
+                length,
+                label,
+                *(fmt_mean_std(c["accuracy"]) for c in cells),
+                f"{worst:.3f}",
+                cells[0]["n"],
+            ]
+        )
+        summary.append(
+            {
+                "label_noise": noise,
+                "length": length,
+                "label": label,
+                "worst": worst,
+                **{a: c["accuracy_mean"] for a, c in zip(mixtures, cells, strict=True)},
+            }
+        )
     return text_table(header, body), markdown_table(header, body), summary
 
 
@@ -305,11 +368,13 @@ def verdicts(summary: list[dict], a_train: float) -> list[str]:
         parts = [
             f"{s['label']} {s[a_train] - base[a_train]:+.3f} / {s[0.0] - base[0.0]:+.3f} / "
             f"{s['worst'] - base['worst']:+.3f}"
-            for s in here if s is not base
+            for s in here
+            if s is not base
         ]
         lines.append(
             f"- T={noise:g}, {length}: DPO {base[a_train]:.3f} at a={a_train:g}, {base[0.0]:.3f} at "
-            f"a=0, worst {base['worst']:.3f}; vs DPO (a={a_train:g} / a=0 / worst): " + "; ".join(parts)
+            f"a=0, worst {base['worst']:.3f}; vs DPO (a={a_train:g} / a=0 / worst): "
+            + "; ".join(parts)
         )
     return lines
 
@@ -321,14 +386,28 @@ def plot_shift(records: list[dict], path: Path) -> Path | None:
         return None
     rows = summarize(records, ["label_noise", "length", "label", "a"], ["accuracy"])
     regimes = list(dict.fromkeys((r["label_noise"], r["length"]) for r in rows))
-    fig, axes = plt.subplots(1, len(regimes), figsize=(3.8 * len(regimes), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(regimes), figsize=(3.8 * len(regimes), 3.4), sharey=True, squeeze=False
+    )
     for ax, (noise, length) in zip(axes[0], regimes, strict=True):
         for label in dict.fromkeys(r["label"] for r in rows):
-            curve = sorted((r for r in rows if r["label_noise"] == noise and r["length"] == length
-                            and r["label"] == label), key=lambda r: r["a"])
-            ax.errorbar([r["a"] for r in curve], [r["accuracy_mean"] for r in curve],
-                        yerr=[r["accuracy_std"] for r in curve], marker="o", markersize=3, capsize=2,
-                        label=label)
+            curve = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["label_noise"] == noise and r["length"] == length and r["label"] == label
+                ),
+                key=lambda r: r["a"],
+            )
+            ax.errorbar(
+                [r["a"] for r in curve],
+                [r["accuracy_mean"] for r in curve],
+                yerr=[r["accuracy_std"] for r in curve],
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=label,
+            )
         ax.axvline(0.8, color="gray", linestyle=":", linewidth=1)
         ax.set_title(f"T={noise:g}, {length}", fontsize=9)
         ax.set_xlabel("test mixture a (train a=0.8)")
@@ -348,8 +427,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (CI)")
     parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_MD))
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes (default 1 quick, 2 full)"
+    )
+    parser.add_argument("--out-md", default=str(OLD_RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()
@@ -365,12 +446,16 @@ def main(argv=None) -> dict:
         methods = METHODS
     jobs = [
         ShiftJob(m, noise, seed, **settings, **extra)
-        for noise in noises for m, extra in methods for seed in seeds
+        for noise in noises
+        for m, extra in methods
+        for seed in seeds
     ]
     records = [r for rs in run_jobs(run_shift, jobs, workers) for r in rs]
     text, md, summary = shift_table(records)
     lines = verdicts(summary, jobs[0].a_train)
-    oracle = summarize(oracle_records(seeds, jobs[0].num_test, jobs[0].a_train), ["a"], ["accuracy"])
+    oracle = summarize(
+        oracle_records(seeds, jobs[0].num_test, jobs[0].a_train), ["a"], ["accuracy"]
+    )
     oracle_line = (
         f"Reference (no training): the training reward r_{jobs[0].a_train:g} itself scores "
         + ", ".join(f"a={r['a']:g}: {fmt_mean_std(r['accuracy'])}" for r in oracle)
@@ -381,18 +466,22 @@ def main(argv=None) -> dict:
     figure = plot_shift(records, Path(args.out_dir) / f"{prefix}accuracy_vs_mixture.png")
     elapsed = time.time() - start
     j = jobs[0]
-    body = "\n\n".join([
-        f"Command: `{command_line(MODULE, argv)}` ({elapsed:.0f} s with {workers} worker(s)); seeds "
-        f"{seeds}; {j.num_train} training pairs labelled by r_a at a_train = {j.a_train:g}, "
-        f"{j.num_test} test pairs; tiny random-init Llama, full weights, AdamW lr {j.learning_rate:g} "
-        f"constant after 3 % warm-up, batch {j.batch_size}, β = {j.beta:g}; accuracy after "
-        f"{j.short_epochs} and {j.long_epochs} epochs of one run. Mean ± std over seeds.",
-        md,
-        oracle_line,
-        "Change against DPO (a = a_train / a = 0 / worst over a):\n\n" + "\n".join(lines),
-        f"![accuracy vs mixture](results/{figure.name})" if figure is not None else "",
-    ])
-    write_block(Path(args.out_md), SECTION, SECTION_TITLE, "shift" + ("_quick" if args.quick else ""), body)
+    body = "\n\n".join(
+        [
+            f"Command: `{command_line(MODULE, argv)}` ({elapsed:.0f} s with {workers} worker(s)); seeds "
+            f"{seeds}; {j.num_train} training pairs labelled by r_a at a_train = {j.a_train:g}, "
+            f"{j.num_test} test pairs; tiny random-init Llama, full weights, AdamW lr {j.learning_rate:g} "
+            f"constant after 3 % warm-up, batch {j.batch_size}, β = {j.beta:g}; accuracy after "
+            f"{j.short_epochs} and {j.long_epochs} epochs of one run. Mean ± std over seeds.",
+            md,
+            oracle_line,
+            "Change against DPO (a = a_train / a = 0 / worst over a):\n\n" + "\n".join(lines),
+            f"![accuracy vs mixture](results/{figure.name})" if figure is not None else "",
+        ]
+    )
+    write_block(
+        Path(args.out_md), SECTION, SECTION_TITLE, "shift" + ("_quick" if args.quick else ""), body
+    )
     return {"records": records, "summary": summary, "figure": figure, "elapsed": elapsed}
 
 

@@ -15,7 +15,7 @@ mixture (70 % minority) and on the minority domain alone. rho = 0 is BTL exactly
 are uniform), which the smoke test checks.
 
 (b) Real data: hh-rlhf harmless-base (the shared 1,500 rows, split by prompt 80/20 with seed 0,
-as the DESIGN.md settled point) with the MiniLM encoder frozen: the mean-pooled last hidden state
+as docs/DESIGN.md states under "further choices") with the MiniLM encoder frozen: the mean-pooled last hidden state
 of every (prompt, response) is computed once (no grad) and cached on disk, keyed by data files,
 model and settings; a linear reward head on the standardised features is trained with
 :func:`lightning_robust.objectives.bradley_terry_losses` and the project's weightings, and
@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     RUNS_DIR,
     SHARED_DATA,
     command_line,
@@ -63,8 +63,13 @@ TITLE = "Reward models under shift: BTL vs DR-TV vs DR-chi2 (S000)"
 # (family, rho): the weighting of one method; ("btl", 0) is plain Bradley-Terry (ERM).
 FULL_METHODS = (
     ("btl", 0.0),
-    ("tv", 0.1), ("tv", 0.2), ("tv", 0.4), ("tv", 0.6),
-    ("chi2", 0.1), ("chi2", 0.5), ("chi2", 1.0),
+    ("tv", 0.1),
+    ("tv", 0.2),
+    ("tv", 0.4),
+    ("tv", 0.6),
+    ("chi2", 0.1),
+    ("chi2", 0.5),
+    ("chi2", 1.0),
 )
 QUICK_METHODS = (("btl", 0.0), ("tv", 0.0), ("tv", 0.4), ("chi2", 0.5))
 SYNTH_METRICS = ("in_dist", "shifted", "minority")
@@ -123,33 +128,58 @@ def _synthetic_run(job: SyntheticJob) -> list[dict]:
     from lightning_robust.data import PreferenceDataModule, SyntheticShiftConfig
     from lightning_robust.modules import RewardModel
 
-    keys = {"in_dist": "val/accuracy", "shifted": "val/shifted/accuracy", "minority": "val/minority/accuracy"}
+    keys = {
+        "in_dist": "val/accuracy",
+        "shifted": "val/shifted/accuracy",
+        "minority": "val/minority/accuracy",
+    }
     records: list[dict] = []
 
     class EpochAccuracy(Callback):
         def on_validation_end(self, trainer, pl_module):
             metrics = trainer.callback_metrics
-            record = {**asdict(job), "method": method_name(job.family, job.rho), "epoch": trainer.current_epoch + 1}
+            record = {
+                **asdict(job),
+                "method": method_name(job.family, job.rho),
+                "epoch": trainer.current_epoch + 1,
+            }
             record.update({name: float(metrics[key]) for name, key in keys.items()})
             records.append(record)
 
     quiet_lightning()
     seed_all(job.seed)
     data = PreferenceDataModule(
-        train="synthetic", batch_size=job.batch_size, max_length=64, seed=job.seed,
+        train="synthetic",
+        batch_size=job.batch_size,
+        max_length=64,
+        seed=job.seed,
         synthetic=SyntheticShiftConfig(
-            num_train=job.num_train, num_eval=job.num_eval, seed=job.seed,
-            label_noise=job.label_noise, length_pair_share=job.length_pair_share,
+            num_train=job.num_train,
+            num_eval=job.num_eval,
+            seed=job.seed,
+            label_noise=job.label_noise,
+            length_pair_share=job.length_pair_share,
         ),
     )
     model = RewardModel(
-        "tiny", weighting=make_weighting(job.family, job.rho), learning_rate=job.learning_rate,
-        warmup_ratio=0.03, lr_schedule="constant", init_seed=job.seed,
+        "tiny",
+        weighting=make_weighting(job.family, job.rho),
+        learning_rate=job.learning_rate,
+        warmup_ratio=0.03,
+        lr_schedule="constant",
+        init_seed=job.seed,
     )
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=job.long_epochs, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=str(RUNS_DIR / "reward_models"),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=job.long_epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(RUNS_DIR / "reward_models"),
         callbacks=[EpochAccuracy()],
     )
     trainer.fit(model, datamodule=data)
@@ -159,7 +189,9 @@ def _synthetic_run(job: SyntheticJob) -> list[dict]:
 def synthetic_jobs(methods, noises, seeds, **settings) -> list[SyntheticJob]:
     return [
         SyntheticJob(family, rho, noise, seed, **settings)
-        for noise in noises for family, rho in methods for seed in seeds
+        for noise in noises
+        for family, rho in methods
+        for seed in seeds
     ]
 
 
@@ -177,11 +209,27 @@ def run_synthetic(jobs: list[SyntheticJob], workers: int) -> list[dict]:
 
 def synthetic_tables(records: list[dict]) -> tuple[str, str]:
     """(terminal text, markdown) of mean ± std per regime and method."""
-    records = sorted(records, key=lambda r: (r["label_noise"], r["epoch"]))  # stable: method order kept
+    records = sorted(
+        records, key=lambda r: (r["label_noise"], r["epoch"])
+    )  # stable: method order kept
     rows = summarize(records, ["label_noise", "length", "method"], SYNTH_METRICS)
-    header = ["label noise T", "training", "method", "in-dist", "shifted (70% β)", "minority β", "seeds"]
+    header = [
+        "label noise T",
+        "training",
+        "method",
+        "in-dist",
+        "shifted (70% β)",
+        "minority β",
+        "seeds",
+    ]
     body = [
-        [f"{r['label_noise']:g}", r["length"], r["method"], *(fmt_mean_std(r[m]) for m in SYNTH_METRICS), r["n"]]
+        [
+            f"{r['label_noise']:g}",
+            r["length"],
+            r["method"],
+            *(fmt_mean_std(r[m]) for m in SYNTH_METRICS),
+            r["n"],
+        ]
         for r in rows
     ]
     return text_table(header, body), markdown_table(header, body)
@@ -217,22 +265,31 @@ def plot_synthetic(records: list[dict], path: Path) -> Path | None:
         return None
     rows = summarize(records, ["label_noise", "length", "family", "rho"], SYNTH_METRICS)
     regimes = list(dict.fromkeys((r["label_noise"], r["length"]) for r in rows))
-    fig, axes = plt.subplots(1, len(regimes), figsize=(4.2 * len(regimes), 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(regimes), figsize=(4.2 * len(regimes), 3.6), sharey=True, squeeze=False
+    )
     colors = {"in_dist": "tab:blue", "shifted": "tab:red", "minority": "tab:green"}
     for ax, (noise, length) in zip(axes[0], regimes, strict=True):
         here = [r for r in rows if r["label_noise"] == noise and r["length"] == length]
         base = next((r for r in here if r["family"] == "btl"), None)
         for family, style in (("tv", "-"), ("chi2", "--")):
-            curve = sorted((r for r in here if r["family"] == family and r["rho"] > 0), key=lambda r: r["rho"])
+            curve = sorted(
+                (r for r in here if r["family"] == family and r["rho"] > 0), key=lambda r: r["rho"]
+            )
             if base is not None:
                 curve = [base, *curve]
             if len(curve) < 2:
                 continue
             for m in SYNTH_METRICS:
                 ax.errorbar(
-                    [r["rho"] for r in curve], [r[f"{m}_mean"] for r in curve],
-                    yerr=[r[f"{m}_std"] for r in curve], color=colors[m], linestyle=style,
-                    marker="o", markersize=3, capsize=2,
+                    [r["rho"] for r in curve],
+                    [r[f"{m}_mean"] for r in curve],
+                    yerr=[r[f"{m}_std"] for r in curve],
+                    color=colors[m],
+                    linestyle=style,
+                    marker="o",
+                    markersize=3,
+                    capsize=2,
                     label=f"{'TV' if family == 'tv' else 'χ²'} {m}",
                 )
         ax.set_title(f"label noise T={noise:g}, {length}", fontsize=9)
@@ -342,7 +399,10 @@ class FrozenFeatures:
         if self.dirty:
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             keys = list(self.store)
-            torch.save({"keys": keys, "features": torch.stack([self.store[k] for k in keys])}, self.cache_file)
+            torch.save(
+                {"keys": keys, "features": torch.stack([self.store[k] for k in keys])},
+                self.cache_file,
+            )
             self.dirty = False
 
 
@@ -350,7 +410,9 @@ class HeadScorer:
     """A scorer (``score(prompts, responses) -> Tensor``) for the project's evaluators: a linear
     reward head on standardised frozen features."""
 
-    def __init__(self, features: FrozenFeatures, head: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(
+        self, features: FrozenFeatures, head: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor
+    ):
         self.features, self.head, self.mean, self.std = features, head, mean, std
 
     def score(self, prompts, responses) -> torch.Tensor:
@@ -360,12 +422,19 @@ class HeadScorer:
 
 
 def train_head(
-    chosen: torch.Tensor, rejected: torch.Tensor, weighting, epochs: list[int], seed: int,
-    learning_rate: float, batch_size: int,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    weighting,
+    epochs: list[int],
+    seed: int,
+    learning_rate: float,
+    batch_size: int,
+    groups: torch.Tensor | None = None,
 ) -> dict[int, torch.nn.Module]:
     """Linear reward head ``r = w·x + b`` trained on feature pairs with the robust Bradley-Terry
     objective (``weighting(bradley_terry_losses(r+, r-)).loss``, AdamW, shuffled minibatches);
-    a copy of the head after each epoch in ``epochs``."""
+    a copy of the head after each epoch in ``epochs``. ``groups`` (one id per pair) are passed to
+    the weighting (group DRO)."""
     import copy
 
     from lightning_robust.objectives import bradley_terry_losses
@@ -379,9 +448,12 @@ def train_head(
         order = torch.randperm(chosen.shape[0], generator=gen)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            losses = bradley_terry_losses(head(chosen[rows]).squeeze(-1), head(rejected[rows]).squeeze(-1))
+            losses = bradley_terry_losses(
+                head(chosen[rows]).squeeze(-1), head(rejected[rows]).squeeze(-1)
+            )
             optimizer.zero_grad()
-            weighting(losses).loss.backward()
+            out = weighting(losses) if groups is None else weighting(losses, groups=groups[rows])
+            out.loss.backward()
             optimizer.step()
         if epoch in epochs:
             snapshots[epoch] = copy.deepcopy(head)
@@ -393,7 +465,12 @@ def _feature_cache_file(settings: RealSettings) -> Path:
 
     root = Path(settings.data_dir)
     parts = [minilm_path(), str(settings.max_length), "mean-pool-last-hidden", "v1"]
-    for part in (HH_FILE, MT_FILE, RB_FILE, *(f"{HHH_DIR}/{c}.jsonl" for c in settings.hhh_configs)):
+    for part in (
+        HH_FILE,
+        MT_FILE,
+        RB_FILE,
+        *(f"{HHH_DIR}/{c}.jsonl" for c in settings.hhh_configs),
+    ):
         stat = (root / part).stat()
         parts.append(f"{part}:{stat.st_size}:{int(stat.st_mtime)}")
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -412,16 +489,28 @@ def run_real(methods, seeds, settings: RealSettings, log=print) -> list[dict]:
     train_pos, held_pos = split_by_prompt(examples, settings.holdout_fraction, settings.split_seed)
     evaluators = {
         "hh_heldout": PairwiseAccuracy(
-            hh, schema="hh_rlhf", holdout_fraction=settings.holdout_fraction, seed=settings.split_seed,
+            hh,
+            schema="hh_rlhf",
+            holdout_fraction=settings.holdout_fraction,
+            seed=settings.split_seed,
             max_rows=settings.max_hh_rows,
         ),
         "hhh": HHHAlignment(str(root / HHH_DIR), configs=settings.hhh_configs),
         "mt_bench": MTBenchHuman(str(root / MT_FILE), max_rows=settings.max_mt_rows),
-        "rb_chat_hard": RewardBench(str(root / RB_FILE), max_rows_per_subset=settings.max_rb_rows_per_subset),
+        "rb_chat_hard": RewardBench(
+            str(root / RB_FILE), max_rows_per_subset=settings.max_rb_rows_per_subset
+        ),
     }
-    metric_key = {"hh_heldout": "accuracy", "hhh": "overall", "mt_bench": "overall", "rb_chat_hard": "chat_hard"}
+    metric_key = {
+        "hh_heldout": "accuracy",
+        "hhh": "overall",
+        "mt_bench": "overall",
+        "rb_chat_hard": "chat_hard",
+    }
     start = time.perf_counter()
-    features = FrozenFeatures("minilm", settings.max_length, _feature_cache_file(settings), settings.encode_batch_size)
+    features = FrozenFeatures(
+        "minilm", settings.max_length, _feature_cache_file(settings), settings.encode_batch_size
+    )
     train = [examples[i] for i in train_pos]
     chosen = features([e.prompt for e in train], [e.chosen for e in train])
     rejected = features([e.prompt for e in train], [e.rejected for e in train])
@@ -432,26 +521,44 @@ def run_real(methods, seeds, settings: RealSettings, log=print) -> list[dict]:
     for evaluator in evaluators.values():  # encode every benchmark row once (cached after)
         evaluator.evaluate(HeadScorer(features, zero, mean, std))
     features.save()
-    log(f"[reward_models] frozen MiniLM features: {len(features.store)} sequences "
+    log(
+        f"[reward_models] frozen MiniLM features: {len(features.store)} sequences "
         f"({time.perf_counter() - start:.0f} s incl. cache load); train {len(train)} / held-out "
-        f"{len(held_pos)} hh-rlhf pairs (skipped rows: {all_hh.skipped})")
+        f"{len(held_pos)} hh-rlhf pairs (skipped rows: {all_hh.skipped})"
+    )
     records = []
-    lengths = {settings.short_epochs: f"short ({settings.short_epochs} ep)",
-               settings.long_epochs: f"long ({settings.long_epochs} ep)"}
+    lengths = {
+        settings.short_epochs: f"short ({settings.short_epochs} ep)",
+        settings.long_epochs: f"long ({settings.long_epochs} ep)",
+    }
     for flips in settings.label_flips:
         for seed in seeds:
-            flip = torch.rand(chosen.shape[0], generator=torch.Generator().manual_seed(10_000 + seed)) < flips
+            flip = (
+                torch.rand(chosen.shape[0], generator=torch.Generator().manual_seed(10_000 + seed))
+                < flips
+            )
             c = torch.where(flip.unsqueeze(1), rejected, chosen)
             r = torch.where(flip.unsqueeze(1), chosen, rejected)
             for family, rho in methods:
                 heads = train_head(
-                    c, r, make_weighting(family, rho), list(lengths), seed,
-                    settings.learning_rate, settings.batch_size,
+                    c,
+                    r,
+                    make_weighting(family, rho),
+                    list(lengths),
+                    seed,
+                    settings.learning_rate,
+                    settings.batch_size,
                 )
                 for epoch, head in heads.items():
                     scorer = HeadScorer(features, head, mean, std)
-                    record = {"method": method_name(family, rho), "family": family, "rho": rho,
-                              "label_flips": flips, "seed": seed, "length": lengths[epoch]}
+                    record = {
+                        "method": method_name(family, rho),
+                        "family": family,
+                        "rho": rho,
+                        "label_flips": flips,
+                        "seed": seed,
+                        "length": lengths[epoch],
+                    }
                     for name, evaluator in evaluators.items():
                         record[name] = float(evaluator.evaluate(scorer)[metric_key[name]])
                     records.append(record)
@@ -462,9 +569,21 @@ def run_real(methods, seeds, settings: RealSettings, log=print) -> list[dict]:
 def real_tables(records: list[dict]) -> tuple[str, str]:
     records = sorted(records, key=lambda r: (r["label_flips"], r["length"].startswith("long")))
     rows = summarize(records, ["label_flips", "length", "method"], REAL_METRICS)
-    header = ["extra label flips", "training", "method", *(REAL_LABELS[m] for m in REAL_METRICS), "seeds"]
+    header = [
+        "extra label flips",
+        "training",
+        "method",
+        *(REAL_LABELS[m] for m in REAL_METRICS),
+        "seeds",
+    ]
     body = [
-        [f"{r['label_flips']:g}", r["length"], r["method"], *(fmt_mean_std(r[m]) for m in REAL_METRICS), r["n"]]
+        [
+            f"{r['label_flips']:g}",
+            r["length"],
+            r["method"],
+            *(fmt_mean_std(r[m]) for m in REAL_METRICS),
+            r["n"],
+        ]
         for r in rows
     ]
     return text_table(header, body), markdown_table(header, body)
@@ -477,19 +596,31 @@ def plot_real(records: list[dict], path: Path) -> Path | None:
         return None
     rows = summarize(records, ["label_flips", "length", "family", "rho"], REAL_METRICS)
     regimes = list(dict.fromkeys((r["label_flips"], r["length"]) for r in rows))
-    fig, axes = plt.subplots(1, len(regimes), figsize=(4.2 * len(regimes), 3.6), sharey=True, squeeze=False)
-    colors = dict(zip(REAL_METRICS, ("tab:blue", "tab:orange", "tab:purple", "tab:red"), strict=True))
+    fig, axes = plt.subplots(
+        1, len(regimes), figsize=(4.2 * len(regimes), 3.6), sharey=True, squeeze=False
+    )
+    colors = dict(
+        zip(REAL_METRICS, ("tab:blue", "tab:orange", "tab:purple", "tab:red"), strict=True)
+    )
     for ax, (flips, length) in zip(axes[0], regimes, strict=True):
         here = [r for r in rows if r["label_flips"] == flips and r["length"] == length]
         base = [r for r in here if r["family"] == "btl"]
         for family, style in (("tv", "-"), ("chi2", "--")):
-            curve = base + sorted((r for r in here if r["family"] == family and r["rho"] > 0), key=lambda r: r["rho"])
+            curve = base + sorted(
+                (r for r in here if r["family"] == family and r["rho"] > 0), key=lambda r: r["rho"]
+            )
             if len(curve) < 2:
                 continue
             for m in REAL_METRICS:
                 ax.errorbar(
-                    [r["rho"] for r in curve], [r[f"{m}_mean"] for r in curve], yerr=[r[f"{m}_std"] for r in curve],
-                    color=colors[m], linestyle=style, marker="o", markersize=3, capsize=2,
+                    [r["rho"] for r in curve],
+                    [r[f"{m}_mean"] for r in curve],
+                    yerr=[r[f"{m}_std"] for r in curve],
+                    color=colors[m],
+                    linestyle=style,
+                    marker="o",
+                    markersize=3,
+                    capsize=2,
                     label=f"{'TV' if family == 'tv' else 'χ²'} {REAL_LABELS[m]}",
                 )
         ax.axhline(0.5, color="grey", linewidth=0.8)
@@ -541,31 +672,63 @@ def _finetune_run(job: FinetuneJob) -> dict:
     hh = str(root / HH_FILE)
     settings = RealSettings()
     data = PreferenceDataModule(
-        train={"path": hh, "schema": "hh_rlhf"}, val_fraction=settings.holdout_fraction, on_bad_row="skip",
-        tokenizer="minilm", max_length=job.max_length, batch_size=16, seed=settings.split_seed,
+        train={"path": hh, "schema": "hh_rlhf"},
+        val_fraction=settings.holdout_fraction,
+        on_bad_row="skip",
+        tokenizer="minilm",
+        max_length=job.max_length,
+        batch_size=16,
+        seed=settings.split_seed,
         max_rows=job.max_hh_rows,
     )
     model = RewardModel(
-        "minilm", weighting=make_weighting(job.family, job.rho), learning_rate=job.learning_rate,
-        warmup_ratio=0.1, frozen_parameters=["embeddings", r"layer\.[0-4]\."], init_seed=job.seed,
+        "minilm",
+        weighting=make_weighting(job.family, job.rho),
+        learning_rate=job.learning_rate,
+        warmup_ratio=0.1,
+        frozen_parameters=["embeddings", r"layer\.[0-4]\."],
+        init_seed=job.seed,
     )
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=job.epochs, deterministic=True, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(RUNS_DIR / "reward_models"),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=job.epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(RUNS_DIR / "reward_models"),
     )
     trainer.fit(model, datamodule=data)
     scorer = RewardModelScorer(model, max_length=job.max_length, batch_size=32)
     n = job.max_eval_rows
     evaluators = {
-        "hh_heldout": (PairwiseAccuracy(hh, schema="hh_rlhf", holdout_fraction=settings.holdout_fraction,
-                                        seed=settings.split_seed, max_rows=job.max_hh_rows), "accuracy"),
-        "hhh": (HHHAlignment(str(root / HHH_DIR), configs=("harmless",) if n else HHH_CONFIGS_ALL), "overall"),
+        "hh_heldout": (
+            PairwiseAccuracy(
+                hh,
+                schema="hh_rlhf",
+                holdout_fraction=settings.holdout_fraction,
+                seed=settings.split_seed,
+                max_rows=job.max_hh_rows,
+            ),
+            "accuracy",
+        ),
+        "hhh": (
+            HHHAlignment(str(root / HHH_DIR), configs=("harmless",) if n else HHH_CONFIGS_ALL),
+            "overall",
+        ),
         "mt_bench": (MTBenchHuman(str(root / MT_FILE), max_rows=n), "overall"),
         "rb_chat_hard": (RewardBench(str(root / RB_FILE), max_rows_per_subset=n), "chat_hard"),
     }
-    record = {**asdict(job), "method": method_name(job.family, job.rho), "label_flips": 0.0,
-              "length": f"top layer fine-tuned ({job.epochs} ep)"}
+    record = {
+        **asdict(job),
+        "method": method_name(job.family, job.rho),
+        "label_flips": 0.0,
+        "length": f"top layer fine-tuned ({job.epochs} ep)",
+    }
     for name, (evaluator, key) in evaluators.items():
         record[name] = float(evaluator.evaluate(scorer)[key])
     return record
@@ -577,24 +740,41 @@ HHH_CONFIGS_ALL = ("harmless", "helpful", "honest", "other")
 # ----------------------------------------------------------------------------- main
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke version: small data, few methods")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0 1)")
     parser.add_argument(
-        "--part", choices=("all", "synthetic", "real", "real-finetune"), default="all",
+        "--quick", action="store_true", help="smoke version: small data, few methods"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0 1)"
+    )
+    parser.add_argument(
+        "--part",
+        choices=("all", "synthetic", "real", "real-finetune"),
+        default="all",
         help="'all' = synthetic + real (frozen features); 'real-finetune' = MiniLM top layer trained",
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes for part (a) (1 thread each)")
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0], help="label-noise temperatures T")
-    parser.add_argument("--long-epochs", type=int, default=None, help="long training (default 5; quick 2)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes for part (a) (1 thread each)"
+    )
+    parser.add_argument(
+        "--noise", type=float, nargs="+", default=[0.0, 1.0], help="label-noise temperatures T"
+    )
+    parser.add_argument(
+        "--long-epochs", type=int, default=None, help="long training (default 5; quick 2)"
+    )
     parser.add_argument("--length-pair-share", type=float, default=0.25)
-    parser.add_argument("--results-md", type=Path, default=RESULTS_MD)
+    parser.add_argument("--results-md", type=Path, default=OLD_RESULTS_MD)
     parser.add_argument("--plots-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--json", type=Path, default=None, help="also write all records as JSON")
     parser.add_argument(
-        "--from-json", type=Path, nargs="+", default=None,
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
         help="report records saved with --json (parts merged) instead of training",
     )
-    parser.add_argument("--no-write", action="store_true", help="print only; do not touch results.md")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; do not touch results.md"
+    )
     return parser.parse_args(argv)
 
 
@@ -603,11 +783,17 @@ def run(args) -> dict:
     reason it was skipped, "<part>_seconds": wall time, "real_settings": ...}``."""
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     methods = QUICK_METHODS if args.quick else FULL_METHODS
-    out: dict = {"synthetic": [], "real": [], "workers": args.workers, "command": command_line(MODULE, args.argv)}
+    out: dict = {
+        "synthetic": [],
+        "real": [],
+        "workers": args.workers,
+        "command": command_line(MODULE, args.argv),
+    }
     if args.part in ("all", "synthetic"):
         settings = dict(
             long_epochs=args.long_epochs or (2 if args.quick else 5),
-            num_train=300 if args.quick else 2000, num_eval=100 if args.quick else 400,
+            num_train=300 if args.quick else 2000,
+            num_eval=100 if args.quick else 400,
             length_pair_share=args.length_pair_share,
         )
         jobs = synthetic_jobs(methods, args.noise, seeds, **settings)
@@ -618,8 +804,13 @@ def run(args) -> dict:
         settings = RealSettings()
         if args.quick:
             settings = replace(
-                settings, max_hh_rows=80, hhh_configs=("harmless",), max_mt_rows=20,
-                max_rb_rows_per_subset=4, max_length=64, long_epochs=3,
+                settings,
+                max_hh_rows=80,
+                hhh_configs=("harmless",),
+                max_mt_rows=20,
+                max_rb_rows_per_subset=4,
+                max_length=64,
+                long_epochs=3,
                 cache_dir=str(args.plots_dir / "feature_cache"),
             )
         out["real_settings"] = asdict(settings)
@@ -659,7 +850,10 @@ def load_json(paths) -> dict:
 def report(out: dict, args, argv) -> list[str]:
     """Print the tables and return the markdown of section 1."""
     synthetic, real = out.get("synthetic") or [], out.get("real")
-    seeds = sorted({r["seed"] for r in synthetic} | ({r["seed"] for r in real} if isinstance(real, list) else set()))
+    seeds = sorted(
+        {r["seed"] for r in synthetic}
+        | ({r["seed"] for r in real} if isinstance(real, list) else set())
+    )
     command = out.get("command") or command_line(MODULE, argv)
     md = [f"Command: `{command}` · seeds {seeds} · mean ± sample std over seeds."]
     if synthetic:
@@ -694,8 +888,12 @@ def report(out: dict, args, argv) -> list[str]:
         print(f"\n(b) real data skipped: {real}")
         md += ["### (b) Real data", f"Not run: {real}."]
     elif real:
-        settings = RealSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in out.get("real_settings", {}).items()})
+        settings = RealSettings(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in out.get("real_settings", {}).items()
+            }
+        )
         seconds = out.get("real_seconds", math.nan)
         text, table = real_tables(real)
         print(f"\n(b) real data, frozen MiniLM features + linear head ({seconds:.0f} s)")
@@ -718,7 +916,9 @@ def report(out: dict, args, argv) -> list[str]:
             table,
         ]
         if figure is not None:
-            md.append(f"![real-data accuracy vs rho]({os.path.relpath(figure, args.results_md.parent)})")
+            md.append(
+                f"![real-data accuracy vs rho]({os.path.relpath(figure, args.results_md.parent)})"
+            )
     finetune = out.get("finetune")
     if isinstance(finetune, str):
         print(f"\n(b') fine-tuned MiniLM skipped: {finetune}")

@@ -4,7 +4,7 @@
     python -m benchmarks.robustness.simplex --quick    # smoke version (CI)
 
 No language model: one prompt with ``K`` candidate responses, a *gold* reward vector ``g`` and
-a *proxy* ``r`` (the model of ALGORITHMS.md §5.1). The proxy equals the gold reward on every
+a *proxy* ``r`` (the model of docs/ALGORITHMS.md §5.1). The proxy equals the gold reward on every
 response but one: a response from the bottom half by gold (the *exploit*) is rated
 ``max(g) + eps`` by the proxy, so maximising the proxy picks a poor response while the true best
 response keeps its reward.
@@ -24,7 +24,7 @@ value are recorded along training: the gold/proxy-vs-KL frontier.
 
 Budgets come in two units. S003's group-normalised budget ``delta~`` (``p~`` = the softmax of
 the group's log-probs) stands for the raw budget ``delta~ / S`` with ``S = sum_k pi_old(y_k)``
-(ALGORITHMS.md §5.2 iii); with ``K`` small, groups repeat responses and ``S`` grows as the policy
+(docs/ALGORITHMS.md §5.2 iii); with ``K`` small, groups repeat responses and ``S`` grows as the policy
 concentrates. The *raw* variant passes one budget per group, ``delta~_b = delta * S_b``, so the
 shaping equals the raw-probability one at ``delta`` exactly. The final policy is compared with the
 exact water-filling optimum at ``delta`` (raw) or at ``delta~ K / G`` (S003's heuristic scale).
@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import (
+    OLD_RESULTS_MD,
     RESULTS_DIR,
-    RESULTS_MD,
     command_line,
     fmt_mean_std,
     markdown_table,
@@ -121,11 +121,17 @@ def exact_records(seeds, deltas, num_responses: int) -> list[dict]:
         uniform = torch.full_like(inst.proxy, 1.0 / num_responses)
         for delta in deltas:
             for name, p in exact_policies(inst, delta).items():
-                out.append({
-                    "seed": seed, "delta": delta, "policy": name,
-                    "gold": float(p @ inst.gold), "proxy": float(p @ inst.proxy),
-                    "kl": kl_divergence(p, uniform), "exploit_mass": float(p[inst.exploit]),
-                })
+                out.append(
+                    {
+                        "seed": seed,
+                        "delta": delta,
+                        "policy": name,
+                        "gold": float(p @ inst.gold),
+                        "proxy": float(p @ inst.proxy),
+                        "kl": kl_divergence(p, uniform),
+                        "exploit_mass": float(p[inst.exploit]),
+                    }
+                )
     return out
 
 
@@ -179,12 +185,18 @@ def train_softmax_policy(job: TrainJob) -> list[dict]:
     def record(step: int) -> None:
         with torch.no_grad():
             p = torch.softmax(theta, 0)
-        records.append({
-            **asdict(job), "method": method_label(job), "step": step,
-            "gold": float(p @ inst.gold), "proxy": float(p @ inst.proxy),
-            "kl": kl_divergence(p, log_p0.exp()), "delta_t": delta_t,
-            "exploit_mass": float(p[inst.exploit]),
-        })
+        records.append(
+            {
+                **asdict(job),
+                "method": method_label(job),
+                "step": step,
+                "gold": float(p @ inst.gold),
+                "proxy": float(p @ inst.proxy),
+                "kl": kl_divergence(p, log_p0.exp()),
+                "delta_t": delta_t,
+                "exploit_mass": float(p[inst.exploit]),
+            }
+        )
 
     record(0)
     for step in range(1, job.steps + 1):
@@ -202,7 +214,7 @@ def train_softmax_policy(job: TrainJob) -> list[dict]:
         budget = delta_t
         if job.raw:
             # delta~_b = delta * S_b with S_b = sum_k p_old(y_k): the group-normalised shaping then
-            # equals the raw-probability shaping at budget delta exactly (ALGORITHMS.md §5.2 iii)
+            # equals the raw-probability shaping at budget delta exactly (docs/ALGORITHMS.md §5.2 iii)
             budget = delta_t * seq_old.exp().sum(dim=-1)
         shaped, _ = shaped_rewards(rewards, seq_old, budget, job.shaping, tau=job.tau)
         adv = group_advantages(shaped).reshape(-1)
@@ -222,9 +234,14 @@ def final_summary(job: TrainJob, records: list[dict]) -> dict:
     last = records[-1]
     peak = max(records, key=lambda r: r["gold"])
     out = {
-        "method": last["method"], "seed": job.seed, "final_gold": last["gold"],
-        "peak_gold": peak["gold"], "peak_kl": peak["kl"], "final_proxy": last["proxy"],
-        "final_kl": last["kl"], "final_exploit": last["exploit_mass"],
+        "method": last["method"],
+        "seed": job.seed,
+        "final_gold": last["gold"],
+        "peak_gold": peak["gold"],
+        "peak_kl": peak["kl"],
+        "final_proxy": last["proxy"],
+        "final_kl": last["kl"],
+        "final_exploit": last["exploit_mass"],
     }
     inst = make_instance(job.seed, job.num_responses)
     raw_delta = job.delta if job.raw else job.delta * job.num_responses / job.group_size
@@ -264,7 +281,8 @@ def training_jobs(seeds, steps: int, quick: bool = False) -> list[TrainJob]:
         specs = [specs[0], specs[3], specs[8], specs[9]]
     return [
         TrainJob(shaping, budget, delta, seed, raw=raw, steps=steps)
-        for seed in seeds for shaping, budget, delta, raw in specs
+        for seed in seeds
+        for shaping, budget, delta, raw in specs
     ]
 
 
@@ -273,19 +291,45 @@ def exact_table(records: list[dict]) -> tuple[str, str]:
     rows = summarize(records, ["delta", "policy"], ["gold", "proxy", "kl", "exploit_mass"])
     header = ["δ", "policy", "gold", "proxy", "KL(p‖uniform)", "exploit mass", "seeds"]
     body = [
-        [f"{r['delta']:g}", r["policy"], fmt_mean_std(r["gold"]), fmt_mean_std(r["proxy"]),
-         fmt_mean_std(r["kl"]), fmt_mean_std(r["exploit_mass"]), r["n"]]
-        for r in rows if not (r["policy"] == "greedy" and r["delta"] != rows[0]["delta"])
+        [
+            f"{r['delta']:g}",
+            r["policy"],
+            fmt_mean_std(r["gold"]),
+            fmt_mean_std(r["proxy"]),
+            fmt_mean_std(r["kl"]),
+            fmt_mean_std(r["exploit_mass"]),
+            r["n"],
+        ]
+        for r in rows
+        if not (r["policy"] == "greedy" and r["delta"] != rows[0]["delta"])
     ]
     return text_table(header, body), markdown_table(header, body)
 
 
 def training_table(finals: list[dict]) -> tuple[str, str]:
-    metrics = ["peak_gold", "peak_kl", "final_gold", "final_proxy", "final_kl", "final_exploit",
-               "exact_gold", "exact_exploit"]
+    metrics = [
+        "peak_gold",
+        "peak_kl",
+        "final_gold",
+        "final_proxy",
+        "final_kl",
+        "final_exploit",
+        "exact_gold",
+        "exact_exploit",
+    ]
     rows = summarize(finals, ["method"], metrics)
-    header = ["method", "peak gold", "KL at peak", "final gold", "final proxy", "final KL",
-              "final exploit mass", "exact DRRO gold", "exact exploit mass", "seeds"]
+    header = [
+        "method",
+        "peak gold",
+        "KL at peak",
+        "final gold",
+        "final proxy",
+        "final KL",
+        "final exploit mass",
+        "exact DRRO gold",
+        "exact exploit mass",
+        "seeds",
+    ]
     body = []
     for r in rows:
         comparable = r["method"].startswith("DRRO") and "dyn" not in r["method"]
@@ -300,12 +344,23 @@ def plot_exact(records: list[dict], path: Path) -> Path | None:
         return None
     rows = summarize(records, ["policy", "delta"], ["gold", "proxy"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name, color in (("greedy", "tab:gray"), ("DRRO (exact)", "tab:red"), ("DRO (exact)", "tab:blue")):
+    for name, color in (
+        ("greedy", "tab:gray"),
+        ("DRRO (exact)", "tab:red"),
+        ("DRO (exact)", "tab:blue"),
+    ):
         curve = sorted((r for r in rows if r["policy"] == name), key=lambda r: r["delta"])
         for ax, m in zip(axes, ("gold", "proxy"), strict=True):
-            ax.errorbar([r["delta"] for r in curve], [r[f"{m}_mean"] for r in curve],
-                        yerr=[r[f"{m}_std"] for r in curve], color=color, marker="o", markersize=3,
-                        capsize=2, label=name)
+            ax.errorbar(
+                [r["delta"] for r in curve],
+                [r[f"{m}_mean"] for r in curve],
+                yerr=[r[f"{m}_std"] for r in curve],
+                color=color,
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=name,
+            )
     for ax, m in zip(axes, ("gold", "proxy"), strict=True):
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlabel("budget δ")
@@ -329,10 +384,20 @@ def plot_frontier(curves: list[dict], path: Path, methods=None) -> Path | None:
     cmap = plt.get_cmap("tab20")
     for i, name in enumerate(names):
         curve = sorted((r for r in rows if r["method"] == name), key=lambda r: r["step"])
-        style = "--" if name.startswith("DRO") else (":" if "raw" not in name and name != "GRPO" else "-")
+        style = (
+            "--"
+            if name.startswith("DRO")
+            else (":" if "raw" not in name and name != "GRPO" else "-")
+        )
         for ax, m in zip(axes, ("gold", "proxy"), strict=True):
-            ax.plot([r["kl_mean"] for r in curve], [r[f"{m}_mean"] for r in curve], color=cmap(i % 20),
-                    linestyle=style, label=name, linewidth=1.4)
+            ax.plot(
+                [r["kl_mean"] for r in curve],
+                [r[f"{m}_mean"] for r in curve],
+                color=cmap(i % 20),
+                linestyle=style,
+                label=name,
+                linewidth=1.4,
+            )
     for ax, m in zip(axes, ("gold", "proxy"), strict=True):
         ax.set_xlabel("KL(p ‖ p0)")
         ax.set_ylabel(f"{m} reward")
@@ -346,9 +411,13 @@ def plot_frontier(curves: list[dict], path: Path, methods=None) -> Path | None:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version (CI)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of instances (seeds 0..n-1)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default 1 quick, 2 full)")
-    parser.add_argument("--out-md", default=str(RESULTS_MD))
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="number of instances (seeds 0..n-1)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes (default 1 quick, 2 full)"
+    )
+    parser.add_argument("--out-md", default=str(OLD_RESULTS_MD))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     start = time.time()
@@ -379,19 +448,30 @@ def main(argv=None) -> dict:
     figure_md = "\n".join(
         f"![{name}](results/{Path(p).name})" for name, p in figures.items() if p is not None
     )
-    body = "\n\n".join([
-        "### 4a. Promptwise simplex (exact water filling vs sampled training)",
-        f"Command: `{cmd}` ({elapsed:.0f} s). Instances: seeds {seeds[0]}–{seeds[-1]}, K = {k} "
-        f"responses, gold ~ N(0, 1), the proxy equals gold except one bottom-half response rated "
-        f"max(gold) + U(0.1, 0.5). Mean ± std over instances.",
-        "**(i) Exact policies** (`water_filling_policy`, `dro_policy`, greedy = δ 0):\n\n" + exact_md,
-        f"**(ii) Sampled training** (softmax policy from uniform, {steps} Adam steps lr 0.05, 16 groups "
-        f"× G = 8 per step, `shaped_rewards` → `group_advantages` → `policy_surrogate`; dynamic "
-        f"budget `dynamic_budget(δ̃0, c, k3 history, W=10)`; τ = 0.2):\n\n" + train_md,
-        figure_md,
-    ])
-    write_block(Path(args.out_md), SECTION, SECTION_TITLE, BLOCK + ("_quick" if args.quick else ""), body)
-    return {"exact": exact, "curves": curves, "finals": finals, "figures": figures, "elapsed": elapsed}
+    body = "\n\n".join(
+        [
+            "### 4a. Promptwise simplex (exact water filling vs sampled training)",
+            f"Command: `{cmd}` ({elapsed:.0f} s). Instances: seeds {seeds[0]}–{seeds[-1]}, K = {k} "
+            f"responses, gold ~ N(0, 1), the proxy equals gold except one bottom-half response rated "
+            f"max(gold) + U(0.1, 0.5). Mean ± std over instances.",
+            "**(i) Exact policies** (`water_filling_policy`, `dro_policy`, greedy = δ 0):\n\n"
+            + exact_md,
+            f"**(ii) Sampled training** (softmax policy from uniform, {steps} Adam steps lr 0.05, 16 groups "
+            f"× G = 8 per step, `shaped_rewards` → `group_advantages` → `policy_surrogate`; dynamic "
+            f"budget `dynamic_budget(δ̃0, c, k3 history, W=10)`; τ = 0.2):\n\n" + train_md,
+            figure_md,
+        ]
+    )
+    write_block(
+        Path(args.out_md), SECTION, SECTION_TITLE, BLOCK + ("_quick" if args.quick else ""), body
+    )
+    return {
+        "exact": exact,
+        "curves": curves,
+        "finals": finals,
+        "figures": figures,
+        "elapsed": elapsed,
+    }
 
 
 if __name__ == "__main__":

@@ -17,7 +17,11 @@ BATCH_KEYS = (
 
 
 def pad_sequences(
-    seqs, pad_token_id: int, width: int | None = None, side: str = "right", multiple_of: int | None = None
+    seqs,
+    pad_token_id: int,
+    width: int | None = None,
+    side: str = "right",
+    multiple_of: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, mask)`` LongTensors ``[len(seqs), width]``: each token-id list placed on the left
     (``side="right"`` padding) or the right (``side="left"``, for generation), the rest
@@ -60,7 +64,9 @@ class PreferenceCollator:
         chosen = [f["chosen_input_ids"] for f in features]
         rejected = [f["rejected_input_ids"] for f in features]
         # one width for chosen and rejected, so they run as one [2B, L] batch
-        ids, mask = pad_sequences(chosen + rejected, self.pad_token_id, multiple_of=self.pad_to_multiple_of)
+        ids, mask = pad_sequences(
+            chosen + rejected, self.pad_token_id, multiple_of=self.pad_to_multiple_of
+        )
         n = len(chosen)
         chosen_ids, rejected_ids = ids[:n], ids[n:]
         chosen_mask, rejected_mask = mask[:n], mask[n:]
@@ -80,7 +86,9 @@ class PreferenceCollator:
         }
         if all("margin" in f for f in features):  # optional float column (TRL reward margins)
             batch["margin"] = torch.tensor([f["margin"] for f in features], dtype=torch.float32)
-        if all("chosen_scores" in f for f in features):  # optional reward scores [B, K] (distillation)
+        if all(
+            "chosen_scores" in f for f in features
+        ):  # optional reward scores [B, K] (distillation)
             for key in ("chosen_scores", "rejected_scores"):
                 batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
         return batch

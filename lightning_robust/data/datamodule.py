@@ -193,7 +193,10 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
         # checkpoints must load with torch.load(weights_only=True) (resume, load_from_checkpoint):
         # keep only plain containers in the saved hyperparameters, never our dataclasses
         self.hparams.update(
-            {key: plain_value(self.hparams[key]) for key in ("train", "val", "eval_sets", "synthetic")}
+            {
+                key: plain_value(self.hparams[key])
+                for key in ("train", "val", "eval_sets", "synthetic")
+            }
         )
         if isinstance(synthetic, Mapping):
             synthetic = SyntheticShiftConfig(**synthetic)
@@ -346,7 +349,9 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
         if limit is not None and self.max_length > limit:
             log.warning(
                 "max_length=%d exceeds the tokenizer's model_max_length=%d (%s)",
-                self.max_length, limit, self.tokenizer_name,
+                self.max_length,
+                limit,
+                self.tokenizer_name,
             )
         skipped: dict[str, Counter] = {}
         read: dict[str, tuple[Examples, DataSource]] = {}
@@ -401,8 +406,13 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
         options = {"chat_template": self.chat_template, "append_eos": self.append_eos}
         if self.tokenize_cache and not source.is_synthetic:
             encoded = encode_examples_cached(
-                examples.examples, self.tokenizer, self.max_length, **options,
-                cache_dir=None if self.cache_dir is None else os.path.join(self.cache_dir, "lightning_robust_tokenized"),
+                examples.examples,
+                self.tokenizer,
+                self.max_length,
+                **options,
+                cache_dir=None
+                if self.cache_dir is None
+                else os.path.join(self.cache_dir, "lightning_robust_tokenized"),
                 num_proc=self.tokenize_num_proc,
             )
         else:
@@ -416,7 +426,9 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
             else:
                 keep.append(pos)
         if not keep:
-            raise ValueError(no_usable_rows_error(name, self._where(source), len(examples), skipped.get(name)))
+            raise ValueError(
+                no_usable_rows_error(name, self._where(source), len(examples), skipped.get(name))
+            )
         return TokenizedPreferenceDataset(
             [encoded[p] for p in keep],
             [self._group_ids.get(examples.examples[p].group, -1) for p in keep],
@@ -522,7 +534,9 @@ class PreferenceDataModule(ResumableTrainData, LightningDataModule):
         self._require_setup()
         self.check_model_vocab(self._attached_module())
         return [
-            self._loader(self.datasets[n], self.eval_batch_size, SequentialSampler(self.datasets[n]))
+            self._loader(
+                self.datasets[n], self.eval_batch_size, SequentialSampler(self.datasets[n])
+            )
             for n in self.val_set_names
         ]
 

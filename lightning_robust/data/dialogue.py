@@ -67,7 +67,10 @@ def prompt_to_messages(prompt: str | list[Message]) -> list[Message]:
 
 def messages_to_plain(messages: list[Message]) -> str:
     """Render messages as hh-style plain text ending with ``"\\n\\nAssistant:"`` (no template)."""
-    turns = [f"\n\n{_PLAIN_ROLES.get(m['role'], m['role'].capitalize())}: {m['content']}" for m in messages]
+    turns = [
+        f"\n\n{_PLAIN_ROLES.get(m['role'], m['role'].capitalize())}: {m['content']}"
+        for m in messages
+    ]
     return "".join(turns) + HH_ASSISTANT
 
 

@@ -232,21 +232,33 @@ class PromptDataModule(ResumableTrainData, LightningDataModule):
         self.datasets = datasets  # only now: a failed setup can be retried
         self.group_names = names
         self.truncated_prompts = truncated
-        self.skipped_rows_by_split = {s: dict(sorted(c.items())) for s, c in skipped.items() if sum(c.values())}
+        self.skipped_rows_by_split = {
+            s: dict(sorted(c.items())) for s, c in skipped.items() if sum(c.values())
+        }
         if self.skipped_rows_by_split:
             log.warning(
                 "PromptDataModule skipped bad rows (on_bad_row='skip'): %s",
                 "; ".join(
-                    f"{s}: " + ", ".join(f"{k}={v}" for k, v in c.items()) for s, c in self.skipped_rows_by_split.items()
+                    f"{s}: " + ", ".join(f"{k}={v}" for k, v in c.items())
+                    for s, c in self.skipped_rows_by_split.items()
                 ),
             )
         if any(truncated.values()):
             log.info(
-                "prompts cut from the left to max_prompt_length=%d: %s", self.max_prompt_length, truncated
+                "prompts cut from the left to max_prompt_length=%d: %s",
+                self.max_prompt_length,
+                truncated,
             )
 
-    def _tokenize(self, split, rows: PromptRows, source, group_ids, skipped, truncated) -> TokenizedPromptDataset:
-        encoded = encode_prompts([ex.prompt for ex in rows.examples], self.tokenizer, self.max_prompt_length, self.chat_template)
+    def _tokenize(
+        self, split, rows: PromptRows, source, group_ids, skipped, truncated
+    ) -> TokenizedPromptDataset:
+        encoded = encode_prompts(
+            [ex.prompt for ex in rows.examples],
+            self.tokenizer,
+            self.max_prompt_length,
+            self.chat_template,
+        )
         keep = []
         for pos, ids in enumerate(encoded.input_ids):
             if ids is None:

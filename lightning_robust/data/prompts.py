@@ -69,7 +69,9 @@ def _group(row: Row, column: str | None) -> str | None:
 
 
 def _before_last_assistant(messages: list[Message], field_name: str) -> list[Message]:
-    cut = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    cut = max(
+        (k for k, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages)
+    )
     prompt = messages[:cut]
     if not prompt or not any(m["content"].strip() for m in prompt):
         raise BadRow(EMPTY, field_name, "no prompt messages before the last assistant message")
@@ -87,7 +89,9 @@ def adapt_prompt(row: Row, group_column: str | None) -> PromptExample:
     if value is None:
         raise BadRow(MISSING, "prompt", "is missing")
     if not isinstance(value, str):
-        raise BadRow(WRONG_TYPE, "prompt", f"expected a string or a message list, got {type(value).__name__}")
+        raise BadRow(
+            WRONG_TYPE, "prompt", f"expected a string or a message list, got {type(value).__name__}"
+        )
     if not value.strip():
         raise BadRow(EMPTY, "prompt", "is empty")
     return PromptExample(value, _group(row, group_column))
@@ -117,7 +121,9 @@ def adapt_hh_rlhf(row: Row, group_column: str | None) -> PromptExample:
     if value is None:
         raise BadRow(MISSING, "chosen", "is missing")
     if not isinstance(value, str):
-        raise BadRow(WRONG_TYPE, "chosen", f"expected a transcript string, got {type(value).__name__}")
+        raise BadRow(
+            WRONG_TYPE, "chosen", f"expected a transcript string, got {type(value).__name__}"
+        )
     if HH_HUMAN not in value:
         raise BadRow(WRONG_TYPE, "chosen", "no '\\n\\nHuman:' turn in the transcript")
     try:
@@ -179,7 +185,9 @@ def get_prompt_schema(name: str, columns, sample: Row | None = None) -> PromptSc
     schema = PROMPT_SCHEMAS[name]
     missing = [c for c in schema.columns if c not in set(columns)]
     if missing:
-        raise ValueError(f"prompt schema {name!r} needs columns {list(schema.columns)}; missing {missing}")
+        raise ValueError(
+            f"prompt schema {name!r} needs columns {list(schema.columns)}; missing {missing}"
+        )
     return schema
 
 
@@ -229,7 +237,9 @@ def adapt_prompt_rows(
 def render_prompt(prompt, tokenizer, chat_template: bool | None = None) -> str:
     """The text the policy is conditioned on (module docstring)."""
     if render_mode(tokenizer, chat_template) == CHAT:
-        return tokenizer.apply_chat_template(prompt_to_messages(prompt), tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            prompt_to_messages(prompt), tokenize=False, add_generation_prompt=True
+        )
     return prompt if isinstance(prompt, str) else messages_to_plain(prompt)
 
 
@@ -242,7 +252,11 @@ class EncodedPrompts:
 
 
 def encode_prompts(
-    prompts: Sequence, tokenizer, max_prompt_length: int, chat_template: bool | None = None, chunk_size: int = 512
+    prompts: Sequence,
+    tokenizer,
+    max_prompt_length: int,
+    chat_template: bool | None = None,
+    chunk_size: int = 512,
 ) -> EncodedPrompts:
     """Tokenise rendered prompts; those over ``max_prompt_length`` keep their special prefix and
     their LAST tokens (cut from the left) and are counted in ``truncated``."""
@@ -253,7 +267,9 @@ def encode_prompts(
     bos = tokenizer.bos_token_id
     out, truncated = [], 0
     for start in range(0, len(prompts), chunk_size):
-        texts = [render_prompt(p, tokenizer, chat_template) for p in prompts[start : start + chunk_size]]
+        texts = [
+            render_prompt(p, tokenizer, chat_template) for p in prompts[start : start + chunk_size]
+        ]
         for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
             ids = list(ids)
             head = prefix
@@ -264,7 +280,9 @@ def encode_prompts(
                 continue
             room = max_prompt_length - len(head)
             if room < 1:
-                raise ValueError(f"max_prompt_length={max_prompt_length} leaves no room after the special tokens")
+                raise ValueError(
+                    f"max_prompt_length={max_prompt_length} leaves no room after the special tokens"
+                )
             if len(ids) > room:
                 ids = ids[len(ids) - room :]
                 truncated += 1
@@ -289,7 +307,9 @@ class TokenizedPromptDataset(Dataset):
         has_groups: bool = False,
     ):
         if not (len(input_ids) == len(prompts) == len(groups) == len(source_index)):
-            raise ValueError("input_ids, prompts, groups and source_index must have the same length")
+            raise ValueError(
+                "input_ids, prompts, groups and source_index must have the same length"
+            )
         self.input_ids = list(input_ids)
         self.prompts = list(prompts)
         self.groups = list(groups)

@@ -27,13 +27,17 @@ def bad_row_error(where: str, index: int, err: BadRow) -> ValueError:
     )
 
 
-def no_usable_rows_error(split: str, where: str, read: int, skipped: Mapping[str, int] | None) -> str:
+def no_usable_rows_error(
+    split: str, where: str, read: int, skipped: Mapping[str, int] | None
+) -> str:
     """The message when a split keeps no row: how many rows were dropped, and why."""
     counts = {k: v for k, v in sorted((skipped or {}).items()) if v}
     if not counts:
         return f"{split} ({where}): no usable rows ({read} row(s) read)"
     detail = ", ".join(f"{k}={v}" for k, v in counts.items())
-    return f"{split} ({where}): no usable rows: all {sum(counts.values())} row(s) dropped ({detail})"
+    return (
+        f"{split} ({where}): no usable rows: all {sum(counts.values())} row(s) dropped ({detail})"
+    )
 
 
 def first_bad_json_line(pattern: str, limit_bytes: int = 1 << 30) -> str | None:

@@ -49,11 +49,18 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(
-        self, data_source: Sized, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0
+        self,
+        data_source: Sized,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         Sampler.__init__(self)  # DistributedSampler.__init__ would require torch.distributed
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}"
+            )
         self.num_examples = len(data_source)
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
@@ -101,9 +108,14 @@ class ResumableSampler(DistributedSampler):
         self.consumed = min(self.num_samples, self.consumed + int(examples))
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
-                "num_examples": self.num_examples, "shuffle": self.shuffle,
-                "num_replicas": self.num_replicas}
+        return {
+            "epoch": self.epoch,
+            "consumed": self.consumed,
+            "seed": self.seed,
+            "num_examples": self.num_examples,
+            "shuffle": self.shuffle,
+            "num_replicas": self.num_replicas,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``'s epoch and position (the next ``__iter__`` starts there).
@@ -164,12 +176,18 @@ class ResumableTrainData:
     comes back through ``load_state_dict``, whichever of loader construction and checkpoint
     restore Lightning does first (see the module docstring)."""
 
-    def resumable_train_loader(self, dataset, batch_size: int, *, seed: int, shuffle: bool, **loader_kwargs):
+    def resumable_train_loader(
+        self, dataset, batch_size: int, *, seed: int, shuffle: bool, **loader_kwargs
+    ):
         """A :class:`ResumableDataLoader` over ``dataset`` sharded by the attached Trainer's rank,
         at the restored position when a checkpoint was loaded before it was built."""
         trainer = getattr(self, "trainer", None)
-        num_replicas, rank = (1, 0) if trainer is None else (int(trainer.world_size), int(trainer.global_rank))
-        sampler = ResumableSampler(dataset, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank)
+        num_replicas, rank = (
+            (1, 0) if trainer is None else (int(trainer.world_size), int(trainer.global_rank))
+        )
+        sampler = ResumableSampler(
+            dataset, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank
+        )
         pending = getattr(self, "_pending_sampler_state", None)
         if pending:
             sampler.load_state_dict(pending)  # applies at its first __iter__

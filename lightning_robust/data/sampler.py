@@ -65,7 +65,9 @@ class LengthGroupedSampler(DistributedSampler):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}"
+            )
         if megabatch_factor is not None and megabatch_factor < 1:
             raise ValueError(f"megabatch_factor must be positive, got {megabatch_factor}")
         if len(lengths) == 0:

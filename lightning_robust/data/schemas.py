@@ -89,18 +89,27 @@ def _scores(row: Row, column: str) -> tuple[float, ...] | None:
         return None
     values = value if isinstance(value, (list, tuple)) else [value]
     if not values or any(
-        isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf"))
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or v != v
+        or v in (float("inf"), float("-inf"))
         for v in values
     ):
-        raise BadRow(WRONG_TYPE, column, f"expected a finite number or a list of them, got {value!r}")
+        raise BadRow(
+            WRONG_TYPE, column, f"expected a finite number or a list of them, got {value!r}"
+        )
     return tuple(float(v) for v in values)
 
 
 def _attach_scores(example: PreferenceExample, row: Row) -> None:
     chosen, rejected = _scores(row, "chosen_scores"), _scores(row, "rejected_scores")
-    if (chosen is None) != (rejected is None) or (chosen is not None and len(chosen) != len(rejected)):
+    if (chosen is None) != (rejected is None) or (
+        chosen is not None and len(chosen) != len(rejected)
+    ):
         raise BadRow(
-            WRONG_TYPE, "rejected_scores", "chosen_scores and rejected_scores must both be given, with equal length"
+            WRONG_TYPE,
+            "rejected_scores",
+            "chosen_scores and rejected_scores must both be given, with equal length",
         )
     example.chosen_scores, example.rejected_scores = chosen, rejected
 
@@ -170,8 +179,10 @@ def adapt_conversational(row: Row, group_column: str | None) -> PreferenceExampl
     _same_prompt(c_prefix, r_prefix, "rejected")
     if row.get("prompt") is not None:
         raw = row["prompt"]
-        head = [{"role": "user", "content": _text(row, "prompt")}] if isinstance(raw, str) else (
-            check_messages(raw, "prompt")
+        head = (
+            [{"role": "user", "content": _text(row, "prompt")}]
+            if isinstance(raw, str)
+            else (check_messages(raw, "prompt"))
         )
         prompt = head + c_prefix
     else:
@@ -226,7 +237,11 @@ def adapt_hhh(row: Row, group_column: str | None) -> PreferenceExample:
     if not isinstance(choices, list | tuple) or not isinstance(labels, list | tuple):
         raise BadRow(WRONG_TYPE, "targets", "needs lists 'choices' and 'labels'")
     if len(choices) != 2 or len(labels) != 2:
-        raise BadRow(BAD_LABEL, "targets", f"expected 2 choices and 2 labels, got {len(choices)}/{len(labels)}")
+        raise BadRow(
+            BAD_LABEL,
+            "targets",
+            f"expected 2 choices and 2 labels, got {len(choices)}/{len(labels)}",
+        )
     if sorted(labels) != [0, 1] or any(isinstance(x, bool) for x in labels):
         raise BadRow(BAD_LABEL, "targets", f"labels must be one 1 and one 0, got {list(labels)}")
     for k, choice in enumerate(choices):
@@ -306,9 +321,13 @@ SCHEMAS: dict[str, Schema] = {
             adapt_unified_feedback,
             "source",
         ),
-        Schema("rewardbench", ("prompt", "chosen", "rejected", "subset"), adapt_rewardbench, "subset"),
+        Schema(
+            "rewardbench", ("prompt", "chosen", "rejected", "subset"), adapt_rewardbench, "subset"
+        ),
         Schema("hhh", ("input", "targets"), adapt_hhh, "category"),
-        Schema("pair_label", ("input", "output_1", "output_2", "label"), adapt_pair_label, "category"),
+        Schema(
+            "pair_label", ("input", "output_1", "output_2", "label"), adapt_pair_label, "category"
+        ),
         Schema(
             "mt_bench_human",
             ("conversation_a", "conversation_b", "winner"),

@@ -174,17 +174,26 @@ def select_rows(ds, source: DataSource):
             )
         values = ds[column]
         present = set(values)
-        for option, listed in (("include_sources", source.include_sources), ("exclude_sources", source.exclude_sources)):
+        for option, listed in (
+            ("include_sources", source.include_sources),
+            ("exclude_sources", source.exclude_sources),
+        ):
             missing = sorted(set(listed or ()) - present)
             if missing:
                 log.warning(
                     "%s: %s values %s never occur in column %r (values: %s)",
-                    source.describe(), option, missing, column, sorted(map(str, present))[:20],
+                    source.describe(),
+                    option,
+                    missing,
+                    column,
+                    sorted(map(str, present))[:20],
                 )
         include = None if source.include_sources is None else set(source.include_sources)
         exclude = set(source.exclude_sources or ())
         keep = [
-            i for i, v in enumerate(values) if (include is None or v in include) and v not in exclude
+            i
+            for i, v in enumerate(values)
+            if (include is None or v in include) and v not in exclude
         ]
         if not keep:
             option = "include_sources" if include is not None else "exclude_sources"
@@ -216,14 +225,19 @@ def load_rows(source: DataSource, max_rows: int | None = None, cache_dir: str | 
         if any(c != columns[0] for c in columns):
             raise ValueError(
                 "mix: the sources must have the same columns, got "
-                + "; ".join(f"{m.describe()}: {c}" for m, c in zip(source.mix, columns, strict=True))
+                + "; ".join(
+                    f"{m.describe()}: {c}" for m, c in zip(source.mix, columns, strict=True)
+                )
             )
         weights = check_mix_weights(source.mix_weights or [1.0] * len(parts), len(parts))
         if len(parts) == 1:
             return select_rows(parts[0], source)
         parts = [p.cast(parts[0].features) for p in parts]
         ds = interleave_datasets(
-            parts, probabilities=weights, seed=source.seed, stopping_strategy=source.stopping_strategy
+            parts,
+            probabilities=weights,
+            seed=source.seed,
+            stopping_strategy=source.stopping_strategy,
         )
         return select_rows(ds, source)
 
@@ -239,7 +253,9 @@ def load_rows(source: DataSource, max_rows: int | None = None, cache_dir: str | 
                 "a dataset directory or a hub id)"
             )
         kwargs = {"data_dir": source.data_dir} if source.data_dir else {}
-        ds = load_dataset(source.path, source.name, split=source.split, cache_dir=cache_dir, **kwargs)
+        ds = load_dataset(
+            source.path, source.name, split=source.split, cache_dir=cache_dir, **kwargs
+        )
     if max_rows is not None and len(ds) > max_rows:
         ds = ds.select(range(max_rows))
     return select_rows(ds, source)

@@ -1,6 +1,6 @@
 """Seeded controlled-shift preference data: two prompt domains with conflicting rules.
 
-This is the project's offline default data (see ``shared/docs/SYNTHETIC_SHIFT.md``). Every
+This is the project's offline default data (see ``docs/SYNTHETIC_SHIFT.md``). Every
 word comes from :data:`TINY_WORDS` (defined here; the tiny tokenizer of
 ``lightning_robust.models.tiny`` is trained on it), so with the tiny tokenizer every word is one
 token.
@@ -94,7 +94,18 @@ SPLITS = ("train", "val", "shifted", "minority")
 MAJORITY, MINORITY = "alpha", "beta"
 DOMAINS = (MAJORITY, MINORITY)
 KEYWORDS = {MAJORITY: "detail", MINORITY: "simple"}
-TOPICS = ("travel", "cooking", "science", "history", "health", "finance", "weather", "sports", "poetry", "law")
+TOPICS = (
+    "travel",
+    "cooking",
+    "science",
+    "history",
+    "health",
+    "finance",
+    "weather",
+    "sports",
+    "poetry",
+    "law",
+)
 KEYWORD_WEIGHT = 1.0
 LENGTH_WEIGHT = 0.1
 MIN_WORDS, MAX_WORDS = 4, 12
@@ -148,10 +159,9 @@ torch.serialization.add_safe_globals([SyntheticShiftConfig])
 def true_reward(rule: str, response: str) -> float:
     """Ground-truth reward of ``response`` under ``rule`` (``"alpha"`` or ``"beta"``)."""
     words = response.split()
-    value = (
-        KEYWORD_WEIGHT * ((KEYWORDS[MAJORITY] in words) - (KEYWORDS[MINORITY] in words))
-        + LENGTH_WEIGHT * len(words)
-    )
+    value = KEYWORD_WEIGHT * (
+        (KEYWORDS[MAJORITY] in words) - (KEYWORDS[MINORITY] in words)
+    ) + LENGTH_WEIGHT * len(words)
     if rule == MAJORITY:
         return value
     if rule == MINORITY:
@@ -255,4 +265,3 @@ def generate_split(split: str, config: SyntheticShiftConfig | None = None) -> li
         raise ValueError(f"synthetic split must be one of {SPLITS}, got {split!r}")
     config = config or SyntheticShiftConfig()
     return [dict(r) for r in _generate_all(config)[split]]
-

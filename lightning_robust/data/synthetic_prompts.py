@@ -59,10 +59,14 @@ TOPICS: dict[str, tuple[str, ...]] = {
     "cooking": tuple(
         "water food bread rice soup tea coffee milk fruit apple orange banana lemon grape sugar salt".split()
     ),
-    "weather": tuple("hot cold warm cool rain snow wind sun summer winter season morning evening".split()),
+    "weather": tuple(
+        "hot cold warm cool rain snow wind sun summer winter season morning evening".split()
+    ),
     "travel": tuple("city town road street park river lake sea mountain forest map".split()),
     "finance": tuple("money price cost bank store shop market pay buy sell business job".split()),
-    "science": tuple("computer data code system network server program software test fact result method".split()),
+    "science": tuple(
+        "computer data code system network server program software test fact result method".split()
+    ),
     "music": tuple("song music red blue green yellow black white bright dark loud quiet".split()),
 }
 # words that may open a prompt (no topic words among them)
@@ -94,14 +98,18 @@ class SyntheticPromptConfig:
 
     def __post_init__(self):
         if self.num_train < 1 or self.num_val < 0:
-            raise ValueError(f"num_train must be >= 1 and num_val >= 0, got {self.num_train}, {self.num_val}")
+            raise ValueError(
+                f"num_train must be >= 1 and num_val >= 0, got {self.num_train}, {self.num_val}"
+            )
         if self.max_fillers < 0:
             raise ValueError(f"max_fillers must be >= 0, got {self.max_fillers}")
         if self.topics is not None:
             self.topics = tuple(self.topics)
             unknown = [t for t in self.topics if t not in TOPICS]
             if unknown or not self.topics:
-                raise ValueError(f"topics must be a non-empty subset of {sorted(TOPICS)}, got {list(self.topics)}")
+                raise ValueError(
+                    f"topics must be a non-empty subset of {sorted(TOPICS)}, got {list(self.topics)}"
+                )
 
 
 # checkpoints keep this in their hyperparameters: allow it under torch.load(weights_only=True)
@@ -119,7 +127,9 @@ def generate_prompts(split: str, config: SyntheticPromptConfig) -> list[dict]:
     for _ in range(sizes[split]):
         topic = rng.choice(topics)
         fillers = [rng.choice(FILLERS) for _ in range(rng.randint(0, config.max_fillers))]
-        rows.append({"prompt": " ".join([*fillers, PROMPT_TEMPLATE.format(topic=topic)]), "group": topic})
+        rows.append(
+            {"prompt": " ".join([*fillers, PROMPT_TEMPLATE.format(topic=topic)]), "group": topic}
+        )
     return rows
 
 
@@ -154,7 +164,9 @@ def response_features(prompt, response: str) -> ResponseFeatures:
     words = _WORD.findall(response.lower())
     vocab = [w for w in words if w in _VOCAB]
     hits = [w for w in vocab if w in on_topic]
-    return ResponseFeatures(len(words), len(vocab), len(vocab) - len(set(vocab)), len(hits), len(set(hits)))
+    return ResponseFeatures(
+        len(words), len(vocab), len(vocab) - len(set(vocab)), len(hits), len(set(hits))
+    )
 
 
 def _clip(value: float) -> float:
@@ -164,7 +176,9 @@ def _clip(value: float) -> float:
 def gold_reward(prompt, response: str) -> float:
     """``clip(|V|/max(n,1) - 0.5 + 0.5*min(distinct, 3) - 0.25*repeats, -2, 2)``."""
     f = response_features(prompt, response)
-    return _clip(f.num_vocab / max(f.num_words, 1) - 0.5 + 0.5 * min(f.distinct_hits, 3) - 0.25 * f.repeats)
+    return _clip(
+        f.num_vocab / max(f.num_words, 1) - 0.5 + 0.5 * min(f.distinct_hits, 3) - 0.25 * f.repeats
+    )
 
 
 def proxy_reward(prompt, response: str) -> float:
@@ -186,7 +200,10 @@ class _SyntheticScorer:
         """One float32 reward per (prompt, response) (a CPU tensor)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return torch.tensor([self.reward(p, r) for p, r in zip(prompts, responses, strict=True)], dtype=torch.float32)
+        return torch.tensor(
+            [self.reward(p, r) for p, r in zip(prompts, responses, strict=True)],
+            dtype=torch.float32,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

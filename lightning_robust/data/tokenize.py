@@ -163,7 +163,9 @@ def _encode_chunk(tokenizer, examples, mode, max_length, eos_id, prefix):
             if done is None:
                 n = len(seg[0]) + len(seg[2]) + len(seg[3]) + len(seg[4]) + (eos_id is not None)
                 bad = bad or BadRow(
-                    TOO_LONG, name, f"the answer needs {n} tokens with special tokens > max_length={max_length}"
+                    TOO_LONG,
+                    name,
+                    f"the answer needs {n} tokens with special tokens > max_length={max_length}",
                 )
             parts.append(done)
         out.append(bad if bad is not None else EncodedPair(*parts[0], *parts[1]))
@@ -207,8 +209,13 @@ def encode_examples(
 
 # ---------------------------------------------------------------- datasets-native, cached
 TOKENIZED_COLUMNS = (
-    "chosen_input_ids", "chosen_prompt_len", "rejected_input_ids", "rejected_prompt_len",
-    "bad_reason", "bad_field", "bad_detail",
+    "chosen_input_ids",
+    "chosen_prompt_len",
+    "rejected_input_ids",
+    "rejected_prompt_len",
+    "bad_reason",
+    "bad_field",
+    "bad_detail",
 )
 
 
@@ -289,16 +296,27 @@ def encode_examples_cached(
     if os.path.isdir(path):
         data = load_from_disk(path)
     else:
-        source = Dataset.from_dict({
-            "prompt": [json.dumps(e.prompt) for e in examples],
-            "chosen": [e.chosen for e in examples],
-            "rejected": [e.rejected for e in examples],
-        })
+        source = Dataset.from_dict(
+            {
+                "prompt": [json.dumps(e.prompt) for e in examples],
+                "chosen": [e.chosen for e in examples],
+                "rejected": [e.rejected for e in examples],
+            }
+        )
         data = source.map(
-            _map_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
-            remove_columns=source.column_names, desc="tokenising pairs",
-            fn_kwargs={"tokenizer": tokenizer, "mode": mode, "max_length": max_length,
-                       "eos_id": eos_id, "prefix": prefix},
+            _map_batch,
+            batched=True,
+            batch_size=batch_size,
+            num_proc=num_proc,
+            remove_columns=source.column_names,
+            desc="tokenising pairs",
+            fn_kwargs={
+                "tokenizer": tokenizer,
+                "mode": mode,
+                "max_length": max_length,
+                "eos_id": eos_id,
+                "prefix": prefix,
+            },
         )
         partial = f"{path}.{uuid.uuid4().hex}.partial"  # atomic: a reader never sees half a set
         try:
@@ -307,7 +325,9 @@ def encode_examples_cached(
             import logging
 
             logging.getLogger(__name__).warning(
-                "could not cache the tokenised pairs in %s (%s): later launches tokenise again", root, err
+                "could not cache the tokenised pairs in %s (%s): later launches tokenise again",
+                root,
+                err,
             )
         else:
             try:
@@ -321,10 +341,16 @@ def encode_examples_cached(
     out: list[EncodedPair | BadRow] = []
     for k in range(len(data)):
         if columns["bad_reason"][k]:
-            out.append(BadRow(columns["bad_reason"][k], columns["bad_field"][k], columns["bad_detail"][k]))
+            out.append(
+                BadRow(columns["bad_reason"][k], columns["bad_field"][k], columns["bad_detail"][k])
+            )
         else:
-            out.append(EncodedPair(
-                columns["chosen_input_ids"][k], int(columns["chosen_prompt_len"][k]),
-                columns["rejected_input_ids"][k], int(columns["rejected_prompt_len"][k]),
-            ))
+            out.append(
+                EncodedPair(
+                    columns["chosen_input_ids"][k],
+                    int(columns["chosen_prompt_len"][k]),
+                    columns["rejected_input_ids"][k],
+                    int(columns["rejected_prompt_len"][k]),
+                )
+            )
     return out

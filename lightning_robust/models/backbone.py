@@ -51,9 +51,13 @@ class ModelOptions:
 
     def __post_init__(self):
         if not isinstance(self.name_or_path, str) or not self.name_or_path.strip():
-            raise ValueError(f"model_name_or_path must be a non-empty string, got {self.name_or_path!r}")
+            raise ValueError(
+                f"model_name_or_path must be a non-empty string, got {self.name_or_path!r}"
+            )
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype={self.dtype!r}; expected one of {list(DTYPES)} or null")
+            raise ValueError(
+                f"unknown dtype={self.dtype!r}; expected one of {list(DTYPES)} or null"
+            )
 
 
 def load_backbone(
@@ -70,12 +74,16 @@ def load_backbone(
     attn = attn_implementation or options.attn_implementation
     if kind == "causal_lm":
         tokenizer = load_causal_tokenizer(
-            options.name_or_path, trust_remote_code=options.trust_remote_code, padding_side=padding_side
+            options.name_or_path,
+            trust_remote_code=options.trust_remote_code,
+            padding_side=padding_side,
         )
         load = load_causal_lm
     elif kind == "sequence_classifier":
         tokenizer = load_tokenizer(
-            options.name_or_path, trust_remote_code=options.trust_remote_code, padding_side=padding_side
+            options.name_or_path,
+            trust_remote_code=options.trust_remote_code,
+            padding_side=padding_side,
         )
         load = load_sequence_classifier
     else:

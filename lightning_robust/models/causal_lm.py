@@ -9,7 +9,7 @@
   ``gguf`` and ``accelerate``); the weights are de-quantised to ``dtype`` (default float32).
 
 ``save_pretrained`` refuses a GGUF-loaded model; :func:`convert_gguf` writes a plain
-Hugging Face directory from it (ENVIRONMENT.md, "Real pretrained models").
+Hugging Face directory from it (docs/ENVIRONMENT.md, "Real pretrained models").
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from lightning_robust.models.tiny import TINY_MODEL_NAME, tiny_llama_config
 
 log = logging.getLogger(__name__)
 
+
 def load_causal_lm(
     name_or_path: str,
     tokenizer,
@@ -49,7 +50,9 @@ def load_causal_lm(
 
     if name_or_path == TINY_MODEL_NAME:
         if quantization_config is not None:
-            raise ValueError("4-bit loading (lora.load_in_4bit) needs a pretrained model, not 'tiny'")
+            raise ValueError(
+                "4-bit loading (lora.load_in_4bit) needs a pretrained model, not 'tiny'"
+            )
         config = tiny_llama_config(len(tokenizer), tokenizer.pad_token_id, **(tiny_config or {}))
         if seed is not None:
             torch.manual_seed(seed)
@@ -68,7 +71,9 @@ def load_causal_lm(
             kwargs["dtype"] = torch_dtype(dtype) if dtype is not None else torch.float32
         elif dtype is not None:
             kwargs["dtype"] = torch_dtype(dtype)
-        model = from_pretrained_with_attention(AutoModelForCausalLM, base, attn_implementation, **kwargs)
+        model = from_pretrained_with_attention(
+            AutoModelForCausalLM, base, attn_implementation, **kwargs
+        )
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 

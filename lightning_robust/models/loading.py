@@ -147,17 +147,23 @@ def attention_implementation(requested: str | None = None) -> str:
     return "sdpa"
 
 
-def from_pretrained_with_attention(auto_class, name_or_path: str, attn_implementation: str | None, **kwargs):
+def from_pretrained_with_attention(
+    auto_class, name_or_path: str, attn_implementation: str | None, **kwargs
+):
     """``auto_class.from_pretrained`` with :func:`attention_implementation`'s choice, falling back
     to eager attention (logged) for architectures that do not support it."""
     impl = attention_implementation(attn_implementation)
     try:
-        return auto_class.from_pretrained(resolve_name(name_or_path), attn_implementation=impl, **kwargs)
+        return auto_class.from_pretrained(
+            resolve_name(name_or_path), attn_implementation=impl, **kwargs
+        )
     except ValueError as err:
         if "attn_implementation" not in str(err) and "sdpa" not in str(err).lower():
             raise
         log.info("%s does not support %s attention; using eager", name_or_path, impl)
-        return auto_class.from_pretrained(resolve_name(name_or_path), attn_implementation="eager", **kwargs)
+        return auto_class.from_pretrained(
+            resolve_name(name_or_path), attn_implementation="eager", **kwargs
+        )
 
 
 def load_sequence_classifier(
@@ -180,7 +186,9 @@ def load_sequence_classifier(
 
     if name_or_path == TINY_MODEL_NAME:
         if quantization_config is not None:
-            raise ValueError("4-bit loading (lora.load_in_4bit) needs a pretrained model, not 'tiny'")
+            raise ValueError(
+                "4-bit loading (lora.load_in_4bit) needs a pretrained model, not 'tiny'"
+            )
         config = tiny_llama_config(len(tokenizer), tokenizer.pad_token_id, **(tiny_config or {}))
         config.num_labels = 1
         if seed is not None:

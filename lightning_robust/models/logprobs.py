@@ -1,4 +1,4 @@
-"""Sequence log-probabilities of responses under a causal LM (ALGORITHMS.md §0).
+"""Sequence log-probabilities of responses under a causal LM (docs/ALGORITHMS.md §0).
 
 ``log pi(y|x) = sum over response tokens of log pi(y_t | x, y_<t)``: prompt and padding
 positions are excluded and there is no length normalisation. Sequences are right-padded and
@@ -7,7 +7,7 @@ the response starts at ``prompt_len`` (the layout of the preference collator).
 Only response positions go through the LM head (``fast_head=True``): the decoder's last hidden
 states at the positions that predict response tokens are gathered first, so the
 ``[tokens, vocab]`` logits of prompt and padding positions are never formed — on CPU this is
-most of a DPO step's log-prob cost (ENVIRONMENT.md, "Speed reference"). Models whose logits are
+most of a DPO step's log-prob cost (docs/ENVIRONMENT.md, "Speed reference"). Models whose logits are
 not ``lm_head(hidden)`` (logit soft-capping, scaled logits) are detected and use the full path.
 """
 
@@ -86,7 +86,9 @@ def sequence_logprobs(
         logits = model(**inputs).logits[rows, cols - 1]
     token_logps = logprobs_from_logits(logits, targets).float()
     batch = input_ids.shape[0]
-    logps = torch.zeros(batch, dtype=torch.float32, device=input_ids.device).index_add(0, rows, token_logps)
+    logps = torch.zeros(batch, dtype=torch.float32, device=input_ids.device).index_add(
+        0, rows, token_logps
+    )
     counts = torch.zeros(batch, dtype=torch.long, device=input_ids.device).index_add(
         0, rows, torch.ones_like(rows)
     )
@@ -155,7 +157,9 @@ def pair_logprobs(
     j = torch.arange(width, device=pair_ids.device).unsqueeze(0)
     p, c, n = prompt_len.unsqueeze(1), chosen_end.unsqueeze(1), length.unsqueeze(1)
     scored = (j >= p) & (j < n) & (j >= 1)
-    scored &= ~((j == c) & (p == 0))  # a rejected answer without prompt: its first token has no predecessor
+    scored &= ~(
+        (j == c) & (p == 0)
+    )  # a rejected answer without prompt: its first token has no predecessor
     predictor = torch.where(j == c, p - 1, j - 1)
     rows, cols = scored.nonzero(as_tuple=True)
     targets = pair_ids[rows, cols]
@@ -174,7 +178,9 @@ def pair_logprobs(
         logits = model(**inputs).logits[rows, pred]
     token_logps = logprobs_from_logits(logits, targets).float()
     slot = rows + side * batch
-    logps = torch.zeros(2 * batch, dtype=torch.float32, device=pair_ids.device).index_add(0, slot, token_logps)
+    logps = torch.zeros(2 * batch, dtype=torch.float32, device=pair_ids.device).index_add(
+        0, slot, token_logps
+    )
     counts = torch.zeros(2 * batch, dtype=torch.long, device=pair_ids.device).index_add(
         0, slot, torch.ones_like(slot)
     )
@@ -211,7 +217,9 @@ def pair_scores(model, pair_ids, prompt_len, chosen_end, length) -> torch.Tensor
     attn = _causal_lm(model).config._attn_implementation
     dtype = head.weight.dtype if hasattr(head, "weight") else torch.float32
     mask, positions = pair_layout(prompt_len, chosen_end, length, width, dtype, attn)
-    hidden = decoder(input_ids=pair_ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    hidden = decoder(
+        input_ids=pair_ids, attention_mask=mask, position_ids=positions
+    ).last_hidden_state
     rows = torch.arange(batch, device=pair_ids.device).repeat(2)
     last = torch.cat([chosen_end, length]) - 1
     return head(hidden[rows, last])[:, 0].float()

@@ -11,9 +11,20 @@ import torch
 
 #: LoraConfig arguments set by LoraOptions' own fields (or by the module), not through ``extra``
 _OWN_ARGS = {
-    "r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save", "use_dora",
-    "use_rslora", "bias", "init_lora_weights", "layers_to_transform", "rank_pattern",
-    "alpha_pattern", "exclude_modules", "task_type",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "modules_to_save",
+    "use_dora",
+    "use_rslora",
+    "bias",
+    "init_lora_weights",
+    "layers_to_transform",
+    "rank_pattern",
+    "alpha_pattern",
+    "exclude_modules",
+    "task_type",
 }
 LORA_BIAS = ("none", "all", "lora_only")
 
@@ -21,7 +32,7 @@ LORA_BIAS = ("none", "all", "lora_only")
 @dataclass
 class LoraOptions:
     """LoRA settings, passed to ``peft.LoraConfig``; defaults r=32, alpha=64, dropout 0.05 from
-    S000 Table 7 (ALGORITHMS.md §2).
+    S000 Table 7 (docs/ALGORITHMS.md §2).
 
     Attributes:
         r, alpha, dropout: rank, ``lora_alpha`` and ``lora_dropout``.
@@ -73,7 +84,9 @@ class LoraOptions:
         if self.extra:
             clash = sorted(set(self.extra) & _OWN_ARGS)
             if clash:
-                raise ValueError(f"lora.extra sets {clash}: use the LoraOptions fields of those names")
+                raise ValueError(
+                    f"lora.extra sets {clash}: use the LoraOptions fields of those names"
+                )
             known = lora_config_fields()
             unknown = sorted(set(self.extra) - known)
             if unknown:
@@ -114,9 +127,16 @@ class LoraOptions:
             "alpha_pattern": self.alpha_pattern,
             "exclude_modules": self.exclude_modules,
         }
-        defaults = {"use_dora": False, "use_rslora": False, "bias": "none", "init_lora_weights": True}
+        defaults = {
+            "use_dora": False,
+            "use_rslora": False,
+            "bias": "none",
+            "init_lora_weights": True,
+        }
         # only what differs from peft's defaults, so older configs give the same LoraConfig
-        kwargs |= {k: v for k, v in optional.items() if v is not None and defaults.get(k, None) != v}
+        kwargs |= {
+            k: v for k, v in optional.items() if v is not None and defaults.get(k, None) != v
+        }
         kwargs |= dict(self.extra or {})
         return LoraConfig(**kwargs)
 
@@ -157,7 +177,9 @@ def apply_lora(model, options: LoraOptions, task_type: str):
     return get_peft_model(model, options.peft_config(task_type))
 
 
-def prepare_for_training(model, gradient_checkpointing: bool, lora: LoraOptions | None, task_type: str):
+def prepare_for_training(
+    model, gradient_checkpointing: bool, lora: LoraOptions | None, task_type: str
+):
     """The training set-up every module's backbone shares, in its required order: non-reentrant
     gradient checkpointing (with LoRA, input embeddings made to require grad so checkpointed
     segments see a grad-requiring input), then the LoRA adapters; returns the model in train
@@ -171,7 +193,8 @@ def prepare_for_training(model, gradient_checkpointing: bool, lora: LoraOptions 
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=gradient_checkpointing,
+                model,
+                use_gradient_checkpointing=gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         model = apply_lora(model, lora, task_type=task_type)

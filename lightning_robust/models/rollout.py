@@ -1,5 +1,5 @@
 """Rollouts for online RL: sample completions with Hugging Face ``generate`` and recompute
-their per-token log-probs (ALGORITHMS.md §4, §5.3).
+their per-token log-probs (docs/ALGORITHMS.md §4, §5.3).
 
 Layout of a :class:`Rollout` (the layout every online module and objective shares):
 

@@ -1,4 +1,4 @@
-"""Scorers: one number per (prompt, response), for benchmark evaluation (DESIGN.md "Evals").
+"""Scorers: one number per (prompt, response), for benchmark evaluation (docs/DESIGN.md "Evals").
 
 Every scorer has ``score(prompts, responses) -> torch.Tensor`` (float32, shape ``[n]``), runs
 batched under ``torch.no_grad()`` with the model in eval mode (its mode is restored
@@ -112,7 +112,11 @@ class TokenCache:
             self.encoded += 1 if b is None else 2
         if retry:  # too long: encode without a limit, then cut on the right
             long = encode_examples(
-                [ex for ex, _, _ in retry], self.tokenizer, _UNLIMITED, self.chat_template, self.append_eos
+                [ex for ex, _, _ in retry],
+                self.tokenizer,
+                _UNLIMITED,
+                self.chat_template,
+                self.append_eos,
             )
             for enc, (_, a, b) in zip(long, retry, strict=True):
                 if isinstance(enc, BadRow):
@@ -175,7 +179,11 @@ class _BatchedScorer:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         # "is None", not "or": an empty cache is falsy (it has __len__) but is still the one to use
-        self.cache = cache if cache is not None else TokenCache(tokenizer, max_length, chat_template, append_eos)
+        self.cache = (
+            cache
+            if cache is not None
+            else TokenCache(tokenizer, max_length, chat_template, append_eos)
+        )
 
     @property
     def truncated(self) -> int:
@@ -364,7 +372,10 @@ class DPOImplicitRewardScorer(_BatchedScorer):
         self.ref_free_norm = ref_free_norm
         self._ref_cache: dict | None = {} if reference_logps_cache else None
         self._policy_only = LikelihoodScorer(
-            policy, tokenizer, batch_size=batch_size, cache=self.cache,
+            policy,
+            tokenizer,
+            batch_size=batch_size,
+            cache=self.cache,
             normalize=reference is None and ref_free_norm == "norm",
         )
         if reference is None:
@@ -374,16 +385,23 @@ class DPOImplicitRewardScorer(_BatchedScorer):
                 policy, reference.view, tokenizer, batch_size=batch_size, cache=self.cache
             )
         elif isinstance(reference, str):
-            if reference != "lora_disabled" or not callable(getattr(policy, "disable_adapter", None)):
+            if reference != "lora_disabled" or not callable(
+                getattr(policy, "disable_adapter", None)
+            ):
                 raise ValueError(
                     f"reference={reference!r}: a string reference must be 'lora_disabled' with a LoRA policy"
                 )
             self._reference = _ViewLikelihood(
-                policy, functools.partial(_adapters_disabled, policy), tokenizer,
-                batch_size=batch_size, cache=self.cache,
+                policy,
+                functools.partial(_adapters_disabled, policy),
+                tokenizer,
+                batch_size=batch_size,
+                cache=self.cache,
             )
         else:
-            self._reference = LikelihoodScorer(reference, tokenizer, batch_size=batch_size, cache=self.cache)
+            self._reference = LikelihoodScorer(
+                reference, tokenizer, batch_size=batch_size, cache=self.cache
+            )
 
     def _reference_logps(self, prompts: list, responses: list) -> torch.Tensor:
         if self._ref_cache is None:

@@ -19,7 +19,7 @@ push fails with an error naming the vLLM version instead of training on stale we
 The engine samples completions from token-id prompts and returns the same :class:`Rollout`
 layout as the Hugging Face backend (left-padded prompts, response from column ``P``, padding
 after the first EOS). The policy's log-probs are then recomputed by the trainer
-(``old_logprobs: recompute``, ALGORITHMS.md §8.5b). After every optimiser phase the module
+(``old_logprobs: recompute``, docs/ALGORITHMS.md §8.5b). After every optimiser phase the module
 calls :meth:`VLLMRolloutEngine.push_weights` with the policy (LoRA merged into a copy of the
 weights first), so the next rollout samples the updated policy.
 """
@@ -160,7 +160,9 @@ def policy_weights(model) -> list[tuple[str, torch.Tensor]]:
     ]
 
 
-def load_weights_into_engine(llm, weights: list[tuple[str, torch.Tensor]], version: str = "?") -> None:
+def load_weights_into_engine(
+    llm, weights: list[tuple[str, torch.Tensor]], version: str = "?"
+) -> None:
     """``model.load_weights(weights)`` on the model inside a vLLM ``LLM`` (module docstring):
     ``LLM.apply_model`` (current vLLM), else the V0 attribute path, else a clear error."""
     apply_model = getattr(llm, "apply_model", None)
@@ -169,7 +171,9 @@ def load_weights_into_engine(llm, weights: list[tuple[str, torch.Tensor]], versi
         return
     executor = getattr(getattr(llm, "llm_engine", None), "model_executor", None)
     worker = getattr(executor, "driver_worker", None)
-    runner = getattr(worker, "model_runner", None) or getattr(getattr(worker, "worker", None), "model_runner", None)
+    runner = getattr(worker, "model_runner", None) or getattr(
+        getattr(worker, "worker", None), "model_runner", None
+    )
     model = getattr(runner, "model", None)
     if model is None or not callable(getattr(model, "load_weights", None)):
         raise RuntimeError(

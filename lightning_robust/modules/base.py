@@ -1,7 +1,7 @@
 """The shared base of modules that own one trainable Hugging Face ``backbone`` and ``tokenizer``.
 
 Besides the optimiser and ``export``, :class:`BackboneModule` holds the generic training-step
-machinery every robust module shares (DESIGN.md, "Scope of the worst case" and "Non-finite
+machinery every robust module shares (docs/DESIGN.md, "Scope of the worst case" and "Non-finite
 losses"); a subclass supplies the per-example terms of a (micro-)batch and gets:
 
 * the robust step for the ``global``/``local`` scopes (automatic optimisation);
@@ -114,7 +114,9 @@ def split_batch(batch: dict, micro_batch_size: int) -> list[dict]:
 def validate_step_options(nonfinite: str, micro_batch_size: int | None = None) -> None:
     """Constructor check of the robust-step options every module takes (named errors)."""
     if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}")
+        raise ValueError(
+            f"unknown nonfinite={nonfinite!r}; expected one of {list(NONFINITE_POLICIES)}"
+        )
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got micro_batch_size={micro_batch_size}")
 
@@ -368,7 +370,9 @@ class BackboneModule(LightningModule):
                 self._grad_norm = (optimizer, params, total)
                 checks.append(torch.isfinite(total))
         if reason is None and checks:
-            if not bool(torch.stack([c.to(torch.bool).reshape(()) for c in checks]).all()):  # one sync
+            if not bool(
+                torch.stack([c.to(torch.bool).reshape(()) for c in checks]).all()
+            ):  # one sync
                 where = f"global step {self.global_step} (epoch {self.current_epoch})"
                 reason = self._pending_reason() or f"{self._gradient_reason(params)} at {where}"
         self.__dict__.pop("_pending_screen", None)
@@ -380,23 +384,28 @@ class BackboneModule(LightningModule):
         if bad_step:
             where = f"global step {self.global_step} (epoch {self.current_epoch})"
             if self.nonfinite == "error":
-                raise NonFiniteError(f"non-finite {reason} (set nonfinite='skip' to skip such steps)")
+                raise NonFiniteError(
+                    f"non-finite {reason} (set nonfinite='skip' to skip such steps)"
+                )
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None
             self._grad_norm = None
             self._skipped_steps = self.skipped_steps + 1
             log.warning("skipped the optimiser step at %s: non-finite %s", where, reason)
-        if bad_step or not getattr(self, "_logged_skipped", False):
-            # logged when it changes (and once at the start): callback_metrics keep the value
-            self._logged_skipped = True
-            self.log("train/skipped_steps", float(self.skipped_steps))
+        # a host-side count (no device sync); logged every step so that a resumed run writes
+        # exactly the rows of the uninterrupted one
+        self.log("train/skipped_steps", float(self.skipped_steps))
 
     def _gradient_reason(self, params: list) -> str:
         """Name the parameters whose gradient is not finite (the failure path only)."""
         names = {id(p): n for n, p in self.named_parameters()}
         norms = torch._foreach_norm([p.grad for p in params]) if params else []
-        bad = [names.get(id(p), "?") for p, v in zip(params, norms, strict=True) if not torch.isfinite(v)]
+        bad = [
+            names.get(id(p), "?")
+            for p, v in zip(params, norms, strict=True)
+            if not torch.isfinite(v)
+        ]
         if not bad:
             return "total gradient norm"
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""

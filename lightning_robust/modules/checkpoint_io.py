@@ -37,7 +37,9 @@ def check_torch_archive(path: str | os.PathLike, what: str = "checkpoint") -> No
     lost its central directory at the end of the file. Missing paths and directories pass, so
     the caller's own not-found handling still applies."""
     if os.path.isfile(path) and not zipfile.is_zipfile(path):
-        raise ValueError(f"{what} {os.fspath(path)} is unreadable (truncated or corrupt: not a torch zip archive)")
+        raise ValueError(
+            f"{what} {os.fspath(path)} is unreadable (truncated or corrupt: not a torch zip archive)"
+        )
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -82,7 +84,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = str(path).removeprefix("file://")
         atomic_torch_save(checkpoint, path)
 
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         """Lightning's load, after :func:`check_torch_archive` for a local file."""
         if "://" not in str(path) or str(path).startswith("file://"):
             check_torch_archive(str(path).removeprefix("file://"))
@@ -112,7 +116,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def __init__(self, every_n_train_steps: int = 500, save_last: bool = True, **kwargs) -> None:
         if every_n_train_steps is None or every_n_train_steps < 1:
-            raise ValueError(f"RunCheckpoint: every_n_train_steps must be >= 1, got {every_n_train_steps!r}")
+            raise ValueError(
+                f"RunCheckpoint: every_n_train_steps must be >= 1, got {every_n_train_steps!r}"
+            )
         super().__init__(every_n_train_steps=every_n_train_steps, save_last=save_last, **kwargs)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -121,6 +127,7 @@ class RunCheckpoint(ModelCheckpoint):
 
         # unlike ModelCheckpoint, also when a step checkpoint was written at this very step: that
         # one was taken before the epoch's validation, this one after it
-        if self.save_last and not (trainer.fast_dev_run or trainer.sanity_checking
-                                   or trainer.state.fn != TrainerFn.FITTING):
+        if self.save_last and not (
+            trainer.fast_dev_run or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING
+        ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

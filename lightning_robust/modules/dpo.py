@@ -1,4 +1,4 @@
-"""The DPO family in one LightningModule (ALGORITHMS.md §3; issue 3).
+"""The DPO family in one LightningModule (docs/ALGORITHMS.md §3; issue 3).
 
 Per minibatch: one concatenated forward of chosen and rejected rows (``[2B, L]``) through the
 policy, reference log-probs (LoRA-disabled adapters, a frozen copy, or a disk cache), the margin
@@ -121,7 +121,7 @@ class DPOMetrics(torch.nn.Module):
 
 
 class DPO(BackboneModule):
-    """Direct preference optimisation and its robust variants (ALGORITHMS.md §3).
+    """Direct preference optimisation and its robust variants (docs/ALGORITHMS.md §3).
 
     Args:
         model_name_or_path: ``"tiny"`` (random-init tiny Llama, offline), a local directory, a
@@ -156,8 +156,8 @@ class DPO(BackboneModule):
         kl_gamma_start, kl_gamma_end: coefficient ``gamma`` of the forward-KL pessimism term of
             p-/dp-/e-DPO, linearly annealed from start to end over training (``None``: constant);
             0 disables. Values chosen here (S004's were lost in extraction).
-        kl_samples: where the samples of the forward-KL estimate come from (ALGORITHMS.md §3.4):
-            ``reference`` (default, ALGORITHMS.md §3.4): samples of ``pi_ref``: the
+        kl_samples: where the samples of the forward-KL estimate come from (docs/ALGORITHMS.md §3.4):
+            ``reference`` (default, docs/ALGORITHMS.md §3.4): samples of ``pi_ref``: the
             training data's ``ref_samples`` column (a list of response strings per row) when it
             has one, else ``kl_num_samples`` completions per prompt generated once from the
             reference (temperature 1, no grad) before training. Both are cached on disk with
@@ -325,7 +325,7 @@ class DPO(BackboneModule):
         if not self._kl_warned:
             log.warning(
                 "forward-KL pessimism: kl_samples='data' estimates KL(pi_ref || pi) on the dataset's "
-                "responses, not on samples of pi_ref -- an approximation (ALGORITHMS.md §3.4)"
+                "responses, not on samples of pi_ref -- an approximation (docs/ALGORITHMS.md §3.4)"
             )
             self._kl_warned = True
 
@@ -506,7 +506,9 @@ class DPO(BackboneModule):
                     p, r, embeds = self.concatenated_logps(chunk, "train", embeddings=True)
                     losses, _, st = self._losses(chunk, p, r)
                     if losses is None:
-                        raise ValueError("WDPO needs per-example losses; it does not combine with e-DPO")
+                        raise ValueError(
+                            "WDPO needs per-example losses; it does not combine with e-DPO"
+                        )
                     pieces.append((p, r, st, losses.shape[0]))
                     yield losses, embeds
 
@@ -515,7 +517,8 @@ class DPO(BackboneModule):
             policy = torch.cat([p[:k] for p, _, _, k in pieces] + [p[k:] for p, _, _, k in pieces])
             ref = torch.cat([r[:k] for _, r, _, k in pieces] + [r[k:] for _, r, _, k in pieces])
             stats = {
-                key: sum(st[key].float() * (k / n) for _, _, st, k in pieces) for key in pieces[0][2]
+                key: sum(st[key].float() * (k / n) for _, _, st, k in pieces)
+                for key in pieces[0][2]
             }
             scalar = None
         else:
@@ -613,7 +616,9 @@ class DPO(BackboneModule):
         self._screen_loss(loss, batch_idx)
         n = policy.shape[0] // 2
         per_example = losses if losses is not None else scalar.detach().expand(n)
-        self._log_train(policy.detach(), ref.detach(), per_example.detach(), loss, stats, batch.get("group"))
+        self._log_train(
+            policy.detach(), ref.detach(), per_example.detach(), loss, stats, batch.get("group")
+        )
         return loss
 
     def _log_train(self, policy, ref, per_example, loss, stats, groups) -> None:

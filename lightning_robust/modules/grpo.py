@@ -1,4 +1,4 @@
-"""GRPO with the DRRO / DRO reward shapings of S003 and robust prompt weighting (ALGORITHMS.md §5).
+"""GRPO with the DRRO / DRO reward shapings of S003 and robust prompt weighting (docs/ALGORITHMS.md §5).
 
 One step (§5.5): sample ``G`` completions of each of ``B`` prompts from the current (old)
 policy, score them with the proxy reward, compute old and reference log-probs, estimate the
@@ -16,7 +16,7 @@ DRRO-GRPO (final)   ``shaping="drro_soft", budget="dynamic"`` (S003 §4.5, "soft
 DRRO hard           ``shaping="drro_hard"`` (fixed or dynamic budget)
 DRO baseline        ``shaping="dro"`` (penalises the most probable sampled completion)
 robust prompts      ``weighting=TVBall(rho)`` etc.: prompt ``i``'s loss for the weighting is
-                    ``-mean_g r_ig``, its policy loss is scaled by ``n q_i`` (DESIGN.md)
+                    ``-mean_g r_ig``, its policy loss is scaled by ``n q_i`` (docs/DESIGN.md)
 ==================  ==========================================================================
 
 The math is in :mod:`lightning_robust.objectives.drro` and :mod:`lightning_robust.objectives.rl`.
@@ -55,7 +55,7 @@ KL_HISTORY_KEY = "grpo_kl_history"
 
 
 class GRPO(OnlineRLModule):
-    """GRPO and DRRO-GRPO (S003) as one LightningModule (ALGORITHMS.md §5.3–§5.5).
+    """GRPO and DRRO-GRPO (S003) as one LightningModule (docs/ALGORITHMS.md §5.3–§5.5).
 
     Args:
         num_generations: ``G`` completions per prompt (4, chosen here: S003's value was lost in
@@ -71,7 +71,7 @@ class GRPO(OnlineRLModule):
             pilot-calibrates ``delta0`` from the proxy-vs-gold gap and tunes ``c``, ``W``).
         tau: soft-bonus temperature (0.2, chosen here; the objective's default).
         bonus_form: soft bonus ``mass`` (``delta G p~ omega``, default) or ``weight``
-            (``delta omega``), ALGORITHMS.md §8.5.
+            (``delta omega``), docs/ALGORITHMS.md §8.5.
         kl_coef: coefficient of a per-token k3 KL(pi || pi_ref) term added to the loss (0: S003
             uses none).
         clip: ratio clip radius (0.2, chosen here; lost in extraction).
@@ -171,7 +171,7 @@ class GRPO(OnlineRLModule):
     # ------------------------------------------------------------------ budget
     def current_budget(self, batch_kl: float) -> float:
         """``delta_t``: the fixed ``delta``, or (dynamic) append ``batch_kl`` to the history and
-        return ``delta0 + c * mean(last W)`` (ALGORITHMS.md §5.4)."""
+        return ``delta0 + c * mean(last W)`` (docs/ALGORITHMS.md §5.4)."""
         hp = self.hparams
         if hp.budget == "fixed":
             return float(hp.delta)
@@ -220,7 +220,9 @@ class GRPO(OnlineRLModule):
             stats["bonus/mean"] = bonus.mean()
             stats["bonus/max"] = bonus.amax()
             stats["bonus/nonzero"] = nonzero.double().mean()
-            if delta > 0:  # ALGORITHMS.md §8.5: max_i b_i / delta and sum_i b_i / delta per group
+            if (
+                delta > 0
+            ):  # docs/ALGORITHMS.md §8.5: max_i b_i / delta and sum_i b_i / delta per group
                 stats["bonus/max_over_delta"] = (bonus.abs().amax(dim=1) / delta).mean()
                 stats["bonus/sum_over_delta"] = (bonus.sum(dim=1) / delta).mean()
         return targets, stats

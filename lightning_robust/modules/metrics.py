@@ -17,14 +17,20 @@ class GroupedMean(Metric):
     def __init__(self, num_groups: int):
         super().__init__()
         self.num_groups = num_groups
-        self.add_state("total", default=torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "total", default=torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "count", default=torch.zeros(num_groups, dtype=torch.float64), dist_reduce_fx="sum"
+        )
 
     def update(self, values: torch.Tensor, groups: torch.Tensor) -> None:
         # fixed shapes (rows of group -1 add zero): no boolean indexing, so no host sync per step
         keep = groups >= 0
         values = values.detach().to(torch.float64)
-        self.total.index_add_(0, groups.clamp_min(0), torch.where(keep, values, torch.zeros_like(values)))
+        self.total.index_add_(
+            0, groups.clamp_min(0), torch.where(keep, values, torch.zeros_like(values))
+        )
         self.count.index_add_(0, groups.clamp_min(0), keep.to(torch.float64))
 
     def compute(self) -> torch.Tensor:

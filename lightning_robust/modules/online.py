@@ -1,4 +1,4 @@
-"""The shared base of the online RL modules (GRPO and PPO; ALGORITHMS.md §4, §5; issue 5).
+"""The shared base of the online RL modules (GRPO and PPO; docs/ALGORITHMS.md §4, §5; issue 5).
 
 One training batch of prompts is one *rollout* followed by several optimiser updates, so the
 modules use Lightning's manual optimisation (``automatic_optimization = False``):
@@ -118,7 +118,7 @@ class OnlineRLModule(BackboneModule):
         max_grad_norm: gradient-norm clip of each update (``None``: off).
         reward_batch_size, reward_max_length: batching and truncation of the reward scorers.
         val_do_sample: validation completions sampled at ``temperature`` (default: the KL
-            estimate then is a sample estimate of the current policy, ALGORITHMS.md §5.4) or greedy.
+            estimate then is a sample estimate of the current policy, docs/ALGORITHMS.md §5.4) or greedy.
         rollout_backend: ``hf`` (Hugging Face ``generate``, default, tested) or ``vllm``
             (UNTESTED: :mod:`lightning_robust.models.vllm_rollout`; needs the ``vllm`` extra and a
             GPU; the policy's weights are pushed to the engine after each rollout's updates).
@@ -166,12 +166,23 @@ class OnlineRLModule(BackboneModule):
         # the grouped options, checked before any model is loaded
         choice = TorchOptimizer.coerce(optimizer)
         OptimizerOptions(
-            learning_rate, weight_decay, warmup_ratio, lr_schedule, min_lr_ratio,
-            choice.name, dict(choice.kwargs or {}),
+            learning_rate,
+            weight_decay,
+            warmup_ratio,
+            lr_schedule,
+            min_lr_ratio,
+            choice.name,
+            dict(choice.kwargs or {}),
         )
         ModelOptions(
-            model_name_or_path, tiny_config, dtype, attn_implementation,
-            gradient_checkpointing, dropout, trust_remote_code, init_seed,
+            model_name_or_path,
+            tiny_config,
+            dtype,
+            attn_implementation,
+            gradient_checkpointing,
+            dropout,
+            trust_remote_code,
+            init_seed,
         )
         checks = {
             "num_generations": num_generations >= 1,
@@ -226,7 +237,9 @@ class OnlineRLModule(BackboneModule):
             return
         hp = self.hparams
         self.tokenizer, model = load_backbone(
-            self.model_options, "causal_lm", padding_side="left",
+            self.model_options,
+            "causal_lm",
+            padding_side="left",
             quantization_config=self._quantization(),
         )
         # the frozen copy (no LoRA) before LoRA: get_peft_model edits in place
@@ -351,7 +364,7 @@ class OnlineRLModule(BackboneModule):
         seq_logps: torch.Tensor, seq_ref_logps: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Mean sequence-level KL(pi || pi_ref) estimates over the completions: ``kl`` (k3 in
-        float64, ALGORITHMS.md §5.4) and ``kl_k1`` (mean of ``log pi - log pi_ref``)."""
+        float64, docs/ALGORITHMS.md §5.4) and ``kl_k1`` (mean of ``log pi - log pi_ref``)."""
         return {
             "kl": sequence_kl_k3(seq_logps, seq_ref_logps).mean(),
             "kl_k1": (seq_logps.double() - seq_ref_logps.double()).mean(),

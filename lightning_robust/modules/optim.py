@@ -37,8 +37,11 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     cls = getattr(torch.optim, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         known = sorted(
-            n for n, c in vars(torch.optim).items()
-            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
+            n
+            for n, c in vars(torch.optim).items()
+            if isinstance(c, type)
+            and issubclass(c, torch.optim.Optimizer)
+            and c is not torch.optim.Optimizer
         )
         raise ValueError(f"unknown optimizer={name!r}; expected a torch.optim class: {known}")
     return cls
@@ -105,7 +108,9 @@ class OptimizerOptions:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}")
         optimizer_class(self.name)
         if "betas" in self.kwargs and isinstance(self.kwargs["betas"], list):  # YAML lists
-            object.__setattr__(self, "kwargs", {**self.kwargs, "betas": tuple(self.kwargs["betas"])})
+            object.__setattr__(
+                self, "kwargs", {**self.kwargs, "betas": tuple(self.kwargs["betas"])}
+            )
         for reserved in ("lr", "weight_decay", "params"):
             if reserved in self.kwargs:
                 raise ValueError(
@@ -113,7 +118,9 @@ class OptimizerOptions:
                 )
 
 
-def lr_lambda(step: int, total_steps: int, warmup_steps: int, schedule: Schedule, min_lr_ratio: float) -> float:
+def lr_lambda(
+    step: int, total_steps: int, warmup_steps: int, schedule: Schedule, min_lr_ratio: float
+) -> float:
     """Multiplier of the peak lr at ``step``: linear warmup, then cosine/linear decay to
     ``min_lr_ratio`` (or constant)."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -153,7 +160,9 @@ def parameter_groups(params: list, weight_decay: float, no_decay: set[int]) -> l
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(parameters, options: OptimizerOptions, total_steps: int, no_decay: set[int] | None = None):
+def build_optimizer(
+    parameters, options: OptimizerOptions, total_steps: int, no_decay: set[int] | None = None
+):
     """The optimiser of ``options`` over the trainable parameters and a per-step LambdaLR
     (warmup, then the schedule), in Lightning's dict form. ``no_decay``: ids of parameters that
     take no weight decay (:func:`no_weight_decay_ids`: biases and norm weights)."""

@@ -1,4 +1,4 @@
-"""PPO and DR-PPO (S000 Algorithm 2 and §5.2; ALGORITHMS.md §4) as one LightningModule.
+"""PPO and DR-PPO (S000 Algorithm 2 and §5.2; docs/ALGORITHMS.md §4) as one LightningModule.
 
 Per batch of prompts: sample completions, score them with the proxy reward model (minus the
 missing-EOS penalty), form TRL-style per-token rewards ``-beta (log pi_old - log pi_ref)`` plus
@@ -50,7 +50,7 @@ from lightning_robust.weighting import RobustWeighting
 
 
 class PPO(OnlineRLModule):
-    """PPO with a value head and its distributionally robust form DR-PPO (ALGORITHMS.md §4).
+    """PPO with a value head and its distributionally robust form DR-PPO (docs/ALGORITHMS.md §4).
 
     Args:
         beta: per-token KL coefficient in the reward (0.02, S000 Table 13).

@@ -1,6 +1,6 @@
-"""The reference policy of the DPO family (DESIGN.md, "Reference policy").
+"""The reference policy of the DPO family (docs/DESIGN.md, "Reference policy").
 
-Three ways to get ``log pi_ref(y|x)`` (summed over response tokens, ALGORITHMS.md §0):
+Three ways to get ``log pi_ref(y|x)`` (summed over response tokens, docs/ALGORITHMS.md §0):
 
 - ``lora_disabled``: the policy itself under ``disable_adapter()`` — with LoRA the base model *is*
   the reference, so no second copy is held (peft gives exactly the base outputs);
@@ -193,7 +193,7 @@ def load_or_compute(
 
 
 # ---------------------------------------------------------------- reference samples (forward KL)
-# ``kl_samples: reference`` of p-/dp-/e-DPO (ALGORITHMS.md §3.4; DESIGN.md settled point): the
+# ``kl_samples: reference`` of p-/dp-/e-DPO (docs/ALGORITHMS.md §3.4; docs/DESIGN.md, further choices): the
 # forward KL(pi_ref || pi_theta) is estimated on samples y_k ~ pi_ref(.|x). They come from the
 # data's ``ref_samples`` column when it has one, else from the reference, generated once (no
 # grad, temperature 1, no top-p / top-k: exact pi_ref samples). Either way their reference
@@ -423,9 +423,7 @@ def resolve_reference_mode(
     if mode not in allowed:
         raise ValueError(f"unknown reference={mode!r}; expected one of {list(allowed)}")
     if mode == "lora_disabled" and not lora:
-        raise ValueError(
-            "reference='lora_disabled' needs `lora` (the base model is the reference)"
-        )
+        raise ValueError("reference='lora_disabled' needs `lora` (the base model is the reference)")
     return mode
 
 
@@ -493,7 +491,11 @@ def column_samples(datamodule, dataset):
 
 
 def _forward_context(trainer):
-    return trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
+    return (
+        trainer.precision_plugin.forward_context()
+        if trainer is not None
+        else contextlib.nullcontext()
+    )
 
 
 def _is_writer(trainer) -> bool:
@@ -506,7 +508,7 @@ def _barrier(trainer, name: str) -> None:
 
 
 class ReferencePolicy:
-    """The reference policy ``pi_ref`` of a module, in one place (DESIGN.md, "Reference policy").
+    """The reference policy ``pi_ref`` of a module, in one place (docs/DESIGN.md, "Reference policy").
 
     Owns the mode (``lora_disabled`` | ``frozen_copy`` | ``precomputed`` | ``none``, resolved
     once by :func:`resolve_reference_mode`), the frozen copy (made by :meth:`build` before LoRA
@@ -617,10 +619,17 @@ class ReferencePolicy:
     def logps(self, input_ids, attention_mask, prompt_len) -> torch.Tensor:
         """``log pi_ref`` of each row (``[B]``, float32), no graph."""
         return reference_logps(
-            self.policy, self.frozen, input_ids, attention_mask, prompt_len, fast_head=self.fast_head
+            self.policy,
+            self.frozen,
+            input_ids,
+            attention_mask,
+            prompt_len,
+            fast_head=self.fast_head,
         )
 
-    def pair_logps(self, batch: dict, split: str, input_ids, attention_mask, prompt_len) -> torch.Tensor:
+    def pair_logps(
+        self, batch: dict, split: str, input_ids, attention_mask, prompt_len
+    ) -> torch.Tensor:
         """``[2B]`` reference log-probs of a pair batch (chosen rows first): the precomputed
         table's rows of ``batch["index"]``, or a no-grad forward."""
         if self.mode == "precomputed":
@@ -663,14 +672,22 @@ class ReferencePolicy:
                 dataset,
                 model_fp,
                 functools.partial(
-                    self._compute_table, split, dataset, datamodule.collator, batch_size, device,
-                    trainer, can_compute,
+                    self._compute_table,
+                    split,
+                    dataset,
+                    datamodule.collator,
+                    batch_size,
+                    device,
+                    trainer,
+                    can_compute,
                 ),
                 is_writer=is_writer,
             )[0]
 
         try:
-            if _is_writer(trainer):  # always through the disk key: the split's data may have changed
+            if _is_writer(
+                trainer
+            ):  # always through the disk key: the split's data may have changed
                 for split, dataset in datamodule.datasets.items():
                     self.tables[split] = table(split, dataset, True)
             _barrier(trainer, "reference_cache")  # rank 0 has written every split
@@ -690,7 +707,12 @@ class ReferencePolicy:
             )
         with _forward_context(trainer):
             return compute_split_logps(
-                self.policy, self._compute_model(), dataset, collator, batch_size, device,
+                self.policy,
+                self._compute_model(),
+                dataset,
+                collator,
+                batch_size,
+                device,
                 fast_head=self.fast_head,
             )
 
@@ -735,8 +757,16 @@ class ReferencePolicy:
             }
         settings["fast_head"] = bool(self.fast_head)
         build = functools.partial(
-            self._build_samples, column, dataset, tokenizer, options, settings["source"],
-            batch_size, device, trainer, can_build,
+            self._build_samples,
+            column,
+            dataset,
+            tokenizer,
+            options,
+            settings["source"],
+            batch_size,
+            device,
+            trainer,
+            can_build,
         )
         cache_dir = self.cache_directory(trainer)
         if _is_writer(trainer):
@@ -813,7 +843,11 @@ class ReferencePolicy:
         rows = batch["index"].tolist()
         s = samples.batch(rows, pad_token_id, device)
         policy, _ = sequence_logprobs(
-            self.policy, s["input_ids"], s["attention_mask"], s["prompt_len"], fast_head=self.fast_head
+            self.policy,
+            s["input_ids"],
+            s["attention_mask"],
+            s["prompt_len"],
+            fast_head=self.fast_head,
         )
         return forward_kl_estimate(
             s["ref_logps"].to(policy.dtype), policy, prompt_index=s["owner"], num_prompts=len(rows)

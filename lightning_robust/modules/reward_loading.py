@@ -39,7 +39,9 @@ def _synthetic_scorer(spec: str):
     kinds = {"gold": SyntheticGoldReward, "proxy": SyntheticProxyReward}
     kind = spec[len(SYNTHETIC_PREFIX) :]
     if kind not in kinds:
-        raise ValueError(f"unknown synthetic reward {spec!r}: use 'synthetic:gold' or 'synthetic:proxy'")
+        raise ValueError(
+            f"unknown synthetic reward {spec!r}: use 'synthetic:gold' or 'synthetic:proxy'"
+        )
     return kinds[kind]()
 
 
@@ -51,7 +53,9 @@ def _load_checkpoint(path: str, device, weights_only: bool):
             f"reward checkpoint {path!r} is unreadable (truncated or corrupt: not a torch zip archive)"
         )
     try:
-        module = RewardModel.load_from_checkpoint(path, map_location=device or "cpu", weights_only=weights_only)
+        module = RewardModel.load_from_checkpoint(
+            path, map_location=device or "cpu", weights_only=weights_only
+        )
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"reward checkpoint {path!r} holds objects that weights_only=True refuses ({err}); "
@@ -113,7 +117,9 @@ def load_reward_scorer(
             raise ValueError(f"reward model directory not found: {spec!r}")
         try:
             tokenizer = load_tokenizer(spec_path, trust_remote_code=trust_remote_code)
-            model = load_sequence_classifier(spec_path, tokenizer, trust_remote_code=trust_remote_code)
+            model = load_sequence_classifier(
+                spec_path, tokenizer, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot load reward model {spec!r}: {err}") from err
     if device is not None:

@@ -1,4 +1,4 @@
-"""Distributionally robust reward model (ALGORITHMS.md §2; S000 Algorithm 1).
+"""Distributionally robust reward model (docs/ALGORITHMS.md §2; S000 Algorithm 1).
 
 Per minibatch: Bradley–Terry losses of the pairs -> a RobustWeighting (ERM, TV ball, chi-square
 ball, ...) -> robust loss ``sum(q * l)`` (+ optional reward centering). The math lives in
@@ -138,7 +138,9 @@ class RewardModel(BackboneModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scalar reward per sequence, shape ``[batch]`` (float32)."""
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        return (
+            self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        )
 
     def uses_pair_rows(self) -> bool:
         """Prompt-shared pair rows for decoder-only classifiers with eager/sdpa attention. The
@@ -228,7 +230,11 @@ class RewardModel(BackboneModule):
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         chosen, rejected, losses = self._losses(batch)
-        name = self._val_names[dataloader_idx] if dataloader_idx < len(self._val_names) else str(dataloader_idx)
+        name = (
+            self._val_names[dataloader_idx]
+            if dataloader_idx < len(self._val_names)
+            else str(dataloader_idx)
+        )
         self.val_metrics[name].update(
             losses, pairwise_correct(chosen, rejected), chosen, rejected, batch.get("group")
         )

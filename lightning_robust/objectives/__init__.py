@@ -88,7 +88,7 @@ __all__ = [
     "WDPO_PENALTY_FORMS",
     "embedding_gradient_penalty",
     "wdpo_penalty",
-    # online RL (PPO / DR-PPO / GRPO), ALGORITHMS.md §4
+    # online RL (PPO / DR-PPO / GRPO), docs/ALGORITHMS.md §4
     "TOKEN_KL_KINDS",
     "AGGREGATION_MODES",
     "SCALE_AT",
@@ -108,7 +108,7 @@ __all__ = [
     "token_kl",
     "sequence_kl_k3",
     "aggregate_token_losses",
-    # DRRO / DRO shapings for GRPO and the promptwise theory, ALGORITHMS.md §5
+    # DRRO / DRO shapings for GRPO and the promptwise theory, docs/ALGORITHMS.md §5
     "SHAPINGS",
     "BONUS_FORMS",
     "DEFAULT_TAU",

@@ -1,4 +1,4 @@
-"""Bradley–Terry reward-model losses (ALGORITHMS.md §2)."""
+"""Bradley–Terry reward-model losses (docs/ALGORITHMS.md §2)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def bradley_terry_losses(
     rejected_rewards: torch.Tensor,
     margin: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-pair loss ``l_i = -log sigma(r(x_i, y_i^+) - r(x_i, y_i^-) - m_i)`` (ALGORITHMS.md §2).
+    """Per-pair loss ``l_i = -log sigma(r(x_i, y_i^+) - r(x_i, y_i^-) - m_i)`` (docs/ALGORITHMS.md §2).
 
     ``margin`` (optional, per pair) is the margin of Llama-2 / TRL's RewardTrainer; evaluated
     stably as ``softplus(-(diff))``. Returns a tensor of shape ``[n]``.
@@ -22,7 +22,9 @@ def bradley_terry_losses(
     return F.softplus(-diff)
 
 
-def reward_centering_penalty(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+def reward_centering_penalty(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
+) -> torch.Tensor:
     """``mean((r^+ + r^-)^2)``: pushes rewards towards zero mean (Eisenstein et al. 2023, as TRL's
     ``center_rewards_coefficient``). Added to the robust loss times a coefficient."""
     return ((chosen_rewards + rejected_rewards) ** 2).mean()

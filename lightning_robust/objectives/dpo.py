@@ -1,12 +1,12 @@
-"""DPO-family per-example losses and the reward-distillation objectives (ALGORITHMS.md §0, §3).
+"""DPO-family per-example losses and the reward-distillation objectives (docs/ALGORITHMS.md §0, §3).
 
 Everything here is a pure function of per-example tensors (shape ``[n]`` unless stated): the
-sequence log-probabilities of the policy and of the reference model (ALGORITHMS.md §0: summed
+sequence log-probabilities of the policy and of the reference model (docs/ALGORITHMS.md §0: summed
 over response tokens, no length normalisation) come in, per-example losses go out. Robust
 weighting of these losses (DR-DPO §3.1, KLDPO §3.2) is done by :mod:`lightning_robust.weighting`
 and is not repeated here; WDPO's gradient penalty (§3.3) is in :mod:`.wdpo`.
 
-``log sigma(z)`` is always evaluated stably as ``-softplus(-z)`` (ALGORITHMS.md §0).
+``log sigma(z)`` is always evaluated stably as ``-softplus(-z)`` (docs/ALGORITHMS.md §0).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def preference_margin(
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
 ) -> torch.Tensor:
-    """Preference margin ``h`` of ALGORITHMS.md §0.
+    """Preference margin ``h`` of docs/ALGORITHMS.md §0.
 
     ``h = [log pi_theta(y_w|x) - log pi_ref(y_w|x)] - [log pi_theta(y_l|x) - log pi_ref(y_l|x)]``,
     per example; the DPO implicit reward margin is ``beta * h``. The reference log-probs are
@@ -64,7 +64,7 @@ def preference_margin(
 
 
 def dpo_losses(h: torch.Tensor, beta: float) -> torch.Tensor:
-    """DPO, ALGORITHMS.md §3 table: ``l_i = -log sigma(beta h_i) = softplus(-beta h_i)``.
+    """DPO, docs/ALGORITHMS.md §3 table: ``l_i = -log sigma(beta h_i) = softplus(-beta h_i)``.
 
     ``dl/dh = -beta sigma(-beta h)``. Example (§3): ``h = 1``, ``beta = 0.1`` -> ``0.644397``.
     """
@@ -73,7 +73,7 @@ def dpo_losses(h: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def ipo_losses(h: torch.Tensor, beta: float) -> torch.Tensor:
-    """IPO, ALGORITHMS.md §3 table (OpenRLHF form): ``l_i = (h_i - 1 / (2 beta))^2``.
+    """IPO, docs/ALGORITHMS.md §3 table (OpenRLHF form): ``l_i = (h_i - 1 / (2 beta))^2``.
 
     ``beta`` plays the role of IPO's ``tau``. ``dl/dh = 2 (h - 1/(2 beta))``.
     Example (§3): ``h = 1``, ``beta = 0.1`` -> ``16.0``.
@@ -83,7 +83,7 @@ def ipo_losses(h: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def cdpo_losses(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
-    """Conservative DPO (label smoothing ``eps``), ALGORITHMS.md §3 table.
+    """Conservative DPO (label smoothing ``eps``), docs/ALGORITHMS.md §3 table.
 
     ``l_i = -(1 - eps) log sigma(beta h_i) - eps log sigma(-beta h_i)``
     ``    = (1 - eps) softplus(-beta h_i) + eps softplus(beta h_i)``, ``0 <= eps <= 1``.
@@ -98,7 +98,7 @@ def cdpo_losses(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.T
 
 
 def rdpo_losses(h: torch.Tensor, beta: float, label_noise: float) -> torch.Tensor:
-    """Robust DPO (Chowdhury et al. 2024), ALGORITHMS.md §3 table [R].
+    """Robust DPO (Chowdhury et al. 2024), docs/ALGORITHMS.md §3 table [R].
 
     ``l_i = [(1 - eps)(-log sigma(beta h_i)) - eps(-log sigma(-beta h_i))] / (1 - 2 eps)``,
     ``0 <= eps < 1/2`` (``ValueError`` otherwise). Unbiased: its expectation over labels
@@ -116,7 +116,7 @@ def rdpo_losses(h: torch.Tensor, beta: float, label_noise: float) -> torch.Tenso
 def preference_losses(
     loss_type: str, h: torch.Tensor, beta: float, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Per-example loss of ``loss_type`` on margins ``h`` (ALGORITHMS.md §3 table).
+    """Per-example loss of ``loss_type`` on margins ``h`` (docs/ALGORITHMS.md §3 table).
 
     ``"dpo"`` -> :func:`dpo_losses`, ``"ipo"`` -> :func:`ipo_losses`, ``"cdpo"`` ->
     :func:`cdpo_losses` (``label_smoothing`` is ``eps``), ``"rdpo"`` -> :func:`rdpo_losses`
@@ -141,7 +141,9 @@ def preference_losses(
     return rdpo_losses(h, beta, label_smoothing)
 
 
-def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+def implicit_rewards(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float
+) -> torch.Tensor:
     """DPO implicit reward ``beta (log pi_theta(y|x) - log pi_ref(y|x))`` (§0; TRL's
     ``rewards/chosen`` and ``rewards/rejected``). Not detached: detach for logging."""
     return beta * (policy_logps - ref_logps)
@@ -153,7 +155,7 @@ def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: 
 def distillation_losses(
     reward_first: torch.Tensor, reward_second: torch.Tensor, h: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """d-DPO distillation loss, ALGORITHMS.md §3.4 (S004 eq. 7).
+    """d-DPO distillation loss, docs/ALGORITHMS.md §3.4 (S004 eq. 7).
 
     ``l_i = (r_hat(x_i, y1_i) - r_hat(x_i, y2_i) - beta h(x_i, y1_i, y2_i))^2`` where ``h`` is
     the margin (§0) of the *first* response over the second. Symmetric in the pair order
@@ -171,7 +173,7 @@ def forward_kl_estimate(
     prompt_index: torch.Tensor | None = None,
     num_prompts: int | None = None,
 ) -> torch.Tensor:
-    """Monte-Carlo ``KL(pi_ref(.|x) || pi_theta(.|x))``, ALGORITHMS.md §3.4 [R estimator].
+    """Monte-Carlo ``KL(pi_ref(.|x) || pi_theta(.|x))``, docs/ALGORITHMS.md §3.4 [R estimator].
 
     ``KL_hat(x) = (1/m) sum_k [log pi_ref(y_k|x) - log pi_theta(y_k|x)]`` over the ``m``
     samples ``y_k ~ pi_ref(.|x)`` (or the data's responses, ``kl_samples: data``) of prompt
@@ -223,7 +225,7 @@ def ensemble_distillation_loss(
     beta: float,
     reduction: str = "batch",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """e-DPO distillation term over an ensemble of ``K`` reward models, ALGORITHMS.md §3.4.
+    """e-DPO distillation term over an ensemble of ``K`` reward models, docs/ALGORITHMS.md §3.4.
 
     With ``l_ki`` the :func:`distillation_losses` of reward model ``k`` on example ``i``
     (rewards ``[K, n]``, margins ``h`` ``[n]``):
@@ -255,7 +257,7 @@ def ensemble_distillation_loss(
 
 
 def dr_dpo_loss(losses: torch.Tensor, beta_prime: float = 1.0) -> torch.Tensor:
-    """Dr.DPO (Wu et al. 2024a) baseline, ALGORITHMS.md §3.5 [C].
+    """Dr.DPO (Wu et al. 2024a) baseline, docs/ALGORITHMS.md §3.5 [C].
 
     ``L = -beta' log((1/n) sum_i exp(-l_i / beta'))`` (log-sum-exp, stable), a scalar. Its
     implicit weights are ``softmax(-l / beta')``: it *down*-weights high-loss pairs (optimistic,
@@ -274,7 +276,7 @@ def dr_dpo_loss(losses: torch.Tensor, beta_prime: float = 1.0) -> torch.Tensor:
 
 
 def pessimism_gamma(step: int, total_steps: int, start: float, end: float) -> float:
-    """Linearly annealed KL coefficient ``gamma`` of p-DPO / dp-DPO / e-DPO (ALGORITHMS.md §3.4).
+    """Linearly annealed KL coefficient ``gamma`` of p-DPO / dp-DPO / e-DPO (docs/ALGORITHMS.md §3.4).
 
     ``gamma(step) = start + (end - start) * min(max(step, 0) / total_steps, 1)``: ``start`` at
     step 0, ``end`` from ``total_steps`` on; constant when ``start == end``. With
@@ -320,7 +322,9 @@ def objective_losses(
         return preference_losses("dpo", h, beta), None, stats
     if loss_type == "distill":
         if not has_scores:
-            raise KeyError("loss_type='distill' needs 'chosen_scores' and 'rejected_scores' in the batch")
+            raise KeyError(
+                "loss_type='distill' needs 'chosen_scores' and 'rejected_scores' in the batch"
+            )
         s1, s2 = chosen_scores.to(h.dtype), rejected_scores.to(h.dtype)
         if s1.dim() == 1 or s1.shape[1] == 1:
             return distillation_losses(s1.reshape(-1), s2.reshape(-1), h, beta), None, stats

@@ -1,4 +1,4 @@
-"""DRRO for RLHF (S003): promptwise theory and the GRPO reward shapings (ALGORITHMS.md §5).
+"""DRRO for RLHF (S003): promptwise theory and the GRPO reward shapings (docs/ALGORITHMS.md §5).
 
 Group tensors have shape ``[B, G]``: ``B`` prompts with ``G`` sampled completions each. The
 shapings add a bonus ``b`` to the proxy rewards of each group, then GRPO normalises within the
@@ -8,7 +8,7 @@ group (§5.3):
 * ``"drro_hard"``: ``b_i = delta * 1[i in argmax_k (r_k - delta p~_k)]`` (eq. 4.14);
 * ``"drro_soft"``: the SNIS soft bonus (eq. 4.15), ``bonus_form="mass"``:
   ``b_i = delta G p~_i omega_i`` (default), or ``"weight"``: ``b_i = delta omega_i``
-  (DESIGN.md option, ALGORITHMS.md §8.5);
+  (docs/DESIGN.md option, docs/ALGORITHMS.md §8.5);
 * ``"dro"``: the value-robust baseline, ``b_i = -delta * 1[p~_i = max_k p~_k]``.
 
 ``p~`` is the group-normalised rollout probability ``softmax(log pi_old(y_1..y_G))`` (§5.2 iii);
@@ -47,7 +47,7 @@ __all__ = [
 
 #: reward shapings accepted by :func:`shaped_rewards`
 SHAPINGS: tuple[str, ...] = ("none", "drro_hard", "drro_soft", "dro")
-#: soft-bonus forms (ALGORITHMS.md §8.5)
+#: soft-bonus forms (docs/ALGORITHMS.md §8.5)
 BONUS_FORMS: tuple[str, ...] = ("mass", "weight")
 #: soft-bonus temperature; S003's value was lost in extraction, 0.2 is *chosen here* (the §5.3
 #: worked example's value)
@@ -144,7 +144,7 @@ def soft_bonus(
     * ``form="mass"`` (default, §8.5): ``b_i = delta G p~_i omega_i``, the SNIS estimate of the
       soft adversary's mass, evaluated as ``exp(log(delta G) + s_i - LSE_k(s_k - log p~_k))``
       so a sample with ``p~_i -> 0`` gets ``b_i -> 0`` without overflow;
-    * ``form="weight"``: ``b_i = delta omega_i`` (DESIGN.md option).
+    * ``form="weight"``: ``b_i = delta omega_i`` (docs/DESIGN.md option).
 
     For uniform ``p~`` both forms coincide and sum to ``delta``. ``tau`` default is chosen here
     (:data:`DEFAULT_TAU`, S003's value was lost).

@@ -1,12 +1,12 @@
 """Regularisers of the DPO family: extra terms beside the (robustly weighted) losses.
 
-DESIGN.md's "regulariser" piece, next to :class:`~lightning_robust.weighting.RobustWeighting`:
+docs/DESIGN.md's "regulariser" piece, next to :class:`~lightning_robust.weighting.RobustWeighting`:
 each is a small object with one call site in the module, returning a :class:`RegularizerTerm`
 (the extra term and its stats). Two live here:
 
-* :class:`ForwardKLPessimism` -- p-/dp-/e-DPO (S004 eq. 13; ALGORITHMS.md §3.4): per pair
+* :class:`ForwardKLPessimism` -- p-/dp-/e-DPO (S004 eq. 13; docs/ALGORITHMS.md §3.4): per pair
   ``l_i + gamma * KL_hat(x_i)``, added *before* the weighting (it is part of each pair's loss).
-* :class:`WassersteinPenalty` -- WDPO (S002 Algorithm 1; ALGORITHMS.md §3.3): the input-embedding
+* :class:`WassersteinPenalty` -- WDPO (S002 Algorithm 1; docs/ALGORITHMS.md §3.3): the input-embedding
   gradient penalty ``rho * mean_i ||grad_E l_i||^2`` (``form="seed"``) or
   ``rho * sqrt(mean_i ||grad_E l_i||^2)`` (``"sqrt"``), added *unweighted* after it.
 
@@ -97,7 +97,7 @@ class _CarryGradients(torch.autograd.Function):
 
 
 class WassersteinPenalty:
-    """WDPO's input-embedding gradient penalty (module docstring; ALGORITHMS.md §3.3, §8.3).
+    """WDPO's input-embedding gradient penalty (module docstring; docs/ALGORITHMS.md §3.3, §8.3).
 
     Args:
         rho: the radius (``> 0``).
@@ -107,7 +107,9 @@ class WassersteinPenalty:
 
     def __init__(self, rho: float, form: str = "seed", chunk_pairs: int | None = 2):
         if form not in WDPO_PENALTY_FORMS:
-            raise ValueError(f"unknown wdpo_form={form!r}; expected one of {list(WDPO_PENALTY_FORMS)}")
+            raise ValueError(
+                f"unknown wdpo_form={form!r}; expected one of {list(WDPO_PENALTY_FORMS)}"
+            )
         if chunk_pairs is not None and chunk_pairs < 1:
             raise ValueError(f"chunk_pairs must be >= 1, got {chunk_pairs}")
         self.rho, self.form, self.chunk_pairs = float(rho), form, chunk_pairs

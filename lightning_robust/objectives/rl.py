@@ -1,4 +1,4 @@
-"""Online-RL objectives: PPO, DR-PPO and the pieces GRPO shares (ALGORITHMS.md §4, §5.3, §5.4).
+"""Online-RL objectives: PPO, DR-PPO and the pieces GRPO shares (docs/ALGORITHMS.md §4, §5.3, §5.4).
 
 Pure functions of tensors, no Lightning. Token-level tensors have shape ``[N, R]``: ``N``
 completions, ``R`` response positions, with a bool ``mask [N, R]`` that is True on response
@@ -109,7 +109,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Variance of the unmasked entries of ``x`` (all of them together); ``unbiased`` divides by
-    ``count - 1`` (ALGORITHMS.md §4 example). Raises ``ValueError`` when fewer than 2 entries
+    ``count - 1`` (docs/ALGORITHMS.md §4 example). Raises ``ValueError`` when fewer than 2 entries
     are unmasked and ``unbiased``."""
     count = int(mask.sum())
     if unbiased and count < 2:
@@ -119,7 +119,9 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return sq / (count - 1 if unbiased else max(count, 1))
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """``1 - Var[returns - values] / Var[returns]`` over the unmasked tokens (population
     variances): 1 for a perfect value function, 0 for a constant one, negative when worse."""
     residual = returns - values
@@ -183,7 +185,7 @@ def ppo_token_rewards(
     mask: torch.Tensor,
     beta: float,
 ) -> torch.Tensor:
-    """Per-token PPO rewards of ALGORITHMS.md §4 "Practical", shape ``[N, R]``.
+    """Per-token PPO rewards of docs/ALGORITHMS.md §4 "Practical", shape ``[N, R]``.
 
     ``r_it = -beta (log pi_old(y_it) - log pi_ref(y_it))`` on each response token, plus
     ``scores[i]`` (already EOS-penalised, see :func:`missing_eos_penalty`) at row ``i``'s last
@@ -266,7 +268,7 @@ def ppo_advantages(
     2. with ``sample_scales = n q`` (``[N]``, version A) and ``scale_at="rewards"`` (default,
        S000's better variant) each row of rewards is multiplied by its scale *before* GAE; with
        ``scale_at="advantages"`` the GAE advantages are multiplied *before* whitening
-       (ALGORITHMS.md §4 "Where Version A acts", §8.1);
+       (docs/ALGORITHMS.md §4 "Where Version A acts", §8.1);
     3. ``gae`` on the (scaled) rewards; returns are ``advantages + values`` from the rewards
        fed to GAE (scaled ones under ``"rewards"``, unscaled under ``"advantages"``);
     4. whitening over all response tokens of the batch (``whiten=True``).

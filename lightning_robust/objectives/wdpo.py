@@ -1,4 +1,4 @@
-"""WDPO: the input-embedding gradient penalty of S002 Algorithm 1 (ALGORITHMS.md §3.3, §8.3).
+"""WDPO: the input-embedding gradient penalty of S002 Algorithm 1 (docs/ALGORITHMS.md §3.3, §8.3).
 
 The 2-Wasserstein worst case expands as ``E_Pn l + rho (E_Pn ||grad_z l||^2)^{1/2} + o(rho)``
 (S002 §6). Tokens are discrete, so the gradient is taken with respect to the outputs ``E`` of
@@ -41,7 +41,7 @@ def embedding_gradient_penalty(
     create_graph: bool = True,
     retain_graph: bool | None = None,
 ) -> torch.Tensor:
-    """Per-example ``||grad_{E^w_i} l_i||_F^2 + ||grad_{E^l_i} l_i||_F^2`` (ALGORITHMS.md §3.3).
+    """Per-example ``||grad_{E^w_i} l_i||_F^2 + ||grad_{E^l_i} l_i||_F^2`` (docs/ALGORITHMS.md §3.3).
 
     Args:
         losses: per-example losses ``[n]`` computed from ``embeddings``.
@@ -93,7 +93,7 @@ def embedding_gradient_penalty(
 
 
 def wdpo_penalty(sq_norms: torch.Tensor, rho: float, form: str = "seed") -> torch.Tensor:
-    """WDPO penalty from the per-example squared norms (ALGORITHMS.md §3.3, §8.3).
+    """WDPO penalty from the per-example squared norms (docs/ALGORITHMS.md §3.3, §8.3).
 
     * ``form="seed"`` (default, the released code): ``rho * ||g_i||^2`` per example ``[n]``;
       average it with the losses, ``L = (1/n) sum_i (l_i + rho ||g_i||^2)``.

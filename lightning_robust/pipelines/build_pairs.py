@@ -60,8 +60,13 @@ PAIRS_FORMAT = 1
 
 
 # ---------------------------------------------------------------- prompts
-def read_prompts(source: DataSource | str | Mapping, schema: str = "auto", max_prompts: int | None = None,
-                 on_bad_row: str = "error", cache_dir: str | None = None):
+def read_prompts(
+    source: DataSource | str | Mapping,
+    schema: str = "auto",
+    max_prompts: int | None = None,
+    on_bad_row: str = "error",
+    cache_dir: str | None = None,
+):
     """``(raw prompts, source rows)`` of a prompt source (the prompt schemas of
     :mod:`lightning_robust.data.prompts`; hh-rlhf gives its first human turn)."""
     src = as_source(source)
@@ -86,7 +91,9 @@ def read_prompts(source: DataSource | str | Mapping, schema: str = "auto", max_p
 
 
 # ---------------------------------------------------------------- reward models
-def _multi_objective_scorer(spec: Mapping, batch_size: int, max_length: int, trust_remote_code: bool):
+def _multi_objective_scorer(
+    spec: Mapping, batch_size: int, max_length: int, trust_remote_code: bool
+):
     """A scorer whose score is ``sum_k w_k logits[:, k]`` over the named objectives of a
     multi-output sequence classifier (``config.id2label`` names the outputs)."""
     from transformers import AutoModelForSequenceClassification
@@ -101,12 +108,16 @@ def _multi_objective_scorer(spec: Mapping, batch_size: int, max_length: int, tru
             f"{{name: weight, ...}}}}, got {dict(spec)!r}"
         )
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, trust_remote_code=trust_remote_code
+    )
     model.config.pad_token_id = tokenizer.pad_token_id
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     unknown = sorted(set(objectives) - set(names))
     if unknown:
-        raise ValueError(f"reward_models: objectives {unknown} are not outputs of {path!r}; it has {names}")
+        raise ValueError(
+            f"reward_models: objectives {unknown} are not outputs of {path!r}; it has {names}"
+        )
     weights = torch.tensor([float(objectives.get(n, 0.0)) for n in names])
 
     class MultiObjectiveScorer(RewardModelScorer):
@@ -115,19 +126,35 @@ def _multi_objective_scorer(spec: Mapping, batch_size: int, max_length: int, tru
             return logits @ weights.to(logits.device)
 
     model.eval()
-    return MultiObjectiveScorer(model, tokenizer, batch_size=batch_size, max_length=max_length,
-                                cache=TokenCache(tokenizer, max_length, None, False))
+    return MultiObjectiveScorer(
+        model,
+        tokenizer,
+        batch_size=batch_size,
+        max_length=max_length,
+        cache=TokenCache(tokenizer, max_length, None, False),
+    )
 
 
-def resolve_reward_model(spec, *, policy_tokenizer, batch_size: int, max_length: int,
-                         trust_remote_code: bool = False, index: int = 0):
+def resolve_reward_model(
+    spec,
+    *,
+    policy_tokenizer,
+    batch_size: int,
+    max_length: int,
+    trust_remote_code: bool = False,
+    index: int = 0,
+):
     """A :class:`~lightning_robust.models.scorers.Scorer` for one ``reward_models`` entry."""
     from lightning_robust.models.scorers import RewardModelScorer, Scorer
     from lightning_robust.modules.reward_loading import load_reward_scorer
 
     if isinstance(spec, (str, os.PathLike)):
-        return load_reward_scorer(os.fspath(spec), batch_size=batch_size, max_length=max_length,
-                                  trust_remote_code=trust_remote_code)
+        return load_reward_scorer(
+            os.fspath(spec),
+            batch_size=batch_size,
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
+        )
     if isinstance(spec, Mapping):
         return _multi_objective_scorer(spec, batch_size, max_length, trust_remote_code)
     if isinstance(spec, torch.nn.Module):
@@ -138,16 +165,23 @@ def resolve_reward_model(spec, *, policy_tokenizer, batch_size: int, max_length:
                 f"reward_models[{index}]: its vocabulary ({vocab} tokens) differs from the policy "
                 f"tokenizer's ({len(policy_tokenizer)}); give a spec or Scorer with its own tokenizer"
             )
-        return RewardModelScorer(spec, policy_tokenizer, max_length=max_length, batch_size=batch_size)
+        return RewardModelScorer(
+            spec, policy_tokenizer, max_length=max_length, batch_size=batch_size
+        )
     if isinstance(spec, Scorer):
         return spec
-    raise ValueError(f"reward_models[{index}]: {spec!r} is neither a spec, a mapping, a module nor a Scorer")
+    raise ValueError(
+        f"reward_models[{index}]: {spec!r} is neither a spec, a mapping, a module nor a Scorer"
+    )
 
 
 def _spec_fingerprint(spec) -> str:
     if isinstance(spec, Mapping):
         return "multi:" + json.dumps(
-            {"path": _path_fingerprint(str(spec.get("path"))), "objectives": dict(spec.get("objectives") or {})},
+            {
+                "path": _path_fingerprint(str(spec.get("path"))),
+                "objectives": dict(spec.get("objectives") or {}),
+            },
             sort_keys=True,
         )
     if isinstance(spec, torch.nn.Module):
@@ -170,7 +204,9 @@ def check_same_tokenizer(policy_tokenizer, scorer, index: int) -> None:
 
 
 # ---------------------------------------------------------------- pairing
-def select_pairs(scores: Sequence[float], texts: Sequence[str], pairing: str = "max_min") -> tuple[list, Counter]:
+def select_pairs(
+    scores: Sequence[float], texts: Sequence[str], pairing: str = "max_min"
+) -> tuple[list, Counter]:
     """``([(chosen_index, rejected_index), ...], skip counts)`` of one prompt's completions.
 
     ``max_min``: (argmax, argmin) of ``scores`` over the non-empty completions; ``all``: every
@@ -206,7 +242,9 @@ def select_pairs(scores: Sequence[float], texts: Sequence[str], pairing: str = "
     return pairs, skipped
 
 
-def _rows_from_records(records: list[dict], pairing: str, reward_weights: list[float]) -> tuple[list[dict], Counter]:
+def _rows_from_records(
+    records: list[dict], pairing: str, reward_weights: list[float]
+) -> tuple[list[dict], Counter]:
     rows, skipped = [], Counter()
     w = torch.tensor(reward_weights, dtype=torch.float64)
     for rec in records:
@@ -220,12 +258,18 @@ def _rows_from_records(records: list[dict], pairing: str, reward_weights: list[f
             if not isinstance(prompt, str):  # a chat prompt: TRL's conversational pairs
                 chosen = [{"role": "assistant", "content": chosen}]
                 rejected = [{"role": "assistant", "content": rejected}]
-            rows.append({
-                "prompt": prompt, "chosen": chosen, "rejected": rejected,
-                "chosen_score": combined[i], "rejected_score": combined[j],
-                "chosen_scores": rec["scores"][i], "rejected_scores": rec["scores"][j],
-                "source_row": rec["source_row"],
-            })
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "chosen_score": combined[i],
+                    "rejected_score": combined[j],
+                    "chosen_scores": rec["scores"][i],
+                    "rejected_scores": rec["scores"][j],
+                    "source_row": rec["source_row"],
+                }
+            )
     return rows, skipped
 
 
@@ -237,10 +281,14 @@ def _load_policy(policy, tokenizer, dtype, trust_remote_code, seed):
     if isinstance(policy, (str, os.PathLike)):
         spec = os.fspath(policy)
         tok = load_causal_tokenizer(spec, trust_remote_code=trust_remote_code, padding_side="left")
-        model = load_causal_lm(spec, tok, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
+        model = load_causal_lm(
+            spec, tok, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed
+        )
         return model, tok, "spec:" + _path_fingerprint(spec)
     if not isinstance(policy, torch.nn.Module) or tokenizer is None:
-        raise ValueError("policy: give a model spec string, or a causal LM module together with `tokenizer`")
+        raise ValueError(
+            "policy: give a model spec string, or a causal LM module together with `tokenizer`"
+        )
     return policy, tokenizer, "weights:" + _weights_fingerprint(policy)
 
 
@@ -252,7 +300,7 @@ def _eos_ids(tokenizer, model) -> list[int]:
 
 
 # ---------------------------------------------------------------- entry point
-def build_pairs(
+def build_pairs(  # noqa: C901 -- one linear pipeline (sample, score, pair, write); to be split
     prompts: DataSource | str | Mapping,
     policy,
     reward_models: Sequence,
@@ -303,7 +351,9 @@ def build_pairs(
     Returns the output path.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(f"num_samples (K) must be an integer >= 2 to form a pair, got {num_samples!r}")
+        raise ValueError(
+            f"num_samples (K) must be an integer >= 2 to form a pair, got {num_samples!r}"
+        )
     if pairing not in PAIRING:
         raise ValueError(f"unknown pairing={pairing!r}; expected one of {list(PAIRING)}")
     if backend not in BACKENDS:
@@ -315,17 +365,27 @@ def build_pairs(
             f"batch_size >= 1, max_new_tokens >= 1 and temperature > 0 needed, got {batch_size}, "
             f"{max_new_tokens}, {temperature}"
         )
-    weights = [1.0] * len(reward_models) if reward_weights is None else [float(w) for w in reward_weights]
+    weights = (
+        [1.0] * len(reward_models) if reward_weights is None else [float(w) for w in reward_weights]
+    )
     if len(weights) != len(reward_models):
-        raise ValueError(f"reward_weights has {len(weights)} entries for {len(reward_models)} reward_models")
+        raise ValueError(
+            f"reward_weights has {len(weights)} entries for {len(reward_models)} reward_models"
+        )
     output = os.fspath(output)
     fmt = _output_format(output)
     raw_prompts, source_rows = read_prompts(prompts, prompt_schema, max_prompts)
 
     model, tok, policy_id = _load_policy(policy, tokenizer, dtype, trust_remote_code, seed)
     scorers = [
-        resolve_reward_model(spec, policy_tokenizer=tok, batch_size=reward_batch_size,
-                             max_length=reward_max_length, trust_remote_code=trust_remote_code, index=i)
+        resolve_reward_model(
+            spec,
+            policy_tokenizer=tok,
+            batch_size=reward_batch_size,
+            max_length=reward_max_length,
+            trust_remote_code=trust_remote_code,
+            index=i,
+        )
         for i, spec in enumerate(reward_models)
     ]
     if require_same_tokenizer:
@@ -335,24 +395,43 @@ def build_pairs(
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([raw_prompts, source_rows], ensure_ascii=False).encode())
     key = {
-        "format": PAIRS_FORMAT, "prompts": h.hexdigest(), "policy": policy_id,
-        "reward_models": [_spec_fingerprint(s) for s in reward_models], "reward_weights": weights,
-        "num_samples": num_samples, "pairing": pairing, "max_new_tokens": max_new_tokens,
-        "temperature": temperature, "top_p": top_p, "seed": seed, "batch_size": batch_size,
-        "max_prompt_length": max_prompt_length, "chat_template": chat_template,
-        "reward_max_length": reward_max_length, "backend": backend,
+        "format": PAIRS_FORMAT,
+        "prompts": h.hexdigest(),
+        "policy": policy_id,
+        "reward_models": [_spec_fingerprint(s) for s in reward_models],
+        "reward_weights": weights,
+        "num_samples": num_samples,
+        "pairing": pairing,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "batch_size": batch_size,
+        "max_prompt_length": max_prompt_length,
+        "chat_template": chat_template,
+        "reward_max_length": reward_max_length,
+        "backend": backend,
     }
-    fingerprint = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
+    fingerprint = hashlib.blake2b(
+        json.dumps(key, sort_keys=True).encode(), digest_size=16
+    ).hexdigest()
     meta_path, samples_path = output + ".meta.json", output + ".samples.jsonl"
     meta = _read_json(meta_path)
     same = not force and meta is not None and meta.get("fingerprint") == fingerprint
-    if same and meta.get("done") and os.path.exists(output) and meta.get("output_digest") == _file_digest(output):
+    if (
+        same
+        and meta.get("done")
+        and os.path.exists(output)
+        and meta.get("output_digest") == _file_digest(output)
+    ):
         log.info("build_pairs cache hit: %s is up to date (fingerprint %s)", output, fingerprint)
         return output
     done: dict[int, dict] = {}
     if same and os.path.exists(samples_path):
         done = _read_samples(samples_path)
-        log.info("build_pairs: resuming, %d of %d prompts already sampled", len(done), len(raw_prompts))
+        log.info(
+            "build_pairs: resuming, %d of %d prompts already sampled", len(done), len(raw_prompts)
+        )
     else:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         open(samples_path, "w").close()
@@ -365,7 +444,9 @@ def build_pairs(
         from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
 
         if not isinstance(policy, (str, os.PathLike)):
-            raise ValueError("backend='vllm' needs the policy as a spec string (the engine loads it)")
+            raise ValueError(
+                "backend='vllm' needs the policy as a spec string (the engine loads it)"
+            )
         engine = VLLMRolloutEngine(os.fspath(policy), seed=seed)
     encoded = encode_prompts(raw_prompts, tok, max_prompt_length, chat_template)
     eos = _eos_ids(tok, model)
@@ -378,10 +459,18 @@ def build_pairs(
             if not usable:
                 continue
             torch.manual_seed(seed + b)
-            ids, mask = pad_sequences([encoded.input_ids[i] for i in usable], tok.pad_token_id, side="left")
+            ids, mask = pad_sequences(
+                [encoded.input_ids[i] for i in usable], tok.pad_token_id, side="left"
+            )
             dev = next(model.parameters()).device
-            kwargs = dict(eos_token_id=eos, pad_token_id=tok.pad_token_id, num_generations=num_samples,
-                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+            kwargs = dict(
+                eos_token_id=eos,
+                pad_token_id=tok.pad_token_id,
+                num_generations=num_samples,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+            )
             if engine is not None:
                 rollout = engine.generate(ids, mask, **kwargs)
             else:
@@ -393,18 +482,27 @@ def build_pairs(
             flat_prompts = [raw_prompts[usable[int(p)]] for p in rollout.prompt_index.cpu()]
             per_model = []
             for m, scorer in enumerate(scorers):
-                s = torch.as_tensor(scorer.score(flat_prompts, texts), dtype=torch.float64).reshape(-1)
+                s = torch.as_tensor(scorer.score(flat_prompts, texts), dtype=torch.float64).reshape(
+                    -1
+                )
                 if s.shape[0] != len(texts) or not torch.isfinite(s).all():
-                    raise ValueError(f"reward_models[{m}] gave {s.shape[0]} scores (non-finite or wrong count) "
-                                     f"for {len(texts)} completions")
+                    raise ValueError(
+                        f"reward_models[{m}] gave {s.shape[0]} scores (non-finite or wrong count) "
+                        f"for {len(texts)} completions"
+                    )
                 per_model.append(s)
             scores = torch.stack(per_model, 1)  # [B*K, M]
             for k, i in enumerate(usable):
                 if i in done:
                     continue
                 rows = slice(k * num_samples, (k + 1) * num_samples)
-                rec = {"prompt_index": i, "source_row": source_rows[i], "prompt": raw_prompts[i],
-                       "completions": texts[rows], "scores": scores[rows].tolist()}
+                rec = {
+                    "prompt_index": i,
+                    "source_row": source_rows[i],
+                    "prompt": raw_prompts[i],
+                    "completions": texts[rows],
+                    "scores": scores[rows].tolist(),
+                }
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done[i] = rec
             out.flush()
@@ -412,17 +510,38 @@ def build_pairs(
     records = [done[i] for i in sorted(done)]
     rows, skipped = _rows_from_records(records, pairing, weights)
     if encoded.truncated:
-        log.info("build_pairs: %d prompts cut to max_prompt_length=%d", encoded.truncated, max_prompt_length)
+        log.info(
+            "build_pairs: %d prompts cut to max_prompt_length=%d",
+            encoded.truncated,
+            max_prompt_length,
+        )
     empty_prompts = sum(1 for x in encoded.input_ids if x is None)
     if empty_prompts:
         skipped["prompt_encodes_to_nothing"] += empty_prompts
     if not rows:
-        raise ValueError(f"build_pairs: no pair was formed from {len(records)} prompts (skipped: {dict(skipped)})")
+        raise ValueError(
+            f"build_pairs: no pair was formed from {len(records)} prompts (skipped: {dict(skipped)})"
+        )
     _write(rows, output, fmt, fingerprint)
-    _write_json(meta_path, {**key, "fingerprint": fingerprint, "done": True, "rows": len(rows),
-                            "prompts": len(records), "skipped": {k: v for k, v in skipped.items() if v},
-                            "output_digest": _file_digest(output)})
-    log.info("build_pairs: %d pairs from %d prompts into %s (skipped: %s)", len(rows), len(records), output, dict(skipped))
+    _write_json(
+        meta_path,
+        {
+            **key,
+            "fingerprint": fingerprint,
+            "done": True,
+            "rows": len(rows),
+            "prompts": len(records),
+            "skipped": {k: v for k, v in skipped.items() if v},
+            "output_digest": _file_digest(output),
+        },
+    )
+    log.info(
+        "build_pairs: %d pairs from %d prompts into %s (skipped: %s)",
+        len(rows),
+        len(records),
+        output,
+        dict(skipped),
+    )
     return output
 
 
@@ -471,10 +590,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lightning_robust.pipelines.build_pairs --prompts SRC --policy SPEC
     --reward-model SPEC [--reward-model ...] --output FILE [options]``."""
     p = argparse.ArgumentParser(prog="build_pairs", description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompts", required=True, help="prompt source: file, hub id, 'synthetic', or a JSON DataSource mapping")
-    p.add_argument("--policy", required=True, help="causal LM: 'tiny', 'smollm2', a directory or hub id")
-    p.add_argument("--reward-model", action="append", required=True, dest="reward_models",
-                   help="reward model spec; 'DIR:name=w,name=w' for a multi-objective head (repeatable)")
+    p.add_argument(
+        "--prompts",
+        required=True,
+        help="prompt source: file, hub id, 'synthetic', or a JSON DataSource mapping",
+    )
+    p.add_argument(
+        "--policy", required=True, help="causal LM: 'tiny', 'smollm2', a directory or hub id"
+    )
+    p.add_argument(
+        "--reward-model",
+        action="append",
+        required=True,
+        dest="reward_models",
+        help="reward model spec; 'DIR:name=w,name=w' for a multi-objective head (repeatable)",
+    )
     p.add_argument("--reward-weight", action="append", type=float, dest="reward_weights")
     p.add_argument("--output", required=True)
     p.add_argument("--num-samples", "-k", type=int, default=4)
@@ -497,13 +627,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts = json.loads(args.prompts) if args.prompts.lstrip().startswith("{") else args.prompts
     try:
         path = build_pairs(
-            prompts, args.policy, [_parse_reward(r) for r in args.reward_models], args.output,
-            num_samples=args.num_samples, pairing=args.pairing, reward_weights=args.reward_weights,
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-            seed=args.seed, max_prompts=args.max_prompts, max_prompt_length=args.max_prompt_length,
-            batch_size=args.batch_size, reward_batch_size=args.reward_batch_size,
-            reward_max_length=args.reward_max_length, backend=args.backend, dtype=args.dtype,
-            device=args.device, require_same_tokenizer=args.require_same_tokenizer, force=args.force,
+            prompts,
+            args.policy,
+            [_parse_reward(r) for r in args.reward_models],
+            args.output,
+            num_samples=args.num_samples,
+            pairing=args.pairing,
+            reward_weights=args.reward_weights,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            max_prompts=args.max_prompts,
+            max_prompt_length=args.max_prompt_length,
+            batch_size=args.batch_size,
+            reward_batch_size=args.reward_batch_size,
+            reward_max_length=args.reward_max_length,
+            backend=args.backend,
+            dtype=args.dtype,
+            device=args.device,
+            require_same_tokenizer=args.require_same_tokenizer,
+            force=args.force,
         )
     except (ValueError, FileNotFoundError) as err:
         p.exit(2, f"build_pairs: error: {err}\n")

@@ -1,7 +1,7 @@
 """Robust minibatch weightings: the "inner max" of distributionally robust training.
 
 Every strategy maps per-example losses ``l`` (shape ``[n]``) to weights ``q`` on the simplex
-and the robust loss ``sum_i q_i l_i`` (ALGORITHMS.md §1); see :class:`RobustWeighting`::
+and the robust loss ``sum_i q_i l_i`` (docs/ALGORITHMS.md §1); see :class:`RobustWeighting`::
 
     from lightning_robust.weighting import TVBall
     out = TVBall(rho=0.4)(losses)

@@ -1,8 +1,8 @@
-"""The ``RobustWeighting`` contract and the shared pipeline (ALGORITHMS.md §0, §1.1, §1.2).
+"""The ``RobustWeighting`` contract and the shared pipeline (docs/ALGORITHMS.md §0, §1.1, §1.2).
 
 A strategy maps per-example losses ``l`` (shape ``[n]``) to weights ``q`` on the simplex and
 the robust loss ``sum_i q_i l_i``, whose gradient is ``sum_i q_i grad l_i`` with ``q``
-detached (Danskin / envelope theorem, ALGORITHMS.md §0 and §1.8).
+detached (Danskin / envelope theorem, docs/ALGORITHMS.md §0 and §1.8).
 
 :class:`RobustWeighting.forward` implements everything common to all strategies, so the
 subclasses only solve the inner problem on a clean float64 vector:
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 _F64 = torch.float64
 
-#: where the worst case is taken (DESIGN.md, "Scope of the worst case")
+#: where the worst case is taken (docs/DESIGN.md, "Scope of the worst case")
 SCOPES = ("global", "local", "accumulated")
 
 
@@ -64,7 +64,7 @@ class WeightingOutput:
 
     def sample_scales(self) -> torch.Tensor | None:
         """``n q_i`` for this rank's examples, the factor that turns a per-example mean into the
-        robust objective (DR-PPO versions A/B, GRPO across prompts; ALGORITHMS.md §4). ``n`` is
+        robust objective (DR-PPO versions A/B, GRPO across prompts; docs/ALGORITHMS.md §4). ``n`` is
         the size of the batch the weights were solved on (all ranks under ``scope="global"``, so
         data-parallel gradient averaging yields ``sum_i q_i grad l_i``). ``None`` when ``q`` is
         uniform: callers then apply no scale at all and run the unweighted algorithm bit for bit.
@@ -90,7 +90,7 @@ class _Batch:
 
 
 def weight_stats(q: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Diagnostics of ALGORITHMS.md §1.2 rule 10 for weights ``q`` (normalised to sum 1 first).
+    """Diagnostics of docs/ALGORITHMS.md §1.2 rule 10 for weights ``q`` (normalised to sum 1 first).
 
     ``ess = 1 / sum q_i^2``, ``max_weight = max q_i``, ``entropy = -sum q_i log q_i`` with
     ``0 log 0 = 0``.
@@ -108,7 +108,7 @@ def _check_choice(name: str, value, choices) -> None:
 
 
 class RobustWeighting(nn.Module):
-    """Base class of every weighting strategy (DESIGN.md, "RobustWeighting").
+    """Base class of every weighting strategy (docs/DESIGN.md, "RobustWeighting").
 
     Call it on per-example losses: ``out = strategy(losses, groups=None)`` returns a
     :class:`WeightingOutput` with ``out.loss = sum_i q_i l_i`` (``q`` detached), ``out.weights``
@@ -118,8 +118,8 @@ class RobustWeighting(nn.Module):
         scope: ``"global"`` (default): with an initialised ``torch.distributed`` group of
             more than one rank, the weights are computed on the losses of all ranks (gathered,
             rank order) and each rank keeps its slice; ``"local"``: on this rank's losses only
-            (as the seed papers ran, ALGORITHMS.md §0 "Which n"); ``"accumulated"``: the worst
-            case over every micro-batch of one optimiser step (DESIGN.md "Scope of the worst
+            (as the seed papers ran, docs/ALGORITHMS.md §0 "Which n"); ``"accumulated"``: the worst
+            case over every micro-batch of one optimiser step (docs/DESIGN.md "Scope of the worst
             case"). The weighting itself treats ``"accumulated"`` like ``"global"`` (gathered
             across ranks); the caller passes the losses of *all* micro-batches of the step at
             once -- :class:`~lightning_robust.modules.base.BackboneModule` does so with a
@@ -127,13 +127,13 @@ class RobustWeighting(nn.Module):
             forward). Identical on one process without accumulation.
         nan_policy: ``"error"`` (default): non-finite losses raise ``ValueError`` naming their
             positions; ``"mask"``: they get weight 0 and the problem is solved on the finite
-            ones (ALGORITHMS.md §1.2 rule 7).
+            ones (docs/ALGORITHMS.md §1.2 rule 7).
         minimize: ``False`` (default): worst case (maximise ``sum q l``). ``True``: the best case
             ``min_q sum q l`` over the same set, i.e. the worst-case weights of ``-l`` (policy
             values, where the adversary lowers the value); the loss stays ``sum q l``.
     """
 
-    #: solve on standardised losses (affine invariance, ALGORITHMS.md §1.2 rule 8)
+    #: solve on standardised losses (affine invariance, docs/ALGORITHMS.md §1.2 rule 8)
     _standardize: bool = True
     #: the ``dual`` stat is a location in loss units (flipped back when ``minimize=True``)
     _dual_is_location: bool = True
@@ -212,7 +212,9 @@ class RobustWeighting(nn.Module):
         q = self._solve_batch(batch, finite, stats)
         if q is None:  # nan_policy="mask" and no finite loss: a zero loss, zero weights
             return self._all_masked(losses, batch, stats)
-        finite_local = None if finite is None else finite[batch.offset : batch.offset + batch.n_local]
+        finite_local = (
+            None if finite is None else finite[batch.offset : batch.offset + batch.n_local]
+        )
         return self._finish(losses, batch, q, finite_local, stats)
 
     # ------------------------------------------------------------------ forward's steps
@@ -268,7 +270,9 @@ class RobustWeighting(nn.Module):
         stats["num_masked"] = (~fin).sum().to(_F64)
         return None if bool(fin.all()) else fin
 
-    def _solve_batch(self, batch: _Batch, finite: torch.Tensor | None, stats: dict) -> torch.Tensor | None:
+    def _solve_batch(
+        self, batch: _Batch, finite: torch.Tensor | None, stats: dict
+    ) -> torch.Tensor | None:
         """``q`` ``[n]`` (float64) over the whole batch: the strategy's solve on the finite
         entries, zero weight on the others; ``None`` when no entry is finite. Adds the weight
         diagnostics (and ``skipped`` in mask mode) to ``stats``."""
@@ -298,7 +302,7 @@ class RobustWeighting(nn.Module):
                 log.warning(
                     "%s: the radius is at or above its maximum for this batch (rho >= D_max, "
                     "or alpha <= m/n for CVaR); "
-                    "the weights are uniform on the argmax set (ALGORITHMS.md §1.2 rule 4). "
+                    "the weights are uniform on the argmax set (docs/ALGORITHMS.md §1.2 rule 4). "
                     "Logged once per instance.",
                     self.__class__.__name__,
                 )
@@ -335,8 +339,9 @@ class RobustWeighting(nn.Module):
         if uniform_fast:
             loss = losses.mean()
         else:
-            loss = self._weighted_sum(q_local if self._keeps_graph else q_local.detach(), losses,
-                                      finite_local)
+            loss = self._weighted_sum(
+                q_local if self._keeps_graph else q_local.detach(), losses, finite_local
+            )
             if world > 1:
                 loss = loss * world
         if world > 1:
@@ -345,8 +350,9 @@ class RobustWeighting(nn.Module):
             stats["robust_loss"] = (q_det * xs).sum()
         weights = q_local.detach().to(losses.dtype)
         global_weights = q_det.to(losses.dtype) if world > 1 else None
-        return WeightingOutput(loss=loss, weights=weights, stats=stats,
-                               global_weights=global_weights)
+        return WeightingOutput(
+            loss=loss, weights=weights, stats=stats, global_weights=global_weights
+        )
 
     def chunk_loss(self, weights: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """``W * sum_i q_i l_i`` over a slice of the examples whose weights ``q`` came from an
@@ -414,7 +420,7 @@ class RobustWeighting(nn.Module):
 
 
 class ERM(RobustWeighting):
-    """Empirical risk: ``q = u = (1/n, ..., 1/n)`` and ``loss = losses.mean()`` (ALGORITHMS.md §0).
+    """Empirical risk: ``q = u = (1/n, ..., 1/n)`` and ``loss = losses.mean()`` (docs/ALGORITHMS.md §0).
 
     The reference point of every robust strategy: a ball strategy with ``rho = 0`` takes this
     exact code path, so its loss equals ``ERM()(losses).loss`` bit for bit (§1.2 rule 2).
@@ -443,7 +449,7 @@ def as_number(name: str, value) -> float:
 
 
 def validate_radius(name: str, value: float) -> float:
-    """``rho >= 0`` and finite-or-inf (ALGORITHMS.md §1.2 rule 3)."""
+    """``rho >= 0`` and finite-or-inf (docs/ALGORITHMS.md §1.2 rule 3)."""
     v = as_number(name, value)
     if math.isnan(v) or v < 0:
         raise ValueError(f"{name} must be >= 0, got {name}={value!r}")

@@ -1,4 +1,4 @@
-"""Closed-form worst-case weights on standardised losses (ALGORITHMS.md §1.3–§1.7).
+"""Closed-form worst-case weights on standardised losses (docs/ALGORITHMS.md §1.3–§1.7).
 
 Every function here is a pure, vectorised float64 computation on one 1-D tensor, on the
 tensor's own device, with no Python loop over the examples and no host synchronisation
@@ -7,7 +7,7 @@ tensor's own device, with no Python loop over the examples and no host synchroni
 
 The ball solvers (:func:`tv_weights`, :func:`chi2_weights`, :func:`kl_ball_weights`,
 :func:`cvar_weights`) take *standardised* losses ``z = (l - max l) / (max l - min l)``
-(ALGORITHMS.md §1.2 rule 8), so ``max z == 0`` exactly and ``min z == -1`` (or ``z == 0``
+(docs/ALGORITHMS.md §1.2 rule 8), so ``max z == 0`` exactly and ``min z == -1`` (or ``z == 0``
 everywhere when all losses are equal). Each returns ``(q, dual, saturated)``: the weights in
 the original order, the dual variable in ``z`` units (``None`` where there is none) and a
 0-dim bool tensor, true when ``rho >= D_max`` (the caller turns it into a stat and a warning).
@@ -50,7 +50,7 @@ def tie_structure(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     sorted position ``i`` (0-based) the tie group occupying sorted positions
     ``start[i] .. stop[i] - 1`` (float64): ``start`` is the number of entries strictly larger
     than ``zs[i]`` and ``stop`` the number of entries ``>= zs[i]``. "Tied" means exactly equal
-    floats (ALGORITHMS.md §7); the order inside a tie group is irrelevant, since every formula
+    floats (docs/ALGORITHMS.md §7); the order inside a tie group is irrelevant, since every formula
     gives a whole group equal values. Small ``n``: two ``searchsorted`` calls (fewest ops);
     large ``n``: running maxima of group boundaries (cheaper than a binary search per entry).
     """
@@ -74,7 +74,7 @@ def _unsort(values_sorted: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 def tv_weights(z: torch.Tensor, rho: float):
-    """TV-ball worst case, ALGORITHMS.md §1.3 (greedy LP solution).
+    """TV-ball worst case, docs/ALGORITHMS.md §1.3 (greedy LP solution).
 
     ``D(q||u) = 1/2 sum |q_i - 1/n| <= rho``. With ``rho_eff = min(rho, 1 - m/n)``, every
     example of the argmax set ``M`` (size ``m``) gets ``1/n + rho_eff/m`` and a total of
@@ -97,7 +97,7 @@ def tv_weights(z: torch.Tensor, rho: float):
 
 
 def chi2_weights(z: torch.Tensor, rho: float):
-    """Chi-square-ball worst case, ALGORITHMS.md §1.4 (sorted threshold formula).
+    """Chi-square-ball worst case, docs/ALGORITHMS.md §1.4 (sorted threshold formula).
 
     ``D(q||u) = 1/(2n) sum (n q_i - 1)^2 <= rho`` (the 1/2 normalisation of §1.1). The solution
     is ``q_i = (z_i - eta)_+ / sum_j (z_j - eta)_+``. With ``c = 1 + 2 rho`` and, for the ``k``
@@ -135,7 +135,7 @@ def chi2_weights(z: torch.Tensor, rho: float):
 
 
 def kl_ball_weights(z: torch.Tensor, rho: float, grid: int = 32, rounds: int = 2, newton: int = 4):
-    """KL-ball worst case, ALGORITHMS.md §1.5 (Gibbs tilt, root of the KL constraint).
+    """KL-ball worst case, docs/ALGORITHMS.md §1.5 (Gibbs tilt, root of the KL constraint).
 
     ``q_i = exp(l_i/lambda) / sum_j exp(l_j/lambda)`` with ``lambda > 0`` solving
     ``KL(q||u) = sum q_i log(n q_i) = rho``. Working with the inverse temperature on standardised
@@ -207,7 +207,7 @@ def kl_ball_weights(z: torch.Tensor, rho: float, grid: int = 32, rounds: int = 2
 
 
 def cvar_weights(z: torch.Tensor, alpha: float):
-    """CVaR_alpha worst case, ALGORITHMS.md §1.7 (Rockafellar–Uryasev).
+    """CVaR_alpha worst case, docs/ALGORITHMS.md §1.7 (Rockafellar–Uryasev).
 
     ``q in simplex, q_i <= 1/(alpha n)``: the cap goes to the largest losses first and the tie
     group at the cut shares the remaining mass equally. In units of ``1/(alpha n)`` each example
@@ -230,7 +230,7 @@ def cvar_weights(z: torch.Tensor, alpha: float):
 
 
 def kl_penalty_weights(x: torch.Tensor, tau: float):
-    """KL-penalised worst case, ALGORITHMS.md §1.6: ``q = softmax(l / tau)``.
+    """KL-penalised worst case, docs/ALGORITHMS.md §1.6: ``q = softmax(l / tau)``.
 
     Maximiser of ``sum q_i l_i - tau sum q_i log(n q_i)`` over the simplex. Returns
     ``(q, lam)`` with the normaliser ``lam = tau log((1/n) sum exp(l_i / tau))`` (the
@@ -247,7 +247,7 @@ def kl_penalty_weights(x: torch.Tensor, tau: float):
 
 
 def kl_penalty_seed_weights(x: torch.Tensor, tau: float, clamp: float):
-    """KLDPO weights as released (S002 code), ALGORITHMS.md §1.6 ``form="seed"``.
+    """KLDPO weights as released (S002 code), docs/ALGORITHMS.md §1.6 ``form="seed"``.
 
     ``w_i = min(exp((l_i - mean l) / tau), clamp)``, detached and not normalised; the loss is
     ``(1/n) sum w_i l_i``. An overflowing exponential saturates at the clamp (``exp`` gives
@@ -260,18 +260,18 @@ def kl_penalty_seed_weights(x: torch.Tensor, tau: float, clamp: float):
 
 
 def kl_divergence(q: torch.Tensor) -> torch.Tensor:
-    """``KL(q||u) = sum q_i log(n q_i)`` with ``0 log 0 = 0`` (ALGORITHMS.md §1.1)."""
+    """``KL(q||u) = sum q_i log(n q_i)`` with ``0 log 0 = 0`` (docs/ALGORITHMS.md §1.1)."""
     n = q.shape[-1]
     return torch.special.xlogy(q, q * n).sum(-1)
 
 
 def chi2_divergence(q: torch.Tensor) -> torch.Tensor:
-    """``D_chi2(q||u) = n/2 sum q_i^2 - 1/2`` (the 1/2 normalisation, ALGORITHMS.md §1.1)."""
+    """``D_chi2(q||u) = n/2 sum q_i^2 - 1/2`` (the 1/2 normalisation, docs/ALGORITHMS.md §1.1)."""
     n = q.shape[-1]
     return 0.5 * n * (q * q).sum(-1) - 0.5
 
 
 def tv_divergence(q: torch.Tensor) -> torch.Tensor:
-    """``D_TV(q||u) = 1/2 sum |q_i - 1/n|`` (ALGORITHMS.md §1.1)."""
+    """``D_TV(q||u) = 1/2 sum |q_i - 1/n|`` (docs/ALGORITHMS.md §1.1)."""
     n = q.shape[-1]
     return 0.5 * (q - 1.0 / n).abs().sum(-1)

@@ -1,11 +1,11 @@
-"""Reference / differentiable weights through a convex solver (cvxpylayers), ALGORITHMS.md §1.1, §1.8.
+"""Reference / differentiable weights through a convex solver (cvxpylayers), docs/ALGORITHMS.md §1.1, §1.8.
 
 This is the generic path: the same problems as the closed forms, solved by an interior-point
 method (Clarabel by default) through ``cvxpylayers``, so that the robust value can be
 differentiated *through* ``q`` as well. It is a reference and an experiment knob, not the
 training default: a solve costs milliseconds where the closed forms cost microseconds
 (``benchmarks/weighting.py``), and interior-point weights are accurate to about 1e-6
-(ALGORITHMS.md §7).
+(docs/ALGORITHMS.md §7).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _import_cvxpy():
 
 
 class Cvxpy(RobustWeighting):
-    """Worst-case weights from a convex solver via cvxpylayers (float64), ALGORITHMS.md §1.1.
+    """Worst-case weights from a convex solver via cvxpylayers (float64), docs/ALGORITHMS.md §1.1.
 
     Solves ``max_q sum q_i z_i`` over the simplex with, for ``divergence``:
 
@@ -89,7 +89,9 @@ class Cvxpy(RobustWeighting):
         if divergence == "cvar":
             a = float(rho)
             if not (0.0 < a <= 1.0):
-                raise ValueError(f"rho (alpha for divergence='cvar') must be in (0, 1], got rho={rho!r}")
+                raise ValueError(
+                    f"rho (alpha for divergence='cvar') must be in (0, 1], got rho={rho!r}"
+                )
             self.rho = a
         else:
             self.rho = validate_radius("rho", rho)
@@ -154,8 +156,13 @@ class Cvxpy(RobustWeighting):
                     solver_args={"solve_method": _DIFFCP_METHODS[key], **self.solver_args},
                 )
             else:
-                layer = CvxpyLayer(problem, parameters=[loss], variables=[q], solver=key,
-                                   solver_args=self.solver_args or None)
+                layer = CvxpyLayer(
+                    problem,
+                    parameters=[loss],
+                    variables=[q],
+                    solver=key,
+                    solver_args=self.solver_args or None,
+                )
         self._layers[n] = layer
         return layer
 

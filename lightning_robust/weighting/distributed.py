@@ -1,7 +1,7 @@
-"""Global-batch helpers: gather per-example losses from every rank (DESIGN.md, "Scope").
+"""Global-batch helpers: gather per-example losses from every rank (docs/DESIGN.md, "Scope").
 
 With ``scope="global"`` the worst case is taken over the concatenation, in rank order, of
-the losses of all ranks' current micro-batches (ALGORITHMS.md §0, "Which n"). Every rank
+the losses of all ranks' current micro-batches (docs/ALGORITHMS.md §0, "Which n"). Every rank
 computes the same weights on the same gathered vector and keeps its own slice.
 
 Only ``torch.distributed`` is used (no Lightning), so the helpers work under any launcher

@@ -1,4 +1,4 @@
-"""Group DRO with online group weights (Sagawa et al. 2020, Algorithm 1; DESIGN.md settled point)."""
+"""Group DRO with online group weights (Sagawa et al. 2020, Algorithm 1; docs/DESIGN.md, further choices)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class GroupDRO(RobustWeighting):
 
     Args:
         num_groups: number of groups ``G``; group ids are ``0 .. G-1``.
-        eta: step size of the exponentiated update (DESIGN.md default 0.01).
+        eta: step size of the exponentiated update (docs/DESIGN.md default 0.01).
         scope, nan_policy, minimize: see :class:`RobustWeighting`.
     """
 
@@ -51,7 +51,9 @@ class GroupDRO(RobustWeighting):
     ) -> None:
         super().__init__(scope=scope, nan_policy=nan_policy, minimize=minimize)
         if int(num_groups) != num_groups or num_groups < 1:
-            raise ValueError(f"num_groups must be a positive integer, got num_groups={num_groups!r}")
+            raise ValueError(
+                f"num_groups must be a positive integer, got num_groups={num_groups!r}"
+            )
         e = float(eta)
         if math.isnan(e) or e < 0:
             raise ValueError(f"eta must be >= 0, got eta={eta!r}")

