@@ -188,3 +188,28 @@ def test_command_prints_the_grpo_flags(tmp_path, capsys):
             ]
         )
     assert "pilot_prompts needs `policy`" in capsys.readouterr().err
+
+
+def test_train_proxy_follows_on_bad_row(tmp_path):
+    """A gold-labelled row longer than the proxy's max_length is counted and skipped with
+    on_bad_row='skip' (the pipeline passes its option on) and names the row otherwise."""
+    from lightning_robust.data.synthetic import TINY_WORDS
+    from lightning_robust.pipelines.gold_proxy import train_proxy
+
+    words = list(TINY_WORDS)
+    rows = [
+        {
+            "prompt": f"{words[i % len(words)]} {words[(i + 1) % len(words)]}",
+            "chosen": words[(i + 2) % len(words)],
+            "rejected": words[(i + 3) % len(words)],
+        }
+        for i in range(24)
+    ]
+    rows[5]["rejected"] = " ".join(words[:10] * 10)  # far beyond max_length
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = dict(max_steps=1, batch_size=4, max_length=24, val_fraction=0.25, accelerator="cpu")
+    result = train_proxy(labelled, tmp_path / "proxy", on_bad_row="skip", **common)
+    assert result["train_pairs"] + result["heldout_pairs"] == len(rows) - 1
+    with pytest.raises(ValueError, match="too_long"):
+        train_proxy(labelled, tmp_path / "proxy2", **common)

@@ -103,10 +103,13 @@ def train_proxy(
     seed: int = 0,
     accelerator: str = "auto",
     default_root_dir: str | None = None,
+    on_bad_row: Literal["error", "skip"] = "error",
 ) -> dict:
     """Train the proxy :class:`~lightning_robust.modules.RewardModel` on gold-labelled rows
     (S003: 1 epoch, batch 16, max length 512), export it to ``output_dir`` and return the
-    held-out proxy-vs-gold agreement (``val/accuracy`` on the labelled pairs held out by prompt)."""
+    held-out proxy-vs-gold agreement (``val/accuracy`` on the labelled pairs held out by prompt).
+    ``on_bad_row`` is the data module's (``skip``: rows longer than ``max_length`` are counted and
+    dropped)."""
     from lightning import Trainer, seed_everything
 
     from lightning_robust.data import PreferenceDataModule
@@ -124,6 +127,7 @@ def train_proxy(
         max_length=max_length,
         val_fraction=val_fraction,
         seed=seed,
+        on_bad_row=on_bad_row,
     )
     trainer = Trainer(
         accelerator=accelerator,
@@ -278,6 +282,7 @@ def gold_proxy_pipeline(
         seed=seed,
         accelerator=accelerator,
         default_root_dir=os.path.join(work_dir, "proxy_run"),
+        on_bad_row=on_bad_row,
     )
     overrides = {
         "model.reward_model": proxy_dir,

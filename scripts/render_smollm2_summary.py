@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Render the committed raw outputs of the SmolLM2 end-to-end runs as markdown (no typed numbers).
+
+Inputs (each optional; a missing one is reported as "not run"):
+
+- ``docs/results/smollm2_dr_dpo_e2e.json`` / ``docs/results/smollm2_dpo_e2e.json``: the reports of
+  ``scripts/smollm2_e2e.py`` (held-out margins with sign test, bootstrap CI and McNemar; benchmark
+  accuracies with Wilson CIs);
+- ``docs/results/smollm2_drro/reward_kl_frontier.csv``: the ``RewardKLFrontier`` points of the
+  DRRO-GRPO run (``stage, step, kl, proxy, gold``) and ``docs/results/smollm2_drro/gold_proxy_summary.json``
+  (the gold/proxy pipeline's summary).
+
+    python scripts/render_smollm2_summary.py            # writes docs/results/smollm2_e2e.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "docs" / "results"
+
+
+def _ci(ci) -> str:
+    return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "n/a"
+
+
+def dpo_section(name: str, path: Path) -> list[str]:
+    if not path.exists():
+        return [f"### {name}", "", f"Not run (`{path.relative_to(REPO)}` absent).", ""]
+    r = json.loads(path.read_text())
+    h = r["heldout"]
+    lines = [
+        f"### {name}",
+        "",
+        f"Raw report: `{path.relative_to(REPO)}`; config `{r['config']}`, overrides {r['overrides'] or 'none'}, "
+        f"{r['threads']} torch thread(s); {r['train_pairs']} train / {r['heldout_pairs']} held-out pairs; "
+        f"fit {r['fit_s']} s, total wall {r.get('wall_s', r['wall_s_before_export'])} s; "
+        f"last train loss {r['train_loss_last']:.4f}.",
+        "",
+        "| measure (pi(y+|x) > pi(y-|x)) | n | before (95 % CI) | after (95 % CI) |",
+        "| --- | --- | --- | --- |",
+        f"| hh-rlhf held-out accuracy | {h['pairs']} | {h['accuracy_before']:.3f} ({_ci(h['accuracy_before_ci95'])}) "
+        f"| {h['accuracy_after']:.3f} ({_ci(h['accuracy_after_ci95'])}) |",
+    ]
+    for key, before in r["benchmarks_before"].items():
+        after = r["benchmarks_after"][key]
+        lines.append(
+            f"| {key} ({before['metric']}) | {before['n']} | {before['accuracy']:.3f} ({_ci(before['ci95'])}) "
+            f"| {after['accuracy']:.3f} ({_ci(after['ci95'])}) |"
+        )
+    s, m = h["sign_test"], h["mcnemar"]
+    lines += [
+        "",
+        f"Held-out margins log pi(y+|x) − log pi(y−|x): mean {h['mean_margin_before']:.3f} → {h['mean_margin_after']:.3f}, "
+        f"change {h['mean_delta']:+.3f} (bootstrap 95 % CI {h['mean_delta_ci95'][0]:+.3f} … {h['mean_delta_ci95'][1]:+.3f}); "
+        f"sign test {s['up']} up / {s['down']} down, p = {s['p_two_sided']:.3g}; "
+        f"McNemar {m['gained']} gained / {m['lost']} lost, p = {m['p_two_sided']:.3g}.",
+        f"Export directory: `{r.get('export_dir', 'not exported')}`.",
+        "",
+    ]
+    timing = path.with_suffix(".time.txt")
+    if timing.exists():  # /usr/bin/time -v of the run: the exact command and its CPU figures
+        lines += [
+            f"`{timing.relative_to(REPO)}`:",
+            "",
+            "```",
+            timing.read_text().strip(),
+            "```",
+            "",
+        ]
+    return lines
+
+
+def _mean(xs):
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def grpo_section(folder: Path) -> list[str]:
+    csv_path = folder / "reward_kl_frontier.csv"
+    if not csv_path.exists():
+        return ["### DRRO-GRPO", "", f"Not run (`{csv_path.relative_to(REPO)}` absent).", ""]
+    with open(csv_path, newline="") as f:
+        rows = [
+            {
+                "stage": r["stage"],
+                "step": int(r["step"]),
+                "kl": float(r["kl"]),
+                "proxy": float(r["proxy"]),
+                "gold": float(r["gold"]) if r["gold"] else math.nan,
+            }
+            for r in csv.DictReader(f)
+        ]
+    lines = ["### DRRO-GRPO (SmolLM2 policy, project-trained proxy in the loss, gold logged)", ""]
+    summary = folder / "gold_proxy_summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        flat = {}
+        for k, v in s.items():
+            for kk, vv in v.items() if isinstance(v, dict) else [("", v)]:
+                if isinstance(vv, (int, float, str)) and not isinstance(vv, bool):
+                    flat[f"{k}.{kk}" if kk else k] = vv
+        lines += [
+            f"Gold/proxy pipeline summary (`{summary.relative_to(REPO)}`): "
+            + ", ".join(
+                f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in flat.items()
+            ),
+            "",
+        ]
+    gold_csv = folder / "gold_metrics.csv"
+    if gold_csv.exists():
+        with open(gold_csv, newline="") as f:
+            val = [r for r in csv.DictReader(f) if r.get("val/accuracy")]
+        if val:
+            lines += [
+                f"Gold reward model (MiniLM, `configs/reward/minilm_hh_rlhf.yaml`, `{gold_csv.relative_to(REPO)}`): "
+                f"held-out hh-rlhf accuracy {float(val[-1]['val/accuracy']):.3f}, "
+                f"HHH {float(val[-1]['val/hhh/accuracy']):.3f}, MT-Bench-human {float(val[-1]['val/mt_bench/accuracy']):.3f}.",
+                "",
+            ]
+    run_txt = folder / "run.txt"
+    if run_txt.exists():
+        lines += [
+            "Commands and timings (`" + str(run_txt.relative_to(REPO)) + "`):",
+            "",
+            "```",
+            run_txt.read_text().strip(),
+            "```",
+            "",
+        ]
+    lines += [
+        "| stage | step | KL to initial policy | proxy reward | gold reward |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in sorted(rows, key=lambda r: (r["stage"] != "val", r["step"])):
+        lines.append(
+            f"| {r['stage']} | {r['step']} | {r['kl']:.4f} | {r['proxy']:.4f} | {r['gold']:.4f} |"
+        )
+    train = sorted((r for r in rows if r["stage"] == "train"), key=lambda r: r["step"])
+    if len(train) >= 6:
+        k = len(train) // 3
+        first, last = train[:k], train[-k:]
+        lines += [
+            "",
+            f"Train batches, first {k} vs last {k} rollouts (means): "
+            f"proxy {_mean([r['proxy'] for r in first]):.4f} → {_mean([r['proxy'] for r in last]):.4f}, "
+            f"gold {_mean([r['gold'] for r in first]):.4f} → {_mean([r['gold'] for r in last]):.4f}, "
+            f"KL {_mean([r['kl'] for r in first]):.4f} → {_mean([r['kl'] for r in last]):.4f}.",
+        ]
+    png = folder / "reward_kl_frontier.png"
+    if png.exists():
+        lines += ["", f"![reward-KL frontier]({png.relative_to(RESULTS)})"]
+    return lines + [""]
+
+
+def render() -> str:
+    lines = [
+        "# SmolLM2-135M-Instruct end to end (CPU, offline)",
+        "",
+        "Generated by `python scripts/render_smollm2_summary.py` from the raw files in docs/results/.",
+        "",
+    ]
+    lines += dpo_section("DR-DPO (TV ball), LoRA", RESULTS / "smollm2_dr_dpo_e2e.json")
+    lines += dpo_section("DPO, LoRA", RESULTS / "smollm2_dpo_e2e.json")
+    lines += grpo_section(RESULTS / "smollm2_drro")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default=str(RESULTS / "smollm2_e2e.md"))
+    args = p.parse_args(argv)
+    Path(args.output).write_text(render(), encoding="utf-8")
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
