@@ -68,6 +68,28 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore")
 
 
+def quiet_trainer(max_epochs: int, default_root_dir, **overrides):
+    """The experiments' Lightning trainer: one CPU process, deterministic, no logger, checkpoints,
+    progress bar, model summary or sanity validation; ``overrides`` add or replace options
+    (``callbacks``, ``limit_val_batches``, ``val_check_interval``, ...)."""
+    import lightning as L
+
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(default_root_dir),
+    )
+    options.update(overrides)
+    return L.Trainer(**options)
+
+
 def _call_single_threaded(payload):
     fn, job = payload
     with torch_threads(1):

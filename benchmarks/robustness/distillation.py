@@ -53,6 +53,7 @@ from benchmarks.robustness.common import (
     markdown_table,
     pyplot,
     quiet_lightning,
+    quiet_trainer,
     run_jobs,
     save_figure,
     seed_all,
@@ -280,7 +281,6 @@ def pair_metrics(scorer, test: list[dict], train_like: list[dict]) -> dict[str, 
 
 def _distill_run(job: DistillJob) -> list[dict]:
     """Train one DPO-family run; metrics after the short and the long number of epochs."""
-    import lightning as L
     from lightning.pytorch.callbacks import Callback
 
     from lightning_robust.data import PreferenceDataModule
@@ -335,19 +335,8 @@ def _distill_run(job: DistillJob) -> list[dict]:
             "lr_schedule": "constant",
         },
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=job.long_epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[Evaluate()],
-        default_root_dir=str(RUNS_DIR / "distillation"),
+    trainer = quiet_trainer(
+        job.long_epochs, RUNS_DIR / "distillation", limit_val_batches=0, callbacks=[Evaluate()]
     )
     trainer.fit(model, datamodule=data)
     return records

@@ -32,7 +32,13 @@ import argparse
 import time
 from dataclasses import asdict, dataclass
 
-from benchmarks.robustness.common import RUNS_DIR, quiet_lightning, run_jobs, seed_all
+from benchmarks.robustness.common import (
+    RUNS_DIR,
+    quiet_lightning,
+    quiet_trainer,
+    run_jobs,
+    seed_all,
+)
 from benchmarks.robustness.protocol import Experiment, Method, run_experiment
 
 NAME = "exp1_synthetic"
@@ -102,7 +108,6 @@ def make_weighting(family: str, config: dict):
 
 def train_run(job: Job) -> list[dict]:
     """Train one ``RewardModel``; one record per epoch with the accuracy on every split."""
-    import lightning as L
     from lightning.pytorch.callbacks import Callback
 
     from lightning_robust.data import PreferenceDataModule, SyntheticShiftConfig
@@ -150,19 +155,7 @@ def train_run(job: Job) -> list[dict]:
             "lr_schedule": "constant",
         },
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=job.epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(RUNS_DIR / NAME),
-        callbacks=[EpochAccuracy()],
-    )
+    trainer = quiet_trainer(job.epochs, RUNS_DIR / NAME, callbacks=[EpochAccuracy()])
     trainer.fit(model, datamodule=data)
     return records
 

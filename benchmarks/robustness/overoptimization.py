@@ -39,6 +39,7 @@ from benchmarks.robustness.common import (
     markdown_table,
     pyplot,
     quiet_lightning,
+    quiet_trainer,
     run_jobs,
     save_figure,
     seed_all,
@@ -179,19 +180,8 @@ def run_overopt(job: OverOptJob) -> list[dict]:
     lengths = ResponseLength()
     model = _module(job)
     updates_per_rollout = 4 * 2 if is_ppo else 1
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        val_check_interval=job.val_every,
-        default_root_dir=str(work),
-        callbacks=[frontier, lengths],
+    trainer = quiet_trainer(
+        1, work, val_check_interval=job.val_every, callbacks=[frontier, lengths]
     )
     trainer.validate(model, datamodule=data, verbose=False)  # step 0: the initial policy
     start = [p for p in frontier.points if p["stage"] == "val"]

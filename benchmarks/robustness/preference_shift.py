@@ -48,6 +48,7 @@ from benchmarks.robustness.common import (
     markdown_table,
     pyplot,
     quiet_lightning,
+    quiet_trainer,
     run_jobs,
     save_figure,
     seed_all,
@@ -227,7 +228,6 @@ def _margins(module, loader) -> torch.Tensor:
 def run_shift(job: ShiftJob) -> list[dict]:
     """Train one method; one record per recorded training length with accuracy per mixture."""
     import datasets
-    import lightning as L
     from lightning.pytorch.callbacks import Callback
 
     from lightning_robust.data import PreferenceDataModule
@@ -297,19 +297,8 @@ def run_shift(job: ShiftJob) -> list[dict]:
             "lr_schedule": "constant",
         },
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=job.long_epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=str(work),
-        callbacks=[MixtureAccuracy()],
+    trainer = quiet_trainer(
+        job.long_epochs, work, limit_val_batches=0, callbacks=[MixtureAccuracy()]
     )
     trainer.fit(model, datamodule=data)
     return records

@@ -48,6 +48,7 @@ from benchmarks.robustness.common import (
     markdown_table,
     pyplot,
     quiet_lightning,
+    quiet_trainer,
     run_jobs,
     save_figure,
     seed_all,
@@ -122,7 +123,6 @@ class SyntheticJob:
 
 def _synthetic_run(job: SyntheticJob) -> list[dict]:
     """Train one RewardModel run; one record per validated epoch."""
-    import lightning as L
     from lightning.pytorch.callbacks import Callback
 
     from lightning_robust.data import PreferenceDataModule, SyntheticShiftConfig
@@ -170,18 +170,8 @@ def _synthetic_run(job: SyntheticJob) -> list[dict]:
             "lr_schedule": "constant",
         },
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=job.long_epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(RUNS_DIR / "reward_models"),
-        callbacks=[EpochAccuracy()],
+    trainer = quiet_trainer(
+        job.long_epochs, RUNS_DIR / "reward_models", callbacks=[EpochAccuracy()]
     )
     trainer.fit(model, datamodule=data)
     return records
@@ -655,7 +645,6 @@ def _finetune_run(job: FinetuneJob) -> dict:
     """Fit ``RewardModel("minilm")`` (embeddings and layers 0-4 frozen, as
     ``configs/reward/minilm_hh_rlhf.yaml``) on the hh-rlhf training prompts, then score it with
     the project's evaluators through ``RewardModelScorer``."""
-    import lightning as L
 
     from lightning_robust.data import PreferenceDataModule
     from lightning_robust.evals import (
@@ -688,19 +677,7 @@ def _finetune_run(job: FinetuneJob) -> dict:
         backbone={"name_or_path": "minilm", "init_seed": job.seed},
         optimizer={"learning_rate": job.learning_rate, "warmup_ratio": 0.1},
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=job.epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(RUNS_DIR / "reward_models"),
-    )
+    trainer = quiet_trainer(job.epochs, RUNS_DIR / "reward_models", limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     scorer = RewardModelScorer(model, max_length=job.max_length, batch_size=32)
     n = job.max_eval_rows
