@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,39 @@ def dpo_section(name: str, path: Path) -> list[str]:
             f"| {key} ({before['metric']}) | {before['n']} | {before['accuracy']:.3f} ({_ci(before['ci95'])}) "
             f"| {after['accuracy']:.3f} ({_ci(after['ci95'])}) |"
         )
+    tuning = r.get("tuning")
+    if tuning:
+        lines += [
+            "",
+            f"Learning rate chosen on a tune split of {r['tune_pairs']} pairs carved from the TRAIN prompts "
+            f"(fraction {tuning['fraction']}, seed {tuning['seed']}; not trained on, disjoint from the "
+            f"held-out pairs above); criterion: {tuning['criterion']}. Chosen: **{r['learning_rate']:g}**.",
+            "",
+            "| learning rate | tune mean margin | tune accuracy | last train loss | fit CPU s |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for c in tuning["candidates"]:
+            lines.append(
+                f"| {c['learning_rate']:g} | {c['tune_mean_margin']:.3f} | {c['tune_accuracy']:.3f} "
+                f"| {c['train_loss_last']:.4f} | {c['fit_cpu_s']:.0f} |"
+            )
+        t = r["tune"]
+        lines += [
+            "",
+            f"Tune split at the chosen rate: margin change {t['mean_delta']:+.3f} (bootstrap 95 % CI "
+            f"{t['mean_delta_ci95'][0]:+.3f} … {t['mean_delta_ci95'][1]:+.3f}), sign test "
+            f"{t['sign_test']['up']} up / {t['sign_test']['down']} down, p = {t['sign_test']['p_two_sided']:.3g}.",
+        ]
+    cpu = r.get("cpu_s")
+    if cpu:
+        lines += [
+            "",
+            "Process CPU seconds (user+sys, `time.process_time`): "
+            + ", ".join(f"{k} {v}" for k, v in cpu.items())
+            + (f"; before-training figures read from `{r['before_from_cache']}` (measured once, shared)"
+               if r.get("before_from_cache") else "")
+            + ".",
+        ]
     s, m = h["sign_test"], h["mcnemar"]
     lines += [
         "",
@@ -74,6 +108,38 @@ def dpo_section(name: str, path: Path) -> list[str]:
             "",
         ]
     return lines
+
+
+def comparison_section(a_path: Path, b_path: Path, out: Path) -> list[str]:
+    """DR-DPO (a) vs DPO (b) on the same held-out pairs; the figures are also written to ``out``."""
+    if not (a_path.exists() and b_path.exists()):
+        return []
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("smollm2_e2e", REPO / "scripts" / "smollm2_e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = e2e  # its dataclasses look their module up
+    spec.loader.exec_module(e2e)
+    a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
+    if "heldout_margins" not in a or "heldout_margins" not in b:
+        return []
+    c = e2e.compare_methods(a, b)
+    c = {"a": str(a_path.relative_to(REPO)), "b": str(b_path.relative_to(REPO)), **c}
+    out.write_text(json.dumps(c, indent=1) + "\n", encoding="utf-8")
+    s, m = c["sign_test"], c["mcnemar"]
+    return [
+        "### DR-DPO vs DPO, paired on the same held-out pairs",
+        "",
+        f"`{out.relative_to(REPO)}` (computed by this script from the two reports' per-pair margins): "
+        f"d_i = margin_i(DR-DPO) − margin_i(DPO) after training, {c['pairs']} pairs (the before margins are "
+        f"the same base model's, so d_i is also the difference of the margin changes). "
+        f"Mean d {c['mean_difference']:+.4f} (bootstrap 95 % CI {c['mean_difference_ci95'][0]:+.4f} … "
+        f"{c['mean_difference_ci95'][1]:+.4f}); sign test {s['up']} pairs higher under DR-DPO / {s['down']} "
+        f"higher under DPO, p = {s['p_two_sided']:.3g}; held-out accuracy DR-DPO {c['accuracy_a']:.3f} vs DPO "
+        f"{c['accuracy_b']:.3f}, McNemar {m['a_only_correct']} / {m['b_only_correct']} discordant pairs, "
+        f"p = {m['p_two_sided']:.3g}.",
+        "",
+    ]
 
 
 def _mean(xs):
@@ -167,6 +233,19 @@ def render() -> str:
     ]
     lines += dpo_section("DR-DPO (TV ball), LoRA", RESULTS / "smollm2_dr_dpo_e2e.json")
     lines += dpo_section("DPO, LoRA", RESULTS / "smollm2_dpo_e2e.json")
+    lines += comparison_section(
+        RESULTS / "smollm2_dr_dpo_e2e.json",
+        RESULTS / "smollm2_dpo_e2e.json",
+        RESULTS / "smollm2_dr_dpo_vs_dpo.json",
+    )
+    earlier = sorted((RESULTS / "smollm2_e2e").glob("*.json"))
+    if earlier:
+        lines += [
+            "### Earlier runs (learning rate not chosen on validation)",
+            "",
+            *[f"- `{p.relative_to(REPO)}`" for p in earlier],
+            "",
+        ]
     lines += grpo_section(RESULTS / "smollm2_drro")
     return "\n".join(lines)
 

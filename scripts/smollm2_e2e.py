@@ -20,17 +20,34 @@ Given a fit config (the CLI's YAML), it
 Everything goes to ``<output_dir>/e2e.json`` (``--output-dir``, default the config's
 ``trainer.default_root_dir``) and is printed.
 
+Learning rate chosen on validation (``--tune-fraction F --tune-lrs a,b,c``): a ``tune`` split of
+``F`` of the TRAIN prompts (drawn with ``--tune-seed``; never the held-out ``val`` split the
+figures are reported on) is carved off and not trained on; one fit per learning rate (same
+steps, same seed, fresh LoRA) is scored by the mean ``tune`` margin after training (the same
+base model for every candidate, so this ranks the mean margin change), and the best fit is
+the one reported, with every candidate's ``tune`` figures and CPU seconds in ``tuning``. The
+before-training figures do not depend on the method or the learning rate: ``--before-cache
+FILE`` stores them (keyed by the held-out/tune rows and benchmark settings) for the next run,
+and ``--before-last`` measures them after the fits with the adapter disabled (the base model:
+LoRA starts at B = 0, so this equals the untrained policy).
+
     OMP_NUM_THREADS=1 python scripts/smollm2_e2e.py --config configs/dpo/smollm2_dr_dpo.yaml
+    OMP_NUM_THREADS=1 python scripts/smollm2_e2e.py --config configs/dpo/smollm2_dpo.yaml \
+        --tune-fraction 0.2 --tune-lrs 1e-3,3e-3,1e-2 --before-cache runs/e2e/before.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import hashlib
 import json
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,6 +184,280 @@ def benchmark_figures(module, callback) -> dict:
     return figures
 
 
+def carve_tune_split(datamodule, fraction: float, seed: int) -> None:
+    """Move ``fraction`` of the TRAIN prompts (all their pairs, ``split_by_prompt`` with ``seed``)
+    into a ``tune`` set appended to the data module's evaluation sets; they are not trained on."""
+    from lightning_robust.data.dataset import TokenizedPreferenceDataset
+    from lightning_robust.data.split import split_by_prompt
+
+    train = datamodule.datasets["train"]
+    if train.examples is None:
+        raise ValueError("--tune-fraction needs the train split's examples (prompts) to split by")
+    kept, held = split_by_prompt(train.examples, fraction, seed)
+    if not held or not kept:
+        raise ValueError(f"--tune-fraction {fraction} leaves an empty train or tune split")
+
+    def subset(pos):
+        return TokenizedPreferenceDataset(
+            [train.pairs[i] for i in pos],
+            [train.groups[i] for i in pos],
+            [train.source_index[i] for i in pos],
+            [train.examples[i] for i in pos],
+        )
+
+    datamodule.datasets["train"] = subset(kept)
+    datamodule.datasets["tune"] = subset(held)
+    datamodule.val_set_names = [*datamodule.val_set_names, "tune"]
+
+
+@dataclass
+class Tuning:
+    """Learning-rate choice on a ``tune`` split carved from the train prompts."""
+
+    fraction: float = 0.0  # share of the train prompts held out for tuning (0: no tune split)
+    seed: int = 1  # split seed (the data module's own val split uses its ``seed``)
+    lrs: list[float] = field(default_factory=list)  # candidates; empty: the config's own
+
+
+@dataclass
+class BeforeOptions:
+    """Where the before-training figures come from."""
+
+    cache: str | None = None  # JSON file shared by runs on the same rows (e.g. DPO and DR-DPO)
+    last: bool = False  # measure them after the fits, with the LoRA adapter disabled
+
+
+def _adapter_off(module):
+    """The base model's outputs: the LoRA adapter disabled (``nullcontext`` without LoRA)."""
+    disable = getattr(module.backbone, "disable_adapter", None)
+    return disable() if disable is not None else contextlib.nullcontext()
+
+
+def _before_key(module, dm, bench_cb, bench_max_rows) -> str:
+    spec = {
+        "backbone": str(getattr(module.hparams, "backbone", "")),
+        "max_length": dm.max_length,
+        **{n: list(dm.datasets[n].source_index) for n in dm.val_set_names},
+        "bench": None
+        if bench_cb is None
+        else [[b.name for b in bench_cb.benchmarks], bench_cb.max_length, bench_max_rows],
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def before_figures(module, dm, bench_cb, bench_max_rows, options: BeforeOptions) -> dict:
+    """Held-out (and tune) margins and benchmark figures of the base model, from the cache when
+    its key matches, else measured with the adapter disabled (and cached)."""
+    key = _before_key(module, dm, bench_cb, bench_max_rows)
+    if options.cache and os.path.exists(options.cache):
+        with open(options.cache, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return {**cached, "from_cache": options.cache}
+    cpu = time.process_time()
+    with _adapter_off(module):
+        figures = {
+            "key": key,
+            "margins": {n: heldout_margins(module, dm, n) for n in dm.val_set_names},
+            "benchmarks": benchmark_figures(module, bench_cb),
+        }
+    figures["cpu_s"] = round(time.process_time() - cpu, 1)
+    if options.cache:
+        os.makedirs(os.path.dirname(os.path.abspath(options.cache)), exist_ok=True)
+        tmp = f"{options.cache}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(figures, f)
+        os.replace(tmp, options.cache)
+    return figures
+
+
+def _build(config: str, overrides: list[str], tuning: Tuning, benchmarks: bool, bench_max_rows):
+    """Model, data (set up, tune split carved), trainer and the benchmark callback (taken out of
+    the trainer: the script measures before and after itself)."""
+    from lightning_robust.callbacks import BenchmarkCallback
+    from lightning_robust.cli import build_cli
+
+    cli = build_cli(["--config", config, *overrides], run=False)
+    module, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    callbacks = [c for c in trainer.callbacks if isinstance(c, BenchmarkCallback)]
+    bench_cb = callbacks[0] if callbacks else None
+    if bench_cb is not None:
+        trainer.callbacks.remove(bench_cb)
+    if not benchmarks:
+        bench_cb = None
+    if bench_cb is not None and bench_max_rows is not None:
+        cap_benchmark_rows(bench_cb, bench_max_rows)
+    module.configure_model()
+    dm.setup("fit")
+    if tuning.fraction > 0:
+        carve_tune_split(dm, tuning.fraction, tuning.seed)
+    return module, dm, trainer, bench_cb
+
+
+def _fit_and_score(module, dm, trainer) -> dict:
+    cpu, wall = time.process_time(), time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    out = {
+        "fit_s": round(time.perf_counter() - wall, 1),
+        "fit_cpu_s": round(time.process_time() - cpu, 1),
+        "train_loss_last": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+    }
+    if "tune" in dm.datasets:
+        cpu = time.process_time()
+        margins = heldout_margins(module, dm, "tune")
+        out["tune_mean_margin"] = sum(margins) / len(margins)
+        out["tune_accuracy"] = sum(m > 0 for m in margins) / len(margins)
+        out["tune_margins"] = margins
+        out["tune_eval_cpu_s"] = round(time.process_time() - cpu, 1)
+    return out
+
+
+def run_tuned(
+    config: str,
+    overrides: list[str],
+    output_dir: str | None = None,
+    export: bool = True,
+    benchmarks: bool = True,
+    bench_max_rows: int | None = None,
+    tuning: Tuning | None = None,
+    before: BeforeOptions | None = None,
+) -> dict:
+    """:func:`run` with a learning rate chosen on a tune split carved from the train prompts
+    (see the module docstring); ``report["tuning"]`` lists every candidate."""
+    import torch
+
+    tuning = tuning or Tuning()
+    before = before or BeforeOptions()
+    if tuning.lrs and tuning.fraction <= 0:
+        raise ValueError("--tune-lrs needs --tune-fraction > 0 (a tune split carved from train)")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    lrs = tuning.lrs or [None]
+    best, candidates, figures0 = None, [], None
+    for lr in lrs:
+        extra = [] if lr is None else [f"--model.init_args.optimizer.learning_rate={lr}"]
+        cpu = time.process_time()
+        module, dm, trainer, bench_cb = _build(
+            config, [*overrides, *extra], tuning, benchmarks, bench_max_rows
+        )
+        build_cpu = round(time.process_time() - cpu, 1)
+        if figures0 is None and not before.last:
+            figures0 = before_figures(module, dm, bench_cb, bench_max_rows, before)
+        result = {
+            "learning_rate": lr if lr is not None else _config_lr(module),
+            **_fit_and_score(module, dm, trainer),
+        }
+        result["build_cpu_s"] = build_cpu
+        candidates.append(result)
+        score = result.get("tune_mean_margin", 0.0)
+        if best is None or score > best[0]:
+            best = (score, result, module, dm, trainer, bench_cb)
+        else:
+            del module, dm, trainer, bench_cb
+        gc.collect()
+    _, chosen, module, dm, trainer, bench_cb = best
+    if figures0 is None:
+        figures0 = before_figures(module, dm, bench_cb, bench_max_rows, before)
+    output_dir = output_dir or trainer.default_root_dir
+    os.makedirs(output_dir, exist_ok=True)
+    cpu = time.process_time()
+    after = heldout_margins(module, dm, "val")
+    bench_after = benchmark_figures(module, bench_cb)
+    after_cpu = round(time.process_time() - cpu, 1)
+    report = {
+        "config": config,
+        "overrides": overrides,
+        "threads": torch.get_num_threads(),
+        "train_pairs": len(dm.datasets["train"]),
+        "heldout_pairs": len(dm.datasets.get("val", [])),
+        "tune_pairs": len(dm.datasets.get("tune", [])),
+        "learning_rate": chosen["learning_rate"],
+        "tuning": {
+            "fraction": tuning.fraction,
+            "seed": tuning.seed,
+            "criterion": "mean tune-split margin log pi(y+|x) - log pi(y-|x) after training (max)",
+            "candidates": [{k: v for k, v in c.items() if k != "tune_margins"} for c in candidates],
+        }
+        if tuning.fraction > 0
+        else None,
+        "benchmarks_before": figures0["benchmarks"],
+        "benchmarks_after": bench_after,
+        "before_from_cache": figures0.get("from_cache"),
+        "heldout": paired_margin_stats(figures0["margins"]["val"], after),
+        "heldout_margins": {
+            "source_index": list(dm.datasets["val"].source_index),
+            "before": figures0["margins"]["val"],
+            "after": after,
+        },
+        "fit_s": chosen["fit_s"],
+        "train_loss_last": chosen["train_loss_last"],
+    }
+    if "tune" in dm.datasets:
+        report["tune"] = paired_margin_stats(figures0["margins"]["tune"], chosen["tune_margins"])
+    report["cpu_s"] = {
+        "chosen_fit": chosen["fit_cpu_s"],
+        "chosen_build": chosen["build_cpu_s"],
+        "chosen_tune_eval": chosen.get("tune_eval_cpu_s", 0.0),
+        "before_eval": figures0.get("cpu_s", 0.0) if not figures0.get("from_cache") else 0.0,
+        "before_eval_measured": figures0.get("cpu_s"),
+        "after_eval": after_cpu,
+        "process_total_before_export": round(time.process_time() - cpu0, 1),
+    }
+    # one final run = build + fit at the chosen lr + its evaluations (before figures measured)
+    report["cpu_s"]["final_run_estimate"] = round(
+        chosen["build_cpu_s"]
+        + chosen["fit_cpu_s"]
+        + chosen.get("tune_eval_cpu_s", 0.0)
+        + (figures0.get("cpu_s") or 0.0)
+        + after_cpu,
+        1,
+    )
+    report["wall_s_before_export"] = round(time.perf_counter() - t0, 1)
+    path = os.path.join(output_dir, "e2e.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    if export:
+        cpu = time.process_time()
+        report["export_dir"] = module.export(os.path.join(output_dir, "export"))
+        report["cpu_s"]["export"] = round(time.process_time() - cpu, 1)
+        report["wall_s"] = round(time.perf_counter() - t0, 1)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+def _config_lr(module):
+    opt = getattr(module.hparams, "optimizer", None)
+    return getattr(opt, "learning_rate", None) if opt is not None else None
+
+
+def compare_methods(a: dict, b: dict, seed: int = 0) -> dict:
+    """Paired comparison of two reports on the same held-out pairs: ``d_i = m_i(a) - m_i(b)``
+    of the after-training margins (the before margins are the same base model's, so this is
+    also the difference of the margin changes); sign test, bootstrap CI, McNemar on verdicts."""
+    ma, mb = a["heldout_margins"], b["heldout_margins"]
+    if ma["source_index"] != mb["source_index"]:
+        raise ValueError("the two reports were measured on different held-out pairs")
+    if max(abs(x - y) for x, y in zip(ma["before"], mb["before"], strict=True)) > 1e-6:
+        raise ValueError("the two reports start from different before-training margins")
+    s = paired_margin_stats(mb["after"], ma["after"], seed)  # "after" = a, "before" = b
+    return {
+        "pairs": s["pairs"],
+        "mean_margin_a": s["mean_margin_after"],
+        "mean_margin_b": s["mean_margin_before"],
+        "mean_difference": s["mean_delta"],
+        "mean_difference_ci95": s["mean_delta_ci95"],
+        "sign_test": s["sign_test"],
+        "accuracy_a": s["accuracy_after"],
+        "accuracy_b": s["accuracy_before"],
+        "mcnemar": {
+            "a_only_correct": s["mcnemar"]["gained"],
+            "b_only_correct": s["mcnemar"]["lost"],
+            "p_two_sided": s["mcnemar"]["p_two_sided"],
+        },
+    }
+
+
 def run(
     config: str,
     overrides: list[str],
@@ -175,53 +466,8 @@ def run(
     benchmarks: bool = True,
     bench_max_rows: int | None = None,
 ) -> dict:
-    import torch
-
-    from lightning_robust.callbacks import BenchmarkCallback
-    from lightning_robust.cli import build_cli
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cli = build_cli(["--config", config, *overrides], run=False)
-    module, dm, trainer = cli.model, cli.datamodule, cli.trainer
-    callbacks = [c for c in trainer.callbacks if isinstance(c, BenchmarkCallback)]
-    bench_cb = callbacks[0] if callbacks else None
-    if bench_cb is not None:  # the script measures before and after itself
-        trainer.callbacks.remove(bench_cb)
-    if not benchmarks:
-        bench_cb = None
-    if bench_cb is not None and bench_max_rows is not None:
-        cap_benchmark_rows(bench_cb, bench_max_rows)
-    output_dir = output_dir or trainer.default_root_dir
-    os.makedirs(output_dir, exist_ok=True)
-    t0 = time.perf_counter()
-    module.configure_model()
-    dm.setup("fit")
-    report = {
-        "config": config,
-        "overrides": overrides,
-        "threads": torch.get_num_threads(),
-        "train_pairs": len(dm.datasets["train"]),
-        "heldout_pairs": len(dm.datasets.get("val", [])),
-    }
-    before = heldout_margins(module, dm)
-    report["benchmarks_before"] = benchmark_figures(module, bench_cb)
-    t_fit = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    report["fit_s"] = round(time.perf_counter() - t_fit, 1)
-    after = heldout_margins(module, dm)
-    report["benchmarks_after"] = benchmark_figures(module, bench_cb)
-    report["heldout"] = paired_margin_stats(before, after)
-    report["train_loss_last"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
-    report["wall_s_before_export"] = round(time.perf_counter() - t0, 1)
-    path = os.path.join(output_dir, "e2e.json")
-    with open(path, "w", encoding="utf-8") as f:  # the figures first: an export failure keeps them
-        json.dump(report, f, indent=1)
-    if export:
-        report["export_dir"] = module.export(os.path.join(output_dir, "export"))
-        report["wall_s"] = round(time.perf_counter() - t0, 1)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-    return report
+    """One fit of the config as it is (no tune split, before figures measured first)."""
+    return run_tuned(config, overrides, output_dir, export, benchmarks, bench_max_rows)
 
 
 def main(argv=None) -> int:
@@ -237,15 +483,36 @@ def main(argv=None) -> int:
     p.add_argument(
         "--bench-max-rows", type=int, help="first N rows of every benchmark subset (quick runs)"
     )
+    p.add_argument(
+        "--tune-fraction",
+        type=float,
+        default=0.0,
+        help="share of the TRAIN prompts carved off as a tune split (not trained on)",
+    )
+    p.add_argument("--tune-seed", type=int, default=1, help="seed of the tune split")
+    p.add_argument(
+        "--tune-lrs",
+        type=lambda v: [float(x) for x in v.split(",") if x],
+        default=[],
+        help="comma-separated learning rates; the one with the best mean tune margin is reported",
+    )
+    p.add_argument("--before-cache", help="JSON cache of the before-training figures")
+    p.add_argument(
+        "--before-last",
+        action="store_true",
+        help="measure the before figures after the fits (adapter disabled)",
+    )
     p.add_argument("overrides", nargs="*", help="extra CLI flags, e.g. --trainer.max_steps=20")
     args, extra = p.parse_known_args(argv)
-    report = run(
+    report = run_tuned(
         args.config,
         [*args.overrides, *extra],
         args.output_dir,
         export=not args.no_export,
         benchmarks=not args.no_benchmarks,
         bench_max_rows=args.bench_max_rows,
+        tuning=Tuning(args.tune_fraction, args.tune_seed, args.tune_lrs),
+        before=BeforeOptions(args.before_cache, args.before_last),
     )
     print(json.dumps(report, indent=1))
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ def _load():
         "smollm2_e2e", ROOT / "scripts" / "smollm2_e2e.py"
     )
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -83,6 +85,93 @@ def test_tiny_dr_dpo_moves_heldout_margins_up(tmp_path, monkeypatch):
 
     assert AutoModelForCausalLM.from_pretrained(report["export_dir"]) is not None
     assert (tmp_path / "e2e.json").exists()
+
+
+def test_compare_methods_matches_an_independent_computation():
+    from scipy import stats
+
+    e2e = _load()
+    before = [0.5, -1.0, 2.0, 0.1, -0.2]
+    a = {"heldout_margins": {"source_index": [3, 1, 4, 1, 5], "before": before,
+                             "after": [1.0, -0.5, 2.5, -0.1, 0.3]}}
+    b = {"heldout_margins": {"source_index": [3, 1, 4, 1, 5], "before": before,
+                             "after": [0.8, -0.7, 2.6, 0.2, -0.3]}}
+    c = e2e.compare_methods(a, b)
+    d = [0.2, 0.2, -0.1, -0.3, 0.6]
+    assert c["mean_difference"] == pytest.approx(sum(d) / 5)
+    assert c["sign_test"]["up"] == 3 and c["sign_test"]["down"] == 2
+    assert c["sign_test"]["p_two_sided"] == pytest.approx(stats.binomtest(3, 5).pvalue)
+    assert c["accuracy_a"] == 0.6 and c["accuracy_b"] == 0.6
+    assert c["mcnemar"]["a_only_correct"] == 1 and c["mcnemar"]["b_only_correct"] == 1
+    assert c["mean_difference_ci95"][0] <= c["mean_difference"] <= c["mean_difference_ci95"][1]
+    b["heldout_margins"]["source_index"] = [3, 1, 4, 1, 6]
+    with pytest.raises(ValueError, match="different held-out pairs"):
+        e2e.compare_methods(a, b)
+
+
+@needs_shared_data
+def test_learning_rate_is_chosen_on_a_tune_split_carved_from_train(tmp_path, monkeypatch):
+    """The tune split comes from the train prompts (disjoint from train and from the reported
+    held-out pairs), the reported fit is the candidate with the best mean tune margin, and the
+    cached before figures are reused and equal the base model's (adapter disabled)."""
+    monkeypatch.chdir(ROOT)
+    e2e = _load()
+    from lightning_robust.data.dialogue import prompt_key
+
+    short = [a for a in TINY if not a.startswith("--trainer.max_steps")] + ["--trainer.max_steps=4"]
+    cache = str(tmp_path / "before.json")
+    report = e2e.run_tuned(
+        str(ROOT / "configs" / "dpo" / "smollm2_dpo.yaml"),
+        short,
+        str(tmp_path / "a"),
+        export=False,
+        benchmarks=False,
+        tuning=e2e.Tuning(fraction=0.25, seed=1, lrs=[1e-4, 3e-2]),
+        before=e2e.BeforeOptions(cache=cache),
+    )
+    cands = report["tuning"]["candidates"]
+    assert [c["learning_rate"] for c in cands] == [1e-4, 3e-2]
+    best = max(cands, key=lambda c: c["tune_mean_margin"])
+    assert report["learning_rate"] == best["learning_rate"]
+    assert report["tune"]["mean_margin_after"] == pytest.approx(best["tune_mean_margin"])
+    assert report["tune_pairs"] > 0 and report["heldout_pairs"] > 0
+    # the split itself: rebuild the data module and carve as the script does
+    _, dm, _, _ = e2e._build(
+        str(ROOT / "configs" / "dpo" / "smollm2_dpo.yaml"), short, e2e.Tuning(0.25, 1), False, None
+    )
+    keys = {n: {prompt_key(ex.prompt) for ex in dm.datasets[n].examples} for n in ("train", "tune", "val")}
+    assert not keys["train"] & keys["tune"] and not keys["train"] & keys["val"]
+    assert not keys["tune"] & keys["val"]
+    assert len(dm.datasets["tune"]) == report["tune_pairs"]
+    assert list(dm.datasets["val"].source_index) == report["heldout_margins"]["source_index"]
+    # second method, before figures from the cache, measured last: identical before margins
+    again = e2e.run_tuned(
+        str(ROOT / "configs" / "dpo" / "smollm2_dr_dpo.yaml"),
+        short,
+        str(tmp_path / "b"),
+        export=False,
+        benchmarks=False,
+        tuning=e2e.Tuning(fraction=0.25, seed=1, lrs=[3e-2]),
+        before=e2e.BeforeOptions(cache=cache, last=True),
+    )
+    assert again["before_from_cache"] == cache
+    assert again["heldout_margins"]["before"] == report["heldout_margins"]["before"]
+    fresh = e2e.run_tuned(
+        str(ROOT / "configs" / "dpo" / "smollm2_dr_dpo.yaml"),
+        short,
+        str(tmp_path / "c"),
+        export=False,
+        benchmarks=False,
+        tuning=e2e.Tuning(fraction=0.25, seed=1, lrs=[3e-2]),
+        before=e2e.BeforeOptions(last=True),  # measured after the fit, adapter disabled
+    )
+    assert fresh["before_from_cache"] is None
+    assert fresh["heldout_margins"]["before"] == pytest.approx(
+        report["heldout_margins"]["before"], abs=1e-5
+    )
+    assert "mean_difference" in e2e.compare_methods(again, report)
+    with pytest.raises(ValueError, match="tune-fraction"):
+        e2e.run_tuned("unused.yaml", [], tuning=e2e.Tuning(fraction=0.0, lrs=[1e-3]))
 
 
 @pytest.mark.slow
