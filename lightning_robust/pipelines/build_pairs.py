@@ -301,17 +301,8 @@ def _eos_ids(tokenizer, model) -> list[int]:
 
 
 # ---------------------------------------------------------------- steps of build_pairs
-def _check_arguments(
-    num_samples,
-    pairing,
-    backend,
-    reward_models,
-    reward_weights,
-    batch_size,
-    max_new_tokens,
-    temperature,
-) -> list[float]:
-    """Errors naming the option at fault; returns the reward-model weights (equal by default)."""
+def _check_sampling(num_samples, pairing, backend, batch_size, max_new_tokens, temperature):
+    """Errors naming the sampling option at fault."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(
             f"num_samples (K) must be an integer >= 2 to form a pair, got {num_samples!r}"
@@ -320,13 +311,17 @@ def _check_arguments(
         raise ValueError(f"unknown pairing={pairing!r}; expected one of {list(PAIRING)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend={backend!r}; expected one of {list(BACKENDS)}")
-    if not reward_models:
-        raise ValueError("reward_models is empty: give at least one reward model")
     if batch_size < 1 or max_new_tokens < 1 or not temperature > 0:
         raise ValueError(
             f"batch_size >= 1, max_new_tokens >= 1 and temperature > 0 needed, got {batch_size}, "
             f"{max_new_tokens}, {temperature}"
         )
+
+
+def _reward_weights(reward_models, reward_weights) -> list[float]:
+    """The weight of each reward model in the ranking score (equal by default)."""
+    if not reward_models:
+        raise ValueError("reward_models is empty: give at least one reward model")
     weights = (
         [1.0] * len(reward_models) if reward_weights is None else [float(w) for w in reward_weights]
     )
@@ -597,16 +592,8 @@ def build_pairs(
 
     Returns the output path.
     """
-    weights = _check_arguments(
-        num_samples,
-        pairing,
-        backend,
-        reward_models,
-        reward_weights,
-        batch_size,
-        max_new_tokens,
-        temperature,
-    )
+    _check_sampling(num_samples, pairing, backend, batch_size, max_new_tokens, temperature)
+    weights = _reward_weights(reward_models, reward_weights)
     output = os.fspath(output)
     fmt = _output_format(output)
     raw_prompts, source_rows = read_prompts(prompts, prompt_schema, max_prompts)
