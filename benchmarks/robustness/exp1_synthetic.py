@@ -32,13 +32,7 @@ import argparse
 import time
 from dataclasses import asdict, dataclass
 
-from benchmarks.robustness.common import (
-    RUNS_DIR,
-    quiet_lightning,
-    quiet_trainer,
-    run_jobs,
-    seed_all,
-)
+from benchmarks.robustness.common import RUNS_DIR, fit_synthetic_reward_model, run_jobs
 from benchmarks.robustness.protocol import Experiment, Method, run_experiment
 
 NAME = "exp1_synthetic"
@@ -108,56 +102,24 @@ def make_weighting(family: str, config: dict):
 
 def train_run(job: Job) -> list[dict]:
     """Train one ``RewardModel``; one record per epoch with the accuracy on every split."""
-    from lightning.pytorch.callbacks import Callback
-
-    from lightning_robust.data import PreferenceDataModule, SyntheticShiftConfig
-    from lightning_robust.modules import RewardModel
-
     config = dict(job.config)
-    keys = {
-        "val": "val/accuracy",
-        "shifted": "val/shifted/accuracy",
-        "minority": "val/minority/accuracy",
-    }
-    records: list[dict] = []
-
-    class EpochAccuracy(Callback):
-        def on_validation_end(self, trainer, pl_module):
-            metrics = trainer.callback_metrics
-            records.append(
-                {
-                    "epoch": trainer.current_epoch + 1,
-                    **{name: float(metrics[key]) for name, key in keys.items()},
-                }
-            )
-
-    quiet_lightning()
-    seed_all(job.seed)
-    data = PreferenceDataModule(
-        train="synthetic",
-        batch_size=job.batch_size,
-        max_length=64,
+    return fit_synthetic_reward_model(
+        lambda: make_weighting(job.family, config),
         seed=job.seed,
-        synthetic=SyntheticShiftConfig(
-            num_train=job.num_train,
-            num_eval=job.num_eval,
-            seed=job.seed,
-            conflict=job.conflict,
-            label_noise=job.label_noise,
-        ),
-    )
-    model = RewardModel(
-        weighting=make_weighting(job.family, config),
-        backbone={"name_or_path": "tiny", "init_seed": job.seed},
-        optimizer={
-            "learning_rate": config.get("learning_rate", BASE_LR),
-            "warmup_ratio": 0.03,
-            "lr_schedule": "constant",
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        learning_rate=config.get("learning_rate", BASE_LR),
+        runs_dir=RUNS_DIR / NAME,
+        metrics={
+            "val": "val/accuracy",
+            "shifted": "val/shifted/accuracy",
+            "minority": "val/minority/accuracy",
         },
+        num_train=job.num_train,
+        num_eval=job.num_eval,
+        conflict=job.conflict,
+        label_noise=job.label_noise,
     )
-    trainer = quiet_trainer(job.epochs, RUNS_DIR / NAME, callbacks=[EpochAccuracy()])
-    trainer.fit(model, datamodule=data)
-    return records
 
 
 def _run_cell(job: Job) -> list[dict]:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.robustness.common import SHARED_DATA
+from benchmarks.robustness.common import SHARED_DATA, FeatureCache, frozen_encoder
 from benchmarks.robustness.protocol import Experiment, Method, run_experiment
 
 NAME = "exp1b_real"
@@ -89,20 +89,13 @@ def missing_data(data_dir: Path) -> str | None:
     return None
 
 
-class TextEmbeddings:
+class TextEmbeddings(FeatureCache):
     """Frozen MiniLM sentence embeddings (mean-pooled last hidden state) of texts, cached on disk."""
 
     def __init__(self, cache_file: Path, max_length: int = 128, batch_size: int = 32):
-        from lightning_robust.models import load_sequence_classifier, load_tokenizer
-
-        self.tokenizer = load_tokenizer("minilm")
-        self.encoder = load_sequence_classifier("minilm", self.tokenizer).base_model.eval()
-        self.max_length, self.batch_size, self.cache_file = max_length, batch_size, Path(cache_file)
-        self.store: dict[str, torch.Tensor] = {}
-        self.dirty = False
-        if self.cache_file.exists():
-            saved = torch.load(self.cache_file, weights_only=True)
-            self.store = dict(zip(saved["keys"], saved["features"], strict=True))
+        super().__init__(cache_file)
+        self.tokenizer, self.encoder = frozen_encoder("minilm")
+        self.max_length, self.batch_size = max_length, batch_size
 
     def __call__(self, texts) -> torch.Tensor:
         todo = sorted({t for t in texts if t not in self.store}, key=len)
@@ -125,16 +118,6 @@ class TextEmbeddings:
                     self.store[text] = row.float().clone()
                 self.dirty = True
         return torch.stack([self.store[t] for t in texts])
-
-    def save(self) -> None:
-        if self.dirty:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            keys = list(self.store)
-            torch.save(
-                {"keys": keys, "features": torch.stack([self.store[k] for k in keys])},
-                self.cache_file,
-            )
-            self.dirty = False
 
 
 class ResponseHeadScorer:
