@@ -126,7 +126,7 @@ def main() -> None:
         f"\nValidating each last checkpoint again reproduces the end-of-fit metrics "
         f"(max abs difference {worst:.1e})."
     )
-    print(f"Logs, configs and checkpoints: {root}")
+    print(f"Logs, configs and checkpoints: {root.relative_to(ROOT)}/ (in the repository)")
     if not args.verbose:
         print("Each fit's metric tables: <run>/console.txt (or rerun with --verbose)")
 
