@@ -28,12 +28,11 @@ Protocol (declared below, before anything runs; :mod:`benchmarks.robustness.prot
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 
 from benchmarks.robustness.common import RUNS_DIR, fit_synthetic_reward_model, run_jobs
-from benchmarks.robustness.protocol import Experiment, Method, run_experiment
+from benchmarks.robustness.protocol import Experiment, Method, experiment_parser, run_experiment
 
 NAME = "exp1_synthetic"
 MODULE = f"benchmarks.robustness.{NAME}"
@@ -213,17 +212,8 @@ def resumable_records(exp: Experiment, args) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument(
-        "--quick", action="store_true", help="CI smoke form (small data, 3 methods, 1 regime)"
-    )
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
-    )
+    parser = experiment_parser(TITLE, "CI smoke form (small data, 3 methods, 1 regime)")
     parser.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
-    )
     parser.add_argument(
         "--resume",
         action="store_true",

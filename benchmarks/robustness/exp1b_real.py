@@ -24,7 +24,6 @@ experiment 1; grids of equal size; the epoch from {1, 2, 4, 8, 16}.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import SHARED_DATA, FeatureCache, frozen_encoder
-from benchmarks.robustness.protocol import Experiment, Method, run_experiment
+from benchmarks.robustness.protocol import Experiment, Method, experiment_parser, run_experiment
 
 NAME = "exp1b_real"
 MODULE = f"benchmarks.robustness.{NAME}"
@@ -351,15 +350,8 @@ def experiment(quick: bool, seeds) -> Experiment:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--quick", action="store_true", help="CI smoke form (120 rows, 2 methods)")
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
-    )
+    parser = experiment_parser(TITLE, "CI smoke form (120 rows, 2 methods)")
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
-    )
     args = parser.parse_args(argv)
     exp = experiment(args.quick, args.seeds)
     reason = missing_data(args.data_dir)
