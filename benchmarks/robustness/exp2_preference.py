@@ -1,6 +1,6 @@
 """Experiment 2 (seed S002): DPO-family policies under a shift of the preference mixture.
 
-    python -m benchmarks.robustness.exp2_preference                   # full form (10 seeds)
+    python -m benchmarks.robustness.exp2_preference                   # full form (6 seeds)
     python -m benchmarks.robustness.exp2_preference --quick           # CI smoke form
     python -m benchmarks.robustness.exp2_preference --seeds 10 11 12  # other seeds
 
@@ -15,15 +15,19 @@ Data (:func:`preference_rows`, built on :mod:`benchmarks.robustness.preference_s
 generator): prompts ``"<topic> w1 w2 w3"``; two responses of 4-12 filler words, each containing
 ``detail`` and ``simple`` independently with probability 1/2; pairs tied under ``r_w`` are left
 out. Training labels follow Bradley-Terry on ``r_w`` with temperature ``T`` (``P(y1 chosen) =
-sigmoid((r_w(y1) - r_w(y2)) / T)``; ``T = 0``: the better response). The validation pairs are
+sigmoid((r_w(y1) - r_w(y2)) / T)``; ``T = 0``: the better response). Regimes: ``T = 0.5``
+(the weight ``w`` matters: a pair decided by ``r_a`` alone is labelled right with probability
+sigmoid(0.4) = 0.60, one decided by ``r_b`` alone with sigmoid(1.6) = 0.83) and ``T = 0``
+(deterministic: only the order "r_b first, then r_a" matters). The validation pairs are
 labelled noise-free by ``r_w``.
 
 Policy: the project's ``DPO`` module (tiny random-init Llama, full weights, frozen-copy
 reference) trained by Lightning's Trainer; the methods are its arguments (no second training
 loop): DPO; WDPO (``wdpo_rho``, seed form, S002 Algorithm 1); KLDPO (``KLPenalty(tau,
-form="seed")``, S002 Algorithm 2); DR-DPO (``TVBall(rho)``, S000 Algorithm 3), each over a
-grid of the same size (DPO over beta x learning rate, the others over their radius /
-temperature x the same learning rates at beta = 0.1).
+form="seed")``, S002 Algorithm 2), each over a grid of the same size (DPO over beta x learning
+rate, the others over their radius / temperature x the same learning rates at beta = 0.1).
+DR-DPO (``TVBall(rho)``, family ``tv``, S000 Algorithm 3) is supported by
+:func:`dpo_arguments` but left out of the declared run (CPU budget).
 
 Evaluation after every epoch (as S002 scores generated answers): completions **sampled** from
 the policy (temperature 1, :func:`sample_completions`) on held-out prompts, scored by the known
@@ -73,20 +77,21 @@ INITIAL = "initial policy"  # records of the untrained policy (context only, nev
 
 LEARNING_RATES = [3e-3, 1e-2]
 METHODS = (
-    Method("DPO", "dpo", {"beta": [0.1, 0.5], "learning_rate": LEARNING_RATES}, baseline=True),
+    Method("DPO", "dpo", {"beta": [0.05, 0.1], "learning_rate": LEARNING_RATES}, baseline=True),
     Method("WDPO", "wdpo", {"rho": [0.1, 1.0], "learning_rate": LEARNING_RATES}),
     Method("KLDPO", "kldpo", {"tau": [0.1, 1.0], "learning_rate": LEARNING_RATES}),
-    Method("DR-DPO (TV)", "tv", {"rho": [0.2, 0.4], "learning_rate": LEARNING_RATES}),
 )
 QUICK_METHODS = (
     Method("DPO", "dpo", {"beta": [0.1], "learning_rate": [1e-2]}, baseline=True),
     Method("KLDPO", "kldpo", {"tau": [0.1], "learning_rate": [1e-2]}),
 )
-REGIMES = ({"label_noise": 0.0},)
-FULL_SEEDS = tuple(range(10))
+# Bradley-Terry labels first (the mixture weight w matters: S002's setting), then deterministic
+# labels (only the order r_b before r_a matters; DPO's margins can grow without bound)
+REGIMES = ({"label_noise": 0.5}, {"label_noise": 0.0})
+FULL_SEEDS = tuple(range(6))
 QUICK_SEEDS = (0, 1)
 FULL_SETTINGS = {
-    "num_train": 480,
+    "num_train": 320,
     "num_val": 160,
     "val_prompts": 32,
     "test_prompts": 64,
@@ -104,7 +109,7 @@ QUICK_SETTINGS = {
     "test_prompts": 8,
     "epochs": 2,
 }
-SUMMARY_METHODS = ("WDPO", "KLDPO")  # S002's claim; DR-DPO (S000) stays in the section
+SUMMARY_METHODS = ("WDPO", "KLDPO")  # S002's claim
 
 
 # ----------------------------------------------------------------------------- rewards and data
@@ -337,7 +342,7 @@ def experiment(quick: bool, seeds) -> Experiment:
         module=MODULE,
         methods=QUICK_METHODS if quick else METHODS,
         seeds=tuple(seeds or (QUICK_SEEDS if quick else FULL_SEEDS)),
-        regimes=REGIMES,
+        regimes=REGIMES[:1] if quick else REGIMES,
         settings=QUICK_SETTINGS if quick else FULL_SETTINGS,
         select_metric="val_reward",
         test_metrics=("test_a", "test_b", "test_mix", "test_both"),
@@ -348,11 +353,11 @@ def experiment(quick: bool, seeds) -> Experiment:
     )
 
 
-def jobs_of(exp: Experiment, seeds) -> list[Job]:
+def jobs_of(exp: Experiment, seeds, regimes=None) -> list[Job]:
     """Every run of the declaration for ``seeds`` (the baseline's first grid point also samples
     the untrained policy of its seed), the longest runs (WDPO's double backward) first."""
     jobs = []
-    for regime in exp.regimes:
+    for regime in exp.regimes if regimes is None else regimes:
         for seed in seeds:
             for m in exp.methods:
                 for k, cfg in enumerate(m.grid_points()):
@@ -370,21 +375,27 @@ def jobs_of(exp: Experiment, seeds) -> list[Job]:
     return sorted(jobs, key=lambda j: j.family != "wdpo")
 
 
-def run(exp: Experiment, workers: int, progress=None, seeds_per_part: int = 2) -> list[dict]:
-    """All runs, ``seeds_per_part`` seeds at a time (``progress(records)`` after each part, so
-    an interrupted run leaves its finished seeds in the JSON, marked incomplete)."""
+def run(exp: Experiment, workers: int, progress=None, seeds_per_part: int = 3) -> list[dict]:
+    """All runs, one regime and ``seeds_per_part`` seeds at a time (``progress(records)`` after
+    each part, so an interrupted run leaves its finished parts in the JSON, marked incomplete)."""
     records: list[dict] = []
     seeds = list(exp.seeds)
-    for start in range(0, len(seeds), seeds_per_part):
-        for out in run_jobs(
-            train_run, jobs_of(exp, seeds[start : start + seeds_per_part]), workers
-        ):
-            records.extend(out)
-        records.sort(
-            key=lambda r: (r["label_noise"], r["seed"], r["method"], str(r["config"]), r["epoch"])
-        )
-        if progress is not None:
-            progress(records)
+    for regime in exp.regimes:
+        for start in range(0, len(seeds), seeds_per_part):
+            part = jobs_of(exp, seeds[start : start + seeds_per_part], [regime])
+            for out in run_jobs(train_run, part, workers):
+                records.extend(out)
+            records.sort(
+                key=lambda r: (
+                    -r["label_noise"],
+                    r["seed"],
+                    r["method"],
+                    str(r["config"]),
+                    r["epoch"],
+                )
+            )
+            if progress is not None:
+                progress(records)
     return records
 
 
@@ -394,7 +405,7 @@ def main(argv=None) -> dict:
         "--quick", action="store_true", help="CI smoke form (64 pairs, 2 methods, 2 epochs)"
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
+        "--seeds", type=int, nargs="+", default=None, help="default 0..5 (quick: 0 1)"
     )
     parser.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
     parser.add_argument(
@@ -415,3 +426,216 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+# ----------------------------------------------------------------------------- report
+REGIME_FIELDS = ("label_noise",)
+METRIC_LABELS = {
+    "test_a": "test r_a (the shift)",
+    "test_b": "test r_b",
+    "test_both": "test r_a·r_b (both)",
+    "test_mix": "test r_w",
+    "val_reward": "val r_w (selects)",
+    "val_acc": "val pref. accuracy",
+}
+TABLE_METRICS = tuple(METRIC_LABELS)
+ALTERNATIVE_SELECT = "val_acc"
+
+
+def regime_label(label_noise: float, weight_b: float = TRAIN_WEIGHT_B) -> str:
+    noise = (
+        "deterministic labels" if label_noise == 0 else f"Bradley–Terry labels T={label_noise:g}"
+    )
+    return f"train on r_w = {weight_b:g}·r_b + {1 - weight_b:g}·r_a ({noise}), test on r_a"
+
+
+def _paired(chosen: dict, g: tuple, name: str, base: str, metric: str) -> dict | None:
+    from benchmarks.robustness.stats import paired_t
+
+    seeds = sorted(
+        s for (*gg, m, s) in chosen if tuple(gg) == g and m == name and (*g, base, s) in chosen
+    )
+    if not seeds:
+        return None
+    return paired_t(
+        [chosen[(*g, name, s)][metric] for s in seeds],
+        [chosen[(*g, base, s)][metric] for s in seeds],
+    )
+
+
+def render(payload: dict) -> tuple[str, list[dict]]:
+    """Markdown of the section and the claim rows, from the raw records only."""
+    from benchmarks.robustness.common import fmt_mean_std, markdown_table
+    from benchmarks.robustness.protocol import select, selection_summary
+    from benchmarks.robustness.report import fmt, fmt_p
+    from benchmarks.robustness.stats import verdict
+
+    proto = payload["protocol"]
+    methods = proto["methods"]
+    settings = proto["settings"]
+    weight_b = settings["weight_b"]
+    base = next(m["name"] for m in methods if m["baseline"])
+    records = payload["records"]
+    chosen = select(records, methods, REGIME_FIELDS, proto["select_metric"])
+    regimes = [tuple(r[f] for f in REGIME_FIELDS) for r in proto["regimes"]]
+    regimes = [g for g in regimes if any(k[:1] == g for k in chosen)]
+
+    def cell(config_values) -> str:
+        return ", ".join(f"{v:g}" for v in config_values)
+
+    grids = "; ".join(
+        f"{m['name']}: "
+        + " × ".join(
+            f"{'lr' if k == 'learning_rate' else k} ∈ {{{cell(v)}}}" for k, v in m["grid"].items()
+        )
+        for m in methods
+    )
+    status = "" if payload.get("complete") else " **Partial run: not every seed finished.**"
+    n_samples = settings["samples_per_prompt"]
+    lines = [
+        f"Command: `{payload['command']}` · seeds {proto['seeds']} · {len(records)} per-epoch "
+        f"records in [`results/{payload['experiment']}.json`](results/{payload['experiment']}.json)."
+        f"{status}",
+        f"Two rewards that one answer can satisfy together: r_a(y) = [detail ∈ y] (the deployment "
+        f"preference) and r_b(y) = [simple ∈ y]. Training preferences: {settings['num_train']} pairs "
+        f"labelled by the mixture r_w = {weight_b:g}·r_b + {1 - weight_b:g}·r_a (pairs tied under r_w "
+        f"left out; each response has 4–12 filler words and contains each keyword with probability "
+        f"1/2). Policy: the project's `DPO` module, tiny random-init Llama, full weights, frozen-copy "
+        f"reference, AdamW with 3 % warm-up then constant learning rate, batch {settings['batch_size']}, "
+        f"up to {settings['epochs']} epochs; WDPO (`wdpo_rho`, seed form) and KLDPO (`KLPenalty`, seed "
+        f"form) at β = {BASE_BETA:g}. Grids, each of "
+        f"{max(len(Method(**m).grid_points()) for m in methods)} configurations: {grids}.",
+        f"After every epoch the policy **samples** {n_samples} completions (temperature 1, "
+        f"{settings['max_new_tokens']} new tokens) per prompt on {settings['val_prompts']} validation and "
+        f"{settings['test_prompts']} separate test prompts, the same sampling seeds for every method. "
+        f"Selection (per seed and method, over configuration × epoch): the highest mean r_w of the "
+        f"validation samples (the training mixture: in distribution). Reported at that point: the mean "
+        f"r_a of the test samples (the claim), r_b, the share satisfying both, and r_w; the validation "
+        f"preference accuracy on {settings['num_val']} held-out r_w pairs is shown as well. Rewards of "
+        f"samples are shares of samples in [0, 1].",
+    ]
+    header = [
+        "regime",
+        "method",
+        *(METRIC_LABELS[m] for m in TABLE_METRICS),
+        "selected (per seed)",
+        "seeds",
+    ]
+    body = []
+    for g in regimes:
+        initial = [r for r in records if r["method"] == INITIAL and (r["label_noise"],) == g]
+        if initial:
+            body.append(
+                [
+                    regime_label(*g, weight_b),
+                    "untrained policy (reference)",
+                    *(
+                        fmt_mean_std([r[x] for r in initial]) if x in initial[0] else "—"
+                        for x in TABLE_METRICS
+                    ),
+                    "epoch 0",
+                    len(initial),
+                ]
+            )
+        for m in methods:
+            picks = [chosen[k] for k in sorted(chosen) if k[:1] == g and k[1] == m["name"]]
+            if picks:
+                body.append(
+                    [
+                        regime_label(*g, weight_b),
+                        m["name"],
+                        *(fmt_mean_std([p[x] for p in picks]) for x in TABLE_METRICS),
+                        selection_summary(picks),
+                        len(picks),
+                    ]
+                )
+    lines += [
+        "### Sampled-completion rewards at the validation-selected point (mean ± sample sd over seeds)",
+        markdown_table(header, body),
+    ]
+
+    def interval(st: dict) -> str:
+        return (
+            f"{fmt(st['mean'], sign=True)} [{fmt(st['lo'], sign=True)}, {fmt(st['hi'], sign=True)}]"
+        )
+
+    claims, rows, alternative = [], [], []
+    by_accuracy = select(records, methods, REGIME_FIELDS, ALTERNATIVE_SELECT)
+    for g in regimes:
+        for m in methods:
+            if m["name"] == base:
+                continue
+            st = _paired(chosen, g, m["name"], base, proto["claim_metric"])
+            if st is None:
+                continue
+            others = {x: _paired(chosen, g, m["name"], base, x) for x in ("test_b", "val_reward")}
+            v = verdict(st["lo"], st["hi"], proto["claim_direction"])
+            s002 = m["family"] in ("wdpo", "kldpo")
+            claims.append(
+                {
+                    "claim": "S002 WDPO/KLDPO > DPO under preference shift"
+                    if s002
+                    else f"reference: {m['name']} (S000) > DPO under preference shift",
+                    "regime": regime_label(*g, weight_b),
+                    "comparison": f"{m['name']} vs {base}",
+                    "metric_label": "test r_a of sampled completions",
+                    **st,
+                    "verdict": v,
+                    "summary": m["name"] in SUMMARY_METHODS,
+                    "command": payload["command"],
+                }
+            )
+            rows.append(
+                [
+                    regime_label(*g, weight_b),
+                    f"{m['name']} − {base}",
+                    interval(st),
+                    interval(others["test_b"]),
+                    interval(others["val_reward"]),
+                    fmt_p(st["p"]),
+                    f"{st['wins']}/{st['n']}",
+                    f"**{v}**",
+                ]
+            )
+            alt = _paired(by_accuracy, g, m["name"], base, proto["claim_metric"])
+            if alt is not None:
+                alternative.append(
+                    [
+                        regime_label(*g, weight_b),
+                        f"{m['name']} − {base}",
+                        interval(alt),
+                        fmt_p(alt["p"]),
+                        f"{alt['wins']}/{alt['n']}",
+                        verdict(alt["lo"], alt["hi"], proto["claim_direction"]),
+                    ]
+                )
+    header = [
+        "regime",
+        "paired difference",
+        "Δ test r_a [95 % CI]",
+        "Δ test r_b [95 % CI]",
+        "Δ val r_w [95 % CI]",
+        "p (r_a)",
+        "wins/seeds (r_a)",
+        "verdict (r_a > 0)",
+    ]
+    lines += [
+        f"### Paired against {base} (per seed, each at its own validation-selected point)",
+        markdown_table(header, rows),
+        "### Sensitivity: every method selected by validation preference accuracy instead",
+        "Same runs; configuration and epoch chosen by the held-out r_w preference accuracy of the "
+        "implicit reward (no sampling). Not a claim: it shows whether the verdict depends on the "
+        "in-distribution selection rule.",
+        markdown_table(
+            [
+                "regime",
+                "paired difference",
+                "Δ test r_a [95 % CI]",
+                "p",
+                "wins/seeds",
+                "verdict (r_a > 0)",
+            ],
+            alternative,
+        ),
+    ]
+    return "\n\n".join(lines), claims
