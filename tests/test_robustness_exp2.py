@@ -136,8 +136,9 @@ def test_exp2_quick_selects_on_validation_only(tmp_path):
     assert all(c["verdict"] in ("reproduces", "not shown", "reversed") for c in claims)
     assert "Paired against DPO" in md and "untrained policy" in md
     # the claim is the paired r_a difference at the validation-selected points
-    base = [chosen[(0.0, "DPO", s)]["test_a"] for s in seeds]
-    other = [chosen[(0.0, "KLDPO", s)]["test_a"] for s in seeds]
+    noise = exp2.REGIMES[0]["label_noise"]
+    base = [chosen[(noise, "DPO", s)]["test_a"] for s in seeds]
+    other = [chosen[(noise, "KLDPO", s)]["test_a"] for s in seeds]
     assert claims[0]["mean"] == pytest.approx(
         sum(o - b for o, b in zip(other, base, strict=True)) / len(seeds)
     )
@@ -145,7 +146,7 @@ def test_exp2_quick_selects_on_validation_only(tmp_path):
     # DR-DPO with radius 0 weights uniformly: it trains and samples exactly as DPO (the
     # sampling seeds are common to all methods)
     dpo = exp2.QUICK_METHODS[0]
-    job = dict(label_noise=0.0, seed=seeds[0], **settings)
+    job = dict(label_noise=noise, seed=seeds[0], **settings)
     lr = dpo.grid["learning_rate"][0]
     tv0 = exp2.train_run(
         exp2.Job("DR-DPO (TV)", "tv", (("learning_rate", lr), ("rho", 0.0)), **job)
