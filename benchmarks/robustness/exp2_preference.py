@@ -148,7 +148,8 @@ def preference_rows(
 
 
 def held_out_prompts(num: int, seed: int) -> list[str]:
-    """``num`` held-out prompts (their own random stream, not used by any training pair)."""
+    """``num`` held-out prompts from their own random stream (a prompt of 3 filler words and a
+    topic repeats a training prompt only by chance)."""
     return [p["prompt"] for p in make_pairs(num, seed, f"{NAME}/test")]
 
 
@@ -402,12 +403,19 @@ def run(exp: Experiment, workers: int, progress=None, seeds_per_part: int = 3) -
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=TITLE)
     parser.add_argument(
-        "--quick", action="store_true", help="CI smoke form (64 pairs, 2 methods, 2 epochs)"
+        "--quick",
+        action="store_true",
+        help="CI smoke form (64 pairs, DPO and KLDPO, 2 epochs, one regime, in process)",
     )
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=None, help="default 0..5 (quick: 0 1)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes, one torch thread each (the quick form runs in process)",
+    )
     parser.add_argument(
         "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
     )
