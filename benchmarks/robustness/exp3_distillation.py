@@ -403,15 +403,21 @@ def _rm_cell(job: RMJob) -> dict:
     }
 
 
-def experiment(quick: bool, seeds) -> Experiment:
+def experiment(quick: bool, seeds, length_biases=None) -> Experiment:
     """The declaration: methods, grids, seeds, regimes, selection and claims."""
+    regimes = QUICK_REGIMES if quick else REGIMES
+    if length_biases:
+        bad = [b for b in length_biases if not 0.0 < b < 1.0]
+        if bad:
+            raise ValueError(f"--length-bias values must be in (0, 1), got {bad}")
+        regimes = tuple({"length_bias": float(b)} for b in length_biases)
     return Experiment(
         name=NAME,
         title=TITLE,
         module=MODULE,
         methods=QUICK_METHODS if quick else METHODS,
         seeds=tuple(seeds or (QUICK_SEEDS if quick else FULL_SEEDS)),
-        regimes=QUICK_REGIMES if quick else REGIMES,
+        regimes=regimes,
         settings={
             **(QUICK_SETTINGS if quick else FULL_SETTINGS),
             "ensemble_biases": list(ENSEMBLE_BIASES),
@@ -499,8 +505,18 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--work-dir", type=Path, default=RUNS_DIR / NAME, help="data, checkpoints, annotated files"
     )
+    parser.add_argument(
+        "--length-bias",
+        type=float,
+        nargs="+",
+        default=None,
+        help="training length biases (the regimes; default 0.9 0.75 0.5, quick: 0.9)",
+    )
     args = parser.parse_args(argv)
-    exp = experiment(args.quick, args.seeds)
+    try:
+        exp = experiment(args.quick, args.seeds, args.length_bias)
+    except ValueError as err:
+        parser.error(str(err))
     workers = args.workers or (1 if args.quick else 2)
     started = time.perf_counter()
     return run_experiment(
