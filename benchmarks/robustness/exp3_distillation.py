@@ -37,7 +37,6 @@ Protocol (declared below, before anything runs; :mod:`benchmarks.robustness.prot
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -53,7 +52,7 @@ from benchmarks.robustness.common import (
     seed_all,
 )
 from benchmarks.robustness.distillation import _read_jsonl, _write_jsonl, make_pairs, pair_metrics
-from benchmarks.robustness.protocol import Experiment, Method, run_experiment
+from benchmarks.robustness.protocol import Experiment, Method, experiment_parser, run_experiment
 
 NAME = "exp3_distillation"
 MODULE = f"benchmarks.robustness.{NAME}"
@@ -486,21 +485,12 @@ def run(exp: Experiment, workers: int, root: Path, progress=None) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument(
-        "--quick", action="store_true", help="CI smoke form (small data, 3 methods, 1 regime)"
-    )
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
-    )
+    parser = experiment_parser(TITLE, "CI smoke form (small data, 3 methods, 1 regime)")
     parser.add_argument(
         "--workers",
         type=int,
         default=None,
         help="processes, one torch thread each (default 2; quick: 1)",
-    )
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
     )
     parser.add_argument(
         "--work-dir", type=Path, default=RUNS_DIR / NAME, help="data, checkpoints, annotated files"
