@@ -29,6 +29,7 @@ EXPERIMENTS = (
     ("exp1_synthetic", "benchmarks.robustness.exp1_synthetic"),
     ("exp1b_real", "benchmarks.robustness.exp1b_real"),
     ("exp4b_simplex", "benchmarks.robustness.exp4b_simplex"),
+    ("exp4b_lm", "benchmarks.robustness.exp4b_lm"),
 )
 
 INTRO = """\
