@@ -99,6 +99,19 @@ class RobustCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         cli_errors.check_before_run(self, self._given_args, super()._parse_ckpt_path)
 
+    # --ckpt_path last|best: found and checked once the trainer exists
+    def before_fit(self) -> None:
+        cli_errors.resolve_named_checkpoint(self, "fit")
+
+    def before_validate(self) -> None:
+        cli_errors.resolve_named_checkpoint(self, "validate")
+
+    def before_test(self) -> None:
+        cli_errors.resolve_named_checkpoint(self, "test")
+
+    def before_predict(self) -> None:
+        cli_errors.resolve_named_checkpoint(self, "predict")
+
     def init_parser(self, **kwargs):
         if self.parser_class is LightningArgumentParser:
             self.parser_class = cli_errors.one_line_parser_class()

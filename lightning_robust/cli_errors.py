@@ -13,6 +13,9 @@
   naming both, and ``--trust_checkpoint_config=true`` takes the checkpoint's model instead
   (then ``--model.*`` options given beside it are refused rather than dropped). Other settings
   that differ are applied from the configuration, and listed in one warning line.
+* :func:`resolve_named_checkpoint`: ``--ckpt_path last`` / ``best`` become the file they name for
+  the configured run (once the trainer exists) and are checked like a file; a missing one is an
+  error naming the option (``fit --ckpt_path last`` before any checkpoint starts afresh).
 * :func:`check_run_does_something`: ``fit`` with ``max_epochs: 0``, ``max_steps: 0``,
   ``limit_train_batches: 0``, or a checkpoint that already reached the configured end, is an
   error saying that nothing would be trained (Lightning exits 0 having done nothing).
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 DEBUG_ENV = "LIGHTNING_ROBUST_DEBUG"
 TRUST_OPTION = "trust_checkpoint_config"
+#: ``--ckpt_path`` values that name a checkpoint of the configured run (Lightning's)
+NAMED_CHECKPOINTS = ("last", "best")
 
 __all__ = [
     "DEBUG_ENV",
@@ -46,6 +51,7 @@ __all__ = [
     "check_checkpoint_against_config",
     "check_run_does_something",
     "one_line",
+    "resolve_named_checkpoint",
     "run_reporting_user_errors",
     "user_error",
 ]
@@ -226,9 +232,37 @@ def check_checkpoint_against_config(
         return None
     config = cli.config[subcommand]
     ckpt_path = _get(config, "ckpt_path")
-    if not ckpt_path or not Path(ckpt_path).is_file():
-        return None  # "last" / "best" / a missing file: Lightning resolves or reports it
+    if ckpt_path in NAMED_CHECKPOINTS:
+        if _get(config, TRUST_OPTION, False):
+            raise ValueError(
+                f"--{TRUST_OPTION} needs --ckpt_path as a file: --ckpt_path {ckpt_path} is found "
+                "only once the configured model is built"
+            )
+        return None  # found and checked once the trainer exists (resolve_named_checkpoint)
+    if not ckpt_path or not _is_local_path(str(ckpt_path)):
+        return None
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(
+            f"--ckpt_path: Checkpoint file not found: {ckpt_path} (give an existing .ckpt file, or "
+            "`last` / `best` for the checkpoints of the configured run)"
+        )
     checkpoint = load_checkpoint_metadata(str(ckpt_path))
+    return _check_against_config(
+        config, ckpt_path, checkpoint, args, cli, subcommand, trusted_parse
+    )
+
+
+def _is_local_path(ckpt_path: str) -> bool:
+    """Whether ``--ckpt_path`` names a local file (not ``hpc``, a URL or a model registry)."""
+    return ckpt_path != "hpc" and "://" not in ckpt_path and not ckpt_path.startswith("registry")
+
+
+def _check_against_config(
+    config, ckpt_path, checkpoint: dict, args, cli=None, subcommand=None, trusted_parse=None
+) -> dict:
+    """The checks of :func:`check_checkpoint_against_config` on a loaded ``checkpoint``
+    (``cli``, ``subcommand`` and ``trusted_parse`` are needed with ``--trust_checkpoint_config``
+    only)."""
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
     stored = hparams
@@ -301,6 +335,116 @@ def check_before_run(cli, args: Sequence[str] | None, trusted_parse: Callable[[]
     if subcommand == "fit":
         config = cli.config[subcommand]
         check_run_does_something(_get(config, "trainer"), checkpoint, _get(config, "ckpt_path"))
+
+
+# ---------------------------------------------------------------------------- --ckpt_path last|best
+def resolve_named_checkpoint(cli, subcommand: str) -> str | None:
+    """``--ckpt_path last|best`` as the file it names, found once the trainer exists (its
+    checkpoint callbacks and logger fix the folder), then checked as a file is (module
+    docstring) and handed to Lightning in its place.
+
+    ``last``: the newest ``last*.ckpt`` in the folder of the run's checkpoint callbacks (as
+    Lightning looks it up). None yet: ``fit`` starts from the beginning (Lightning's "set and
+    forget" resume) with a logged line; ``validate`` / ``test`` / ``predict`` are an error
+    naming the option and the folder (Lightning would evaluate the untrained model).
+    ``best``: the ``best_model_path`` of the first checkpoint callback that monitors a metric,
+    as recorded in the run's last checkpoint (a new process does not know it otherwise); an
+    error naming the option when no callback monitors a metric or no best checkpoint exists.
+    Returns the file, or ``None`` (another ``--ckpt_path`` or a fresh ``fit``)."""
+    config = cli.config[subcommand]
+    ckpt_path = _get(config, "ckpt_path")
+    if ckpt_path not in NAMED_CHECKPOINTS:
+        return None
+    if ckpt_path == "last":
+        path = _find_last_checkpoint(cli.trainer, fresh_start_ok=subcommand == "fit")
+    else:
+        path = _find_best_checkpoint(cli.trainer)
+    if path is not None:
+        log.info("--ckpt_path %s: %s", ckpt_path, path)
+        checkpoint = load_checkpoint_metadata(path)
+        _check_against_config(config, path, checkpoint, None)
+        if subcommand == "fit":
+            check_run_does_something(_get(config, "trainer"), checkpoint, path)
+    config["ckpt_path"] = path
+    cli.config_init[subcommand]["ckpt_path"] = path
+    return path
+
+
+def _checkpoint_callbacks(trainer) -> list:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+
+
+def _checkpoint_folder(callback, trainer) -> str:
+    """Where ``callback`` writes, by Lightning's rule: its ``dirpath``; else the first logger's
+    ``save_dir/name/version/checkpoints``; else ``default_root_dir/checkpoints``."""
+    if callback.dirpath is not None:
+        return os.fspath(callback.dirpath)
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+        version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+        return os.path.join(save_dir, str(logger.name), version, "checkpoints")
+    return os.path.join(trainer.default_root_dir, "checkpoints")
+
+
+def _find_last_checkpoint(trainer, fresh_start_ok: bool) -> str | None:
+    callbacks = _checkpoint_callbacks(trainer)
+    folders = list(dict.fromkeys(_checkpoint_folder(cb, trainer) for cb in callbacks))
+    found = []
+    for cb, folder in ((cb, _checkpoint_folder(cb, trainer)) for cb in callbacks):
+        pattern = re.compile(
+            rf"^{re.escape(cb.CHECKPOINT_NAME_LAST)}(-v?\d+)?{re.escape(cb.FILE_EXTENSION)}$"
+        )
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, f) for f in os.listdir(folder) if pattern.match(f)]
+    if found:
+        return max(found, key=os.path.getmtime)
+    where = ", ".join(folders) if folders else "(no checkpoint callback is configured)"
+    if fresh_start_ok:
+        log.info("--ckpt_path last: no checkpoint in %s yet; fit starts from the beginning", where)
+        return None
+    raise FileNotFoundError(
+        f"--ckpt_path last: no last checkpoint in {where} (the checkpoint folder of the configured "
+        "run: trainer.default_root_dir and the logger's save_dir/name/version); run fit first, or "
+        "give --ckpt_path FILE"
+    )
+
+
+def _find_best_checkpoint(trainer) -> str:
+    monitored = [cb for cb in _checkpoint_callbacks(trainer) if cb.monitor]
+    if not monitored:
+        raise ValueError(
+            "--ckpt_path best: no checkpoint callback of this configuration monitors a metric "
+            "(RunCheckpoint keeps the last checkpoint: use --ckpt_path last, or add a "
+            "ModelCheckpoint with monitor=...)"
+        )
+    callback = monitored[0]
+    folder = _checkpoint_folder(callback, trainer)
+    best = callback.best_model_path  # known in the process that ran fit only
+    if not best:
+        last = _find_last_checkpoint(trainer, fresh_start_ok=True)
+        if last is None:
+            raise FileNotFoundError(
+                f"--ckpt_path best: no checkpoint of the configured run in {folder}; run fit "
+                "first, or give --ckpt_path FILE"
+            )
+        states = load_checkpoint_metadata(last).get("callbacks") or {}
+        best = (states.get(callback.state_key) or {}).get("best_model_path") or ""
+        if not best:
+            raise FileNotFoundError(
+                f"--ckpt_path best: {last} records no best checkpoint for "
+                f"ModelCheckpoint(monitor={callback.monitor!r}) (no validation yet?); use "
+                "--ckpt_path last or give --ckpt_path FILE"
+            )
+    for candidate in (best, os.path.join(folder, os.path.basename(best))):
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"--ckpt_path best: the best checkpoint {best} (monitor={callback.monitor!r}) no longer "
+        "exists; give --ckpt_path FILE"
+    )
 
 
 _MISSING = object()
@@ -387,8 +531,11 @@ def check_run_does_something(
             "train nothing; raise max_steps to continue training"
         )
     try:
-        done = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
-    except (KeyError, TypeError, ValueError):
+        current = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+        # Lightning counts an epoch as done once `processed` (a checkpoint written at the epoch's
+        # end, e.g. RunCheckpoint's last.ckpt, has processed = completed + 1)
+        done = max(int(current["completed"]), int(current.get("processed", 0)))
+    except (KeyError, TypeError, ValueError, AttributeError):
         return
     if (
         max_epochs is not None

@@ -74,16 +74,11 @@ def test_pipeline_labels_trains_calibrates_and_feeds_grpo(tmp_path):
         "tiny",
         tmp_path / "work",
         max_rows=48,
-        proxy_max_steps=3,
-        proxy_batch_size=8,
-        proxy_max_length=48,
-        proxy_learning_rate=1e-3,
-        accelerator="cpu",
+        optimizer={"learning_rate": 1e-3},
+        training={"max_steps": 3, "batch_size": 8, "max_length": 48, "accelerator": "cpu"},
         pilot_prompts=str(prompts),
         policy="tiny",
-        pilot_size=4,
-        num_generations=4,
-        max_new_tokens=6,
+        pilot={"max_prompts": 4, "num_generations": 4, "max_new_tokens": 6},
     )
     labels = [json.loads(line) for line in open(tmp_path / "work" / "gold_labelled.jsonl")]
     assert len(labels) == summary["labels"]["rows"] == 48
@@ -208,8 +203,45 @@ def test_train_proxy_follows_on_bad_row(tmp_path):
     rows[5]["rejected"] = " ".join(words[:10] * 10)  # far beyond max_length
     labelled = tmp_path / "labelled.jsonl"
     labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = dict(max_steps=1, batch_size=4, max_length=24, val_fraction=0.25, accelerator="cpu")
+    common = dict(
+        training=dict(
+            max_steps=1, batch_size=4, max_length=24, val_fraction=0.25, accelerator="cpu"
+        )
+    )
     result = train_proxy(labelled, tmp_path / "proxy", on_bad_row="skip", **common)
     assert result["train_pairs"] + result["heldout_pairs"] == len(rows) - 1
     with pytest.raises(ValueError, match="too_long"):
         train_proxy(labelled, tmp_path / "proxy2", **common)
+
+
+def test_command_flags_fill_the_option_groups(monkeypatch, capsys):
+    """The command's flags (unchanged for users) reach the pipeline as the grouped options."""
+    from lightning_robust.models.backbone import ModelOptions
+    from lightning_robust.modules.optim import OptimizerOptions
+    from lightning_robust.pipelines import gold_proxy
+
+    seen = {}
+
+    def fake_pipeline(source, gold, work_dir, **kwargs):
+        seen.update(kwargs, source=source, gold=gold, work_dir=work_dir)
+        return {"grpo_overrides": {"model.reward_model": "p"}}
+
+    monkeypatch.setattr(gold_proxy, "gold_proxy_pipeline", fake_pipeline)
+    argv = "--pairs P --gold G --work-dir W --proxy-base minilm --max-rows 7 --on-bad-row skip"
+    argv += " --proxy-epochs 2 --proxy-max-steps 5 --proxy-batch-size 4 --proxy-max-length 64"
+    argv += " --proxy-learning-rate 0.002 --accelerator cpu --seed 3 --pilot-prompts Q"
+    argv += " --policy tiny --pilot-size 6 --num-generations 3 --max-new-tokens 9 --statistic rms"
+    assert main(argv.split()) == 0
+    assert seen["backbone"] == ModelOptions(name_or_path="minilm")
+    assert seen["optimizer"] == OptimizerOptions(learning_rate=0.002)
+    assert seen["training"] == gold_proxy.ProxyTrainingOptions(
+        max_epochs=2, max_steps=5, batch_size=4, max_length=64, accelerator="cpu"
+    )
+    assert seen["pilot"] == gold_proxy.PilotOptions(
+        num_generations=3, max_prompts=6, max_new_tokens=9, statistic="rms"
+    )
+    assert (seen["max_rows"], seen["on_bad_row"], seen["seed"]) == (7, "skip", 3)
+    assert (seen["pilot_prompts"], seen["policy"], seen["work_dir"]) == ("Q", "tiny", "W")
+    assert capsys.readouterr().out.strip() == "--model.reward_model=p"
+    with pytest.raises(ValueError, match="statistic"):
+        gold_proxy.PilotOptions(statistic="median")

@@ -47,3 +47,7 @@ def test_rerunning_the_quickstart_reproduces_the_committed_table(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert accuracy_rows(result.stdout) == accuracy_rows(COMMITTED.read_text(encoding="utf-8"))
+    # the default output is the summary alone: the fits' metric tables go to <run>/console.txt
+    assert "== validation at step" not in result.stdout and len(result.stdout.splitlines()) < 15
+    consoles = list((ROOT / "runs" / "quickstart").glob("*_seed0/console.txt"))
+    assert len(consoles) == 2 and all("== end of fit" in c.read_text() for c in consoles)

@@ -90,6 +90,93 @@ def quiet_trainer(max_epochs: int, default_root_dir, **overrides):
     return L.Trainer(**options)
 
 
+def fit_synthetic_reward_model(
+    make_weighting: Callable[[], object],
+    *,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    runs_dir,
+    metrics: dict[str, str],
+    **synthetic,
+) -> list[dict]:
+    """Train the project's ``RewardModel`` (tiny backbone, init seed ``seed``, constant lr after a
+    3 % warm-up) on the synthetic controlled-shift data (``SyntheticShiftConfig(**synthetic)``,
+    max length 64) with the weighting ``make_weighting()`` for ``epochs`` epochs; one record per
+    validated epoch: ``{"epoch": e, name: callback_metrics[key] for name, key in metrics}``."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_robust.data import PreferenceDataModule, SyntheticShiftConfig
+    from lightning_robust.modules import RewardModel
+
+    records: list[dict] = []
+
+    class EpochAccuracy(Callback):
+        def on_validation_end(self, trainer, pl_module):
+            logged = trainer.callback_metrics
+            records.append(
+                {
+                    "epoch": trainer.current_epoch + 1,
+                    **{name: float(logged[key]) for name, key in metrics.items()},
+                }
+            )
+
+    quiet_lightning()
+    seed_all(seed)
+    data = PreferenceDataModule(
+        train="synthetic",
+        batch_size=batch_size,
+        max_length=64,
+        seed=seed,
+        synthetic=SyntheticShiftConfig(seed=seed, **synthetic),
+    )
+    model = RewardModel(
+        weighting=make_weighting(),
+        backbone={"name_or_path": "tiny", "init_seed": seed},
+        optimizer={"learning_rate": learning_rate, "warmup_ratio": 0.03, "lr_schedule": "constant"},
+    )
+    trainer = quiet_trainer(epochs, runs_dir, callbacks=[EpochAccuracy()])
+    trainer.fit(model, datamodule=data)
+    return records
+
+
+class FeatureCache:
+    """Feature tensors by key (``store``), kept in one torch file read with ``weights_only=True``;
+    a subclass computes the missing ones, sets ``dirty`` and calls :meth:`save` when done."""
+
+    def __init__(self, cache_file):
+        import torch
+
+        self.cache_file = Path(cache_file)
+        self.store: dict = {}
+        self.dirty = False
+        if self.cache_file.exists():
+            saved = torch.load(self.cache_file, weights_only=True)
+            self.store = dict(zip(saved["keys"], saved["features"], strict=True))
+
+    def save(self) -> None:
+        """Write the store when it changed since it was read or last saved."""
+        import torch
+
+        if self.dirty:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            keys = list(self.store)
+            torch.save(
+                {"keys": keys, "features": torch.stack([self.store[k] for k in keys])},
+                self.cache_file,
+            )
+            self.dirty = False
+
+
+def frozen_encoder(model_name: str):
+    """``(tokenizer, encoder)``: the base model of a sequence classifier, in eval mode."""
+    from lightning_robust.models import load_sequence_classifier, load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    return tokenizer, load_sequence_classifier(model_name, tokenizer).base_model.eval()
+
+
 def _call_single_threaded(payload):
     fn, job = payload
     with torch_threads(1):

@@ -28,18 +28,11 @@ Protocol (declared below, before anything runs; :mod:`benchmarks.robustness.prot
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 
-from benchmarks.robustness.common import (
-    RUNS_DIR,
-    quiet_lightning,
-    quiet_trainer,
-    run_jobs,
-    seed_all,
-)
-from benchmarks.robustness.protocol import Experiment, Method, run_experiment
+from benchmarks.robustness.common import RUNS_DIR, fit_synthetic_reward_model, run_jobs
+from benchmarks.robustness.protocol import Experiment, Method, experiment_parser, run_experiment
 
 NAME = "exp1_synthetic"
 MODULE = f"benchmarks.robustness.{NAME}"
@@ -108,56 +101,24 @@ def make_weighting(family: str, config: dict):
 
 def train_run(job: Job) -> list[dict]:
     """Train one ``RewardModel``; one record per epoch with the accuracy on every split."""
-    from lightning.pytorch.callbacks import Callback
-
-    from lightning_robust.data import PreferenceDataModule, SyntheticShiftConfig
-    from lightning_robust.modules import RewardModel
-
     config = dict(job.config)
-    keys = {
-        "val": "val/accuracy",
-        "shifted": "val/shifted/accuracy",
-        "minority": "val/minority/accuracy",
-    }
-    records: list[dict] = []
-
-    class EpochAccuracy(Callback):
-        def on_validation_end(self, trainer, pl_module):
-            metrics = trainer.callback_metrics
-            records.append(
-                {
-                    "epoch": trainer.current_epoch + 1,
-                    **{name: float(metrics[key]) for name, key in keys.items()},
-                }
-            )
-
-    quiet_lightning()
-    seed_all(job.seed)
-    data = PreferenceDataModule(
-        train="synthetic",
-        batch_size=job.batch_size,
-        max_length=64,
+    return fit_synthetic_reward_model(
+        lambda: make_weighting(job.family, config),
         seed=job.seed,
-        synthetic=SyntheticShiftConfig(
-            num_train=job.num_train,
-            num_eval=job.num_eval,
-            seed=job.seed,
-            conflict=job.conflict,
-            label_noise=job.label_noise,
-        ),
-    )
-    model = RewardModel(
-        weighting=make_weighting(job.family, config),
-        backbone={"name_or_path": "tiny", "init_seed": job.seed},
-        optimizer={
-            "learning_rate": config.get("learning_rate", BASE_LR),
-            "warmup_ratio": 0.03,
-            "lr_schedule": "constant",
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        learning_rate=config.get("learning_rate", BASE_LR),
+        runs_dir=RUNS_DIR / NAME,
+        metrics={
+            "val": "val/accuracy",
+            "shifted": "val/shifted/accuracy",
+            "minority": "val/minority/accuracy",
         },
+        num_train=job.num_train,
+        num_eval=job.num_eval,
+        conflict=job.conflict,
+        label_noise=job.label_noise,
     )
-    trainer = quiet_trainer(job.epochs, RUNS_DIR / NAME, callbacks=[EpochAccuracy()])
-    trainer.fit(model, datamodule=data)
-    return records
 
 
 def _run_cell(job: Job) -> list[dict]:
@@ -251,17 +212,8 @@ def resumable_records(exp: Experiment, args) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument(
-        "--quick", action="store_true", help="CI smoke form (small data, 3 methods, 1 regime)"
-    )
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
-    )
+    parser = experiment_parser(TITLE, "CI smoke form (small data, 3 methods, 1 regime)")
     parser.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
-    )
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -24,7 +24,6 @@ experiment 1; grids of equal size; the epoch from {1, 2, 4, 8, 16}.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -34,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.robustness.common import SHARED_DATA
-from benchmarks.robustness.protocol import Experiment, Method, run_experiment
+from benchmarks.robustness.common import SHARED_DATA, FeatureCache, frozen_encoder
+from benchmarks.robustness.protocol import Experiment, Method, experiment_parser, run_experiment
 
 NAME = "exp1b_real"
 MODULE = f"benchmarks.robustness.{NAME}"
@@ -89,20 +88,13 @@ def missing_data(data_dir: Path) -> str | None:
     return None
 
 
-class TextEmbeddings:
+class TextEmbeddings(FeatureCache):
     """Frozen MiniLM sentence embeddings (mean-pooled last hidden state) of texts, cached on disk."""
 
     def __init__(self, cache_file: Path, max_length: int = 128, batch_size: int = 32):
-        from lightning_robust.models import load_sequence_classifier, load_tokenizer
-
-        self.tokenizer = load_tokenizer("minilm")
-        self.encoder = load_sequence_classifier("minilm", self.tokenizer).base_model.eval()
-        self.max_length, self.batch_size, self.cache_file = max_length, batch_size, Path(cache_file)
-        self.store: dict[str, torch.Tensor] = {}
-        self.dirty = False
-        if self.cache_file.exists():
-            saved = torch.load(self.cache_file, weights_only=True)
-            self.store = dict(zip(saved["keys"], saved["features"], strict=True))
+        super().__init__(cache_file)
+        self.tokenizer, self.encoder = frozen_encoder("minilm")
+        self.max_length, self.batch_size = max_length, batch_size
 
     def __call__(self, texts) -> torch.Tensor:
         todo = sorted({t for t in texts if t not in self.store}, key=len)
@@ -125,16 +117,6 @@ class TextEmbeddings:
                     self.store[text] = row.float().clone()
                 self.dirty = True
         return torch.stack([self.store[t] for t in texts])
-
-    def save(self) -> None:
-        if self.dirty:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            keys = list(self.store)
-            torch.save(
-                {"keys": keys, "features": torch.stack([self.store[k] for k in keys])},
-                self.cache_file,
-            )
-            self.dirty = False
 
 
 class ResponseHeadScorer:
@@ -368,15 +350,8 @@ def experiment(quick: bool, seeds) -> Experiment:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--quick", action="store_true", help="CI smoke form (120 rows, 2 methods)")
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
-    )
+    parser = experiment_parser(TITLE, "CI smoke form (120 rows, 2 methods)")
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
-    )
     args = parser.parse_args(argv)
     exp = experiment(args.quick, args.seeds)
     reason = missing_data(args.data_dir)

@@ -26,12 +26,11 @@ item-level bootstrap interval over the test prompts of every seed pooled.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from benchmarks.robustness.protocol import Experiment, Method, run_experiment
+from benchmarks.robustness.protocol import Experiment, Method, experiment_parser, run_experiment
 
 NAME = "exp4b_simplex"
 MODULE = f"benchmarks.robustness.{NAME}"
@@ -138,16 +137,7 @@ def experiment(quick: bool, seeds) -> Experiment:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument(
-        "--quick", action="store_true", help="CI smoke form (16 + 16 prompts, one regime)"
-    )
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
-    )
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
-    )
+    parser = experiment_parser(TITLE, "CI smoke form (16 + 16 prompts, one regime)")
     args = parser.parse_args(argv)
     exp = experiment(args.quick, args.seeds)
     return run_experiment(exp, lambda progress: run(exp, progress), args, argv, time.perf_counter())

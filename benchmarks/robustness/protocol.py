@@ -11,6 +11,7 @@ it runs; :func:`run_experiment` writes the declaration and every per-seed raw re
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import time
@@ -123,6 +124,20 @@ def write_json(path: Path, payload: dict) -> Path:
     tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def experiment_parser(title: str, quick_help: str) -> argparse.ArgumentParser:
+    """The command line every experiment shares: ``--quick`` (its CI smoke form, described by
+    ``quick_help``), ``--seeds`` and ``--out``; an experiment adds its own flags after these."""
+    parser = argparse.ArgumentParser(description=title)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="default 0..9 (quick: 0 1)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default docs/results/<name>.json; quick: none)"
+    )
+    return parser
 
 
 def run_experiment(

@@ -43,8 +43,11 @@ from benchmarks.robustness.common import (
     RESULTS_DIR,
     RUNS_DIR,
     SHARED_DATA,
+    FeatureCache,
     command_line,
+    fit_synthetic_reward_model,
     fmt_mean_std,
+    frozen_encoder,
     markdown_table,
     pyplot,
     quiet_lightning,
@@ -123,58 +126,25 @@ class SyntheticJob:
 
 def _synthetic_run(job: SyntheticJob) -> list[dict]:
     """Train one RewardModel run; one record per validated epoch."""
-    from lightning.pytorch.callbacks import Callback
-
-    from lightning_robust.data import PreferenceDataModule, SyntheticShiftConfig
-    from lightning_robust.modules import RewardModel
-
-    keys = {
-        "in_dist": "val/accuracy",
-        "shifted": "val/shifted/accuracy",
-        "minority": "val/minority/accuracy",
-    }
-    records: list[dict] = []
-
-    class EpochAccuracy(Callback):
-        def on_validation_end(self, trainer, pl_module):
-            metrics = trainer.callback_metrics
-            record = {
-                **asdict(job),
-                "method": method_name(job.family, job.rho),
-                "epoch": trainer.current_epoch + 1,
-            }
-            record.update({name: float(metrics[key]) for name, key in keys.items()})
-            records.append(record)
-
-    quiet_lightning()
-    seed_all(job.seed)
-    data = PreferenceDataModule(
-        train="synthetic",
-        batch_size=job.batch_size,
-        max_length=64,
+    per_epoch = fit_synthetic_reward_model(
+        lambda: make_weighting(job.family, job.rho),
         seed=job.seed,
-        synthetic=SyntheticShiftConfig(
-            num_train=job.num_train,
-            num_eval=job.num_eval,
-            seed=job.seed,
-            label_noise=job.label_noise,
-            length_pair_share=job.length_pair_share,
-        ),
-    )
-    model = RewardModel(
-        weighting=make_weighting(job.family, job.rho),
-        backbone={"name_or_path": "tiny", "init_seed": job.seed},
-        optimizer={
-            "learning_rate": job.learning_rate,
-            "warmup_ratio": 0.03,
-            "lr_schedule": "constant",
+        epochs=job.long_epochs,
+        batch_size=job.batch_size,
+        learning_rate=job.learning_rate,
+        runs_dir=RUNS_DIR / "reward_models",
+        metrics={
+            "in_dist": "val/accuracy",
+            "shifted": "val/shifted/accuracy",
+            "minority": "val/minority/accuracy",
         },
+        num_train=job.num_train,
+        num_eval=job.num_eval,
+        label_noise=job.label_noise,
+        length_pair_share=job.length_pair_share,
     )
-    trainer = quiet_trainer(
-        job.long_epochs, RUNS_DIR / "reward_models", callbacks=[EpochAccuracy()]
-    )
-    trainer.fit(model, datamodule=data)
-    return records
+    job_fields = {**asdict(job), "method": method_name(job.family, job.rho)}
+    return [{**job_fields, **r} for r in per_epoch]
 
 
 def synthetic_jobs(methods, noises, seeds, **settings) -> list[SyntheticJob]:
@@ -249,6 +219,29 @@ def synthetic_verdicts(records: list[dict]) -> list[str]:
     return lines
 
 
+def _rho_curves(ax, here: list[dict], base: list[dict], metrics, colors: dict, labels: dict):
+    """Mean ± std accuracy vs rho of the TV (solid) and chi2 (dashed) rows of ``here``, one line
+    per metric, each starting from the BTL rows ``base`` (rho = 0)."""
+    for family, style in (("tv", "-"), ("chi2", "--")):
+        curve = base + sorted(
+            (r for r in here if r["family"] == family and r["rho"] > 0), key=lambda r: r["rho"]
+        )
+        if len(curve) < 2:
+            continue
+        for m in metrics:
+            ax.errorbar(
+                [r["rho"] for r in curve],
+                [r[f"{m}_mean"] for r in curve],
+                yerr=[r[f"{m}_std"] for r in curve],
+                color=colors[m],
+                linestyle=style,
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=f"{'TV' if family == 'tv' else 'χ²'} {labels.get(m, m)}",
+            )
+
+
 def plot_synthetic(records: list[dict], path: Path) -> Path | None:
     """Accuracy vs rho, one panel per (label noise, training length); rho = 0 is BTL."""
     plt = pyplot()
@@ -262,27 +255,8 @@ def plot_synthetic(records: list[dict], path: Path) -> Path | None:
     colors = {"in_dist": "tab:blue", "shifted": "tab:red", "minority": "tab:green"}
     for ax, (noise, length) in zip(axes[0], regimes, strict=True):
         here = [r for r in rows if r["label_noise"] == noise and r["length"] == length]
-        base = next((r for r in here if r["family"] == "btl"), None)
-        for family, style in (("tv", "-"), ("chi2", "--")):
-            curve = sorted(
-                (r for r in here if r["family"] == family and r["rho"] > 0), key=lambda r: r["rho"]
-            )
-            if base is not None:
-                curve = [base, *curve]
-            if len(curve) < 2:
-                continue
-            for m in SYNTH_METRICS:
-                ax.errorbar(
-                    [r["rho"] for r in curve],
-                    [r[f"{m}_mean"] for r in curve],
-                    yerr=[r[f"{m}_std"] for r in curve],
-                    color=colors[m],
-                    linestyle=style,
-                    marker="o",
-                    markersize=3,
-                    capsize=2,
-                    label=f"{'TV' if family == 'tv' else 'χ²'} {m}",
-                )
+        base = [r for r in here if r["family"] == "btl"][:1]
+        _rho_curves(ax, here, base, SYNTH_METRICS, colors, {})
         ax.set_title(f"label noise T={noise:g}, {length}", fontsize=9)
         ax.set_xlabel("ρ (0 = BTL)")
         ax.grid(alpha=0.3)
@@ -332,7 +306,7 @@ def real_data_available(settings: RealSettings) -> str | None:
     return None
 
 
-class FrozenFeatures:
+class FrozenFeatures(FeatureCache):
     """Mean-pooled last hidden states of a frozen encoder per (prompt, response), cached on disk.
 
     Tokenisation is the scorers' (:class:`lightning_robust.models.scorers.TokenCache`: prompt cut
@@ -341,19 +315,12 @@ class FrozenFeatures:
     """
 
     def __init__(self, model_name: str, max_length: int, cache_file: Path, batch_size: int = 32):
-        from lightning_robust.models import load_sequence_classifier, load_tokenizer
         from lightning_robust.models.scorers import TokenCache
 
-        self.tokenizer = load_tokenizer(model_name)
-        self.encoder = load_sequence_classifier(model_name, self.tokenizer).base_model.eval()
+        super().__init__(cache_file)
+        self.tokenizer, self.encoder = frozen_encoder(model_name)
         self.tokens = TokenCache(self.tokenizer, max_length)
         self.batch_size = batch_size
-        self.cache_file = Path(cache_file)
-        self.store: dict[tuple[str, str], torch.Tensor] = {}
-        self.dirty = False
-        if self.cache_file.exists():
-            saved = torch.load(self.cache_file, weights_only=True)
-            self.store = dict(zip(saved["keys"], saved["features"], strict=True))
 
     def __call__(self, prompts, responses) -> torch.Tensor:
         """Features ``[n, d]`` (float32) of the pairs, encoding the missing ones."""
@@ -385,16 +352,6 @@ class FrozenFeatures:
                         self.store[keys[todo[j]]] = pooled[row].float().clone()
             self.dirty = True
         return torch.stack([self.store[k] for k in keys])
-
-    def save(self) -> None:
-        if self.dirty:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            keys = list(self.store)
-            torch.save(
-                {"keys": keys, "features": torch.stack([self.store[k] for k in keys])},
-                self.cache_file,
-            )
-            self.dirty = False
 
 
 class HeadScorer:
@@ -596,24 +553,7 @@ def plot_real(records: list[dict], path: Path) -> Path | None:
     for ax, (flips, length) in zip(axes[0], regimes, strict=True):
         here = [r for r in rows if r["label_flips"] == flips and r["length"] == length]
         base = [r for r in here if r["family"] == "btl"]
-        for family, style in (("tv", "-"), ("chi2", "--")):
-            curve = base + sorted(
-                (r for r in here if r["family"] == family and r["rho"] > 0), key=lambda r: r["rho"]
-            )
-            if len(curve) < 2:
-                continue
-            for m in REAL_METRICS:
-                ax.errorbar(
-                    [r["rho"] for r in curve],
-                    [r[f"{m}_mean"] for r in curve],
-                    yerr=[r[f"{m}_std"] for r in curve],
-                    color=colors[m],
-                    linestyle=style,
-                    marker="o",
-                    markersize=3,
-                    capsize=2,
-                    label=f"{'TV' if family == 'tv' else 'χ²'} {REAL_LABELS[m]}",
-                )
+        _rho_curves(ax, here, base, REAL_METRICS, colors, REAL_LABELS)
         ax.axhline(0.5, color="grey", linewidth=0.8)
         ax.set_title(f"extra flips {flips:g}, {length}", fontsize=9)
         ax.set_xlabel("ρ (0 = BTL)")

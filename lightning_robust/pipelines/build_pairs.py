@@ -36,6 +36,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -299,8 +300,249 @@ def _eos_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+# ---------------------------------------------------------------- steps of build_pairs
+def _check_sampling(num_samples, pairing, backend, batch_size, max_new_tokens, temperature):
+    """Errors naming the sampling option at fault."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(
+            f"num_samples (K) must be an integer >= 2 to form a pair, got {num_samples!r}"
+        )
+    if pairing not in PAIRING:
+        raise ValueError(f"unknown pairing={pairing!r}; expected one of {list(PAIRING)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend={backend!r}; expected one of {list(BACKENDS)}")
+    if batch_size < 1 or max_new_tokens < 1 or not temperature > 0:
+        raise ValueError(
+            f"batch_size >= 1, max_new_tokens >= 1 and temperature > 0 needed, got {batch_size}, "
+            f"{max_new_tokens}, {temperature}"
+        )
+
+
+def _reward_weights(reward_models, reward_weights) -> list[float]:
+    """The weight of each reward model in the ranking score (equal by default)."""
+    if not reward_models:
+        raise ValueError("reward_models is empty: give at least one reward model")
+    weights = (
+        [1.0] * len(reward_models) if reward_weights is None else [float(w) for w in reward_weights]
+    )
+    if len(weights) != len(reward_models):
+        raise ValueError(
+            f"reward_weights has {len(weights)} entries for {len(reward_models)} reward_models"
+        )
+    return weights
+
+
+def _load_scorers(
+    reward_models, tok, batch_size, max_length, trust_remote_code, require_same_tokenizer
+) -> list:
+    """One scorer per ``reward_models`` entry (tokenizers checked when asked)."""
+    scorers = [
+        resolve_reward_model(
+            spec,
+            policy_tokenizer=tok,
+            batch_size=batch_size,
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
+            index=i,
+        )
+        for i, spec in enumerate(reward_models)
+    ]
+    if require_same_tokenizer:
+        for i, scorer in enumerate(scorers):
+            check_same_tokenizer(tok, scorer, i)
+    return scorers
+
+
+def _prompts_digest(raw_prompts, source_rows) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([raw_prompts, source_rows], ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def _fingerprint(key: dict) -> str:
+    return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class _PairCache:
+    """``<output>.meta.json`` (the fingerprinted settings) and ``<output>.samples.jsonl``."""
+
+    output: str
+    key: dict
+    fingerprint: str
+
+    @property
+    def meta_path(self) -> str:
+        return self.output + ".meta.json"
+
+    @property
+    def samples_path(self) -> str:
+        return self.output + ".samples.jsonl"
+
+    def open(self, force: bool, num_prompts: int) -> dict[int, dict] | None:
+        """``None`` when a finished output of this fingerprint is on disk (cache hit), else the
+        records already sampled by an interrupted run of it (empty for a fresh start)."""
+        meta = _read_json(self.meta_path)
+        same = not force and meta is not None and meta.get("fingerprint") == self.fingerprint
+        if (
+            same
+            and meta.get("done")
+            and os.path.exists(self.output)
+            and meta.get("output_digest") == _file_digest(self.output)
+        ):
+            log.info(
+                "build_pairs cache hit: %s is up to date (fingerprint %s)",
+                self.output,
+                self.fingerprint,
+            )
+            return None
+        if same and os.path.exists(self.samples_path):
+            done = _read_samples(self.samples_path)
+            log.info(
+                "build_pairs: resuming, %d of %d prompts already sampled", len(done), num_prompts
+            )
+            return done
+        os.makedirs(os.path.dirname(os.path.abspath(self.output)), exist_ok=True)
+        open(self.samples_path, "w").close()
+        _write_json(self.meta_path, {**self.key, "fingerprint": self.fingerprint, "done": False})
+        return {}
+
+    def finish(self, rows: list[dict], fmt: str, num_prompts: int, skipped: Counter) -> None:
+        """Write the pairs and mark the fingerprint done (with the output's digest)."""
+        _write(rows, self.output, fmt, self.fingerprint)
+        _write_json(
+            self.meta_path,
+            {
+                **self.key,
+                "fingerprint": self.fingerprint,
+                "done": True,
+                "rows": len(rows),
+                "prompts": num_prompts,
+                "skipped": {k: v for k, v in skipped.items() if v},
+                "output_digest": _file_digest(self.output),
+            },
+        )
+
+
+@dataclass
+class _Sampler:
+    """The policy (Hugging Face ``generate`` or a vLLM engine) and the sampling settings."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    engine: object | None
+    num_samples: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+    def sample(self, input_ids: list) -> tuple[list[str], list[int]]:
+        """``(texts, prompt of each text)``: ``num_samples`` completions of each prompt, in
+        prompt order (positions in ``input_ids``)."""
+        tok = self.tokenizer
+        ids, mask = pad_sequences(input_ids, tok.pad_token_id, side="left")
+        kwargs = dict(
+            eos_token_id=_eos_ids(tok, self.model),
+            pad_token_id=tok.pad_token_id,
+            num_generations=self.num_samples,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+        )
+        if self.engine is not None:
+            rollout = self.engine.generate(ids, mask, **kwargs)
+        else:
+            from lightning_robust.models.rollout import generate_rollouts
+
+            dev = next(self.model.parameters()).device
+            rollout = generate_rollouts(self.model, ids.to(dev), mask.to(dev), **kwargs)
+        response = rollout.response_ids.masked_fill(~rollout.response_mask, tok.pad_token_id)
+        texts = tok.batch_decode(response.cpu(), skip_special_tokens=True)
+        return texts, [int(p) for p in rollout.prompt_index.cpu()]
+
+
+def _vllm_engine(policy, seed: int):
+    from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
+
+    if not isinstance(policy, (str, os.PathLike)):
+        raise ValueError("backend='vllm' needs the policy as a spec string (the engine loads it)")
+    return VLLMRolloutEngine(os.fspath(policy), seed=seed)
+
+
+def score_completions(scorers: Sequence, prompts: list, texts: list[str]) -> torch.Tensor:
+    """``[len(texts), M]`` float64 scores of each completion by each reward model; an error
+    naming ``reward_models[m]`` on a wrong count or a non-finite score."""
+    per_model = []
+    for m, scorer in enumerate(scorers):
+        s = torch.as_tensor(scorer.score(prompts, texts), dtype=torch.float64).reshape(-1)
+        if s.shape[0] != len(texts) or not torch.isfinite(s).all():
+            raise ValueError(
+                f"reward_models[{m}] gave {s.shape[0]} scores (non-finite or wrong count) "
+                f"for {len(texts)} completions"
+            )
+        per_model.append(s)
+    return torch.stack(per_model, 1)
+
+
+def _sample_and_score(
+    sampler: _Sampler,
+    scorers: Sequence,
+    raw_prompts: list,
+    source_rows: list,
+    encoded,
+    *,
+    batch_size: int,
+    seed: int,
+    done: dict[int, dict],
+    samples_path: str,
+) -> None:
+    """Sample and score every prompt not in ``done`` by batches of ``batch_size`` prompts (batch
+    ``b`` after ``torch.manual_seed(seed + b)``), appending each batch's records to
+    ``samples_path`` (flushed and synced) and to ``done``."""
+    k_per = sampler.num_samples
+    with open(samples_path, "a", encoding="utf-8") as out:
+        for b, start in enumerate(range(0, len(raw_prompts), batch_size)):
+            idx = range(start, min(start + batch_size, len(raw_prompts)))
+            usable = [i for i in idx if encoded.input_ids[i] is not None]
+            if all(i in done for i in idx) or not usable:
+                continue
+            torch.manual_seed(seed + b)
+            texts, prompt_index = sampler.sample([encoded.input_ids[i] for i in usable])
+            scores = score_completions(
+                scorers, [raw_prompts[usable[p]] for p in prompt_index], texts
+            )  # [B*K, M]
+            for k, i in enumerate(usable):
+                if i in done:
+                    continue
+                rows = slice(k * k_per, (k + 1) * k_per)
+                rec = {
+                    "prompt_index": i,
+                    "source_row": source_rows[i],
+                    "prompt": raw_prompts[i],
+                    "completions": texts[rows],
+                    "scores": scores[rows].tolist(),
+                }
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                done[i] = rec
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def _prompt_skips(encoded, max_prompt_length: int, skipped: Counter) -> None:
+    """Log the prompts cut to ``max_prompt_length``; count those that encode to nothing."""
+    if encoded.truncated:
+        log.info(
+            "build_pairs: %d prompts cut to max_prompt_length=%d",
+            encoded.truncated,
+            max_prompt_length,
+        )
+    empty_prompts = sum(1 for x in encoded.input_ids if x is None)
+    if empty_prompts:
+        skipped["prompt_encodes_to_nothing"] += empty_prompts
+
+
 # ---------------------------------------------------------------- entry point
-def build_pairs(  # noqa: C901 -- one linear pipeline (sample, score, pair, write); to be split
+def build_pairs(
     prompts: DataSource | str | Mapping,
     policy,
     reward_models: Sequence,
@@ -350,53 +592,25 @@ def build_pairs(  # noqa: C901 -- one linear pipeline (sample, score, pair, writ
 
     Returns the output path.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-        raise ValueError(
-            f"num_samples (K) must be an integer >= 2 to form a pair, got {num_samples!r}"
-        )
-    if pairing not in PAIRING:
-        raise ValueError(f"unknown pairing={pairing!r}; expected one of {list(PAIRING)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend={backend!r}; expected one of {list(BACKENDS)}")
-    if not reward_models:
-        raise ValueError("reward_models is empty: give at least one reward model")
-    if batch_size < 1 or max_new_tokens < 1 or not temperature > 0:
-        raise ValueError(
-            f"batch_size >= 1, max_new_tokens >= 1 and temperature > 0 needed, got {batch_size}, "
-            f"{max_new_tokens}, {temperature}"
-        )
-    weights = (
-        [1.0] * len(reward_models) if reward_weights is None else [float(w) for w in reward_weights]
-    )
-    if len(weights) != len(reward_models):
-        raise ValueError(
-            f"reward_weights has {len(weights)} entries for {len(reward_models)} reward_models"
-        )
+    _check_sampling(num_samples, pairing, backend, batch_size, max_new_tokens, temperature)
+    weights = _reward_weights(reward_models, reward_weights)
     output = os.fspath(output)
     fmt = _output_format(output)
     raw_prompts, source_rows = read_prompts(prompts, prompt_schema, max_prompts)
-
+    # steps 1-2: the policy and the reward models
     model, tok, policy_id = _load_policy(policy, tokenizer, dtype, trust_remote_code, seed)
-    scorers = [
-        resolve_reward_model(
-            spec,
-            policy_tokenizer=tok,
-            batch_size=reward_batch_size,
-            max_length=reward_max_length,
-            trust_remote_code=trust_remote_code,
-            index=i,
-        )
-        for i, spec in enumerate(reward_models)
-    ]
-    if require_same_tokenizer:
-        for i, scorer in enumerate(scorers):
-            check_same_tokenizer(tok, scorer, i)
-
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([raw_prompts, source_rows], ensure_ascii=False).encode())
+    scorers = _load_scorers(
+        reward_models,
+        tok,
+        reward_batch_size,
+        reward_max_length,
+        trust_remote_code,
+        require_same_tokenizer,
+    )
+    # cache and resume: every input that changes the rows is in the fingerprint
     key = {
         "format": PAIRS_FORMAT,
-        "prompts": h.hexdigest(),
+        "prompts": _prompts_digest(raw_prompts, source_rows),
         "policy": policy_id,
         "reward_models": [_spec_fingerprint(s) for s in reward_models],
         "reward_weights": weights,
@@ -412,129 +626,43 @@ def build_pairs(  # noqa: C901 -- one linear pipeline (sample, score, pair, writ
         "reward_max_length": reward_max_length,
         "backend": backend,
     }
-    fingerprint = hashlib.blake2b(
-        json.dumps(key, sort_keys=True).encode(), digest_size=16
-    ).hexdigest()
-    meta_path, samples_path = output + ".meta.json", output + ".samples.jsonl"
-    meta = _read_json(meta_path)
-    same = not force and meta is not None and meta.get("fingerprint") == fingerprint
-    if (
-        same
-        and meta.get("done")
-        and os.path.exists(output)
-        and meta.get("output_digest") == _file_digest(output)
-    ):
-        log.info("build_pairs cache hit: %s is up to date (fingerprint %s)", output, fingerprint)
+    cache = _PairCache(output, key, _fingerprint(key))
+    done = cache.open(force, len(raw_prompts))
+    if done is None:
         return output
-    done: dict[int, dict] = {}
-    if same and os.path.exists(samples_path):
-        done = _read_samples(samples_path)
-        log.info(
-            "build_pairs: resuming, %d of %d prompts already sampled", len(done), len(raw_prompts)
-        )
-    else:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        open(samples_path, "w").close()
-        _write_json(meta_path, {**key, "fingerprint": fingerprint, "done": False})
-
+    # sampling and scoring, batch by batch (resumable)
     if device is not None:
         model = model.to(device)
-    engine = None
-    if backend == "vllm":
-        from lightning_robust.models.vllm_rollout import VLLMRolloutEngine
-
-        if not isinstance(policy, (str, os.PathLike)):
-            raise ValueError(
-                "backend='vllm' needs the policy as a spec string (the engine loads it)"
-            )
-        engine = VLLMRolloutEngine(os.fspath(policy), seed=seed)
+    sampler = _Sampler(
+        model,
+        tok,
+        _vllm_engine(policy, seed) if backend == "vllm" else None,
+        num_samples,
+        max_new_tokens,
+        temperature,
+        top_p,
+    )
     encoded = encode_prompts(raw_prompts, tok, max_prompt_length, chat_template)
-    eos = _eos_ids(tok, model)
-    with open(samples_path, "a", encoding="utf-8") as out:
-        for b, start in enumerate(range(0, len(raw_prompts), batch_size)):
-            idx = [i for i in range(start, min(start + batch_size, len(raw_prompts)))]
-            if all(i in done for i in idx):
-                continue
-            usable = [i for i in idx if encoded.input_ids[i] is not None]
-            if not usable:
-                continue
-            torch.manual_seed(seed + b)
-            ids, mask = pad_sequences(
-                [encoded.input_ids[i] for i in usable], tok.pad_token_id, side="left"
-            )
-            dev = next(model.parameters()).device
-            kwargs = dict(
-                eos_token_id=eos,
-                pad_token_id=tok.pad_token_id,
-                num_generations=num_samples,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-            )
-            if engine is not None:
-                rollout = engine.generate(ids, mask, **kwargs)
-            else:
-                from lightning_robust.models.rollout import generate_rollouts
-
-                rollout = generate_rollouts(model, ids.to(dev), mask.to(dev), **kwargs)
-            response = rollout.response_ids.masked_fill(~rollout.response_mask, tok.pad_token_id)
-            texts = tok.batch_decode(response.cpu(), skip_special_tokens=True)
-            flat_prompts = [raw_prompts[usable[int(p)]] for p in rollout.prompt_index.cpu()]
-            per_model = []
-            for m, scorer in enumerate(scorers):
-                s = torch.as_tensor(scorer.score(flat_prompts, texts), dtype=torch.float64).reshape(
-                    -1
-                )
-                if s.shape[0] != len(texts) or not torch.isfinite(s).all():
-                    raise ValueError(
-                        f"reward_models[{m}] gave {s.shape[0]} scores (non-finite or wrong count) "
-                        f"for {len(texts)} completions"
-                    )
-                per_model.append(s)
-            scores = torch.stack(per_model, 1)  # [B*K, M]
-            for k, i in enumerate(usable):
-                if i in done:
-                    continue
-                rows = slice(k * num_samples, (k + 1) * num_samples)
-                rec = {
-                    "prompt_index": i,
-                    "source_row": source_rows[i],
-                    "prompt": raw_prompts[i],
-                    "completions": texts[rows],
-                    "scores": scores[rows].tolist(),
-                }
-                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                done[i] = rec
-            out.flush()
-            os.fsync(out.fileno())
+    _sample_and_score(
+        sampler,
+        scorers,
+        raw_prompts,
+        source_rows,
+        encoded,
+        batch_size=batch_size,
+        seed=seed,
+        done=done,
+        samples_path=cache.samples_path,
+    )
+    # step 3: pair selection, then the output and the finished cache entry
     records = [done[i] for i in sorted(done)]
     rows, skipped = _rows_from_records(records, pairing, weights)
-    if encoded.truncated:
-        log.info(
-            "build_pairs: %d prompts cut to max_prompt_length=%d",
-            encoded.truncated,
-            max_prompt_length,
-        )
-    empty_prompts = sum(1 for x in encoded.input_ids if x is None)
-    if empty_prompts:
-        skipped["prompt_encodes_to_nothing"] += empty_prompts
+    _prompt_skips(encoded, max_prompt_length, skipped)
     if not rows:
         raise ValueError(
             f"build_pairs: no pair was formed from {len(records)} prompts (skipped: {dict(skipped)})"
         )
-    _write(rows, output, fmt, fingerprint)
-    _write_json(
-        meta_path,
-        {
-            **key,
-            "fingerprint": fingerprint,
-            "done": True,
-            "rows": len(rows),
-            "prompts": len(records),
-            "skipped": {k: v for k, v in skipped.items() if v},
-            "output_digest": _file_digest(output),
-        },
-    )
+    cache.finish(rows, fmt, len(records), skipped)
     log.info(
         "build_pairs: %d pairs from %d prompts into %s (skipped: %s)",
         len(rows),

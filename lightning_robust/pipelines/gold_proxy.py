@@ -29,12 +29,16 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from lightning_robust.annotate import annotate_pairs
 from lightning_robust.data.source import DataSource
+from lightning_robust.models.backbone import ModelOptions
+from lightning_robust.models.lora import LoraOptions
+from lightning_robust.modules.optim import OptimizerOptions
 
 log = logging.getLogger(__name__)
 
@@ -89,51 +93,109 @@ def label_with_gold(
     return stats
 
 
+@dataclass(frozen=True)
+class ProxyTrainingOptions:
+    """How the proxy reward model is trained (S003: 1 epoch, batch 16, max length 512).
+
+    Attributes:
+        max_epochs, max_steps: Lightning's training length (``max_steps=-1``: by epochs).
+        batch_size: pairs per optimiser step.
+        max_length: token budget of prompt + answer (also used to score with the gold model).
+        val_fraction: share of the labelled pairs held out (by prompt) for the proxy-vs-gold
+            agreement.
+        accelerator: Lightning's ``accelerator`` (one device).
+    """
+
+    max_epochs: int = 1
+    max_steps: int = -1
+    batch_size: int = 16
+    max_length: int = 512
+    val_fraction: float = 0.1
+    accelerator: str = "auto"
+
+    @classmethod
+    def coerce(cls, value) -> ProxyTrainingOptions:
+        """``None`` (the defaults), a ``ProxyTrainingOptions`` or a (partial) dict."""
+        if value is None:
+            return cls()
+        return cls(**value) if isinstance(value, dict) else value
+
+
+@dataclass(frozen=True)
+class PilotOptions:
+    """The pilot calibration of ``delta~_0`` (module docstring, step 3).
+
+    Attributes:
+        num_generations: ``G``, completions sampled per pilot prompt (>= 2).
+        max_prompts: pilot prompts used (the first ones of the pilot source).
+        max_new_tokens, temperature: sampling settings of the initial policy.
+        statistic: ``mean_abs`` (chosen here) | ``rms`` | ``max`` of the per-group gap.
+    """
+
+    num_generations: int = 8
+    max_prompts: int = 32
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    statistic: Literal["mean_abs", "rms", "max"] = "mean_abs"
+
+    def __post_init__(self):
+        if self.statistic not in STATISTICS:
+            raise ValueError(
+                f"unknown statistic={self.statistic!r}; expected one of {list(STATISTICS)}"
+            )
+
+    @classmethod
+    def coerce(cls, value) -> PilotOptions:
+        """``None`` (the defaults), a ``PilotOptions`` or a (partial) dict."""
+        if value is None:
+            return cls()
+        return cls(**value) if isinstance(value, dict) else value
+
+
 def train_proxy(
     labelled: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
-    model_name_or_path: str = "tiny",
-    max_epochs: int = 1,
-    max_steps: int = -1,
-    batch_size: int = 16,
-    max_length: int = 512,
-    learning_rate: float = 1e-5,
-    val_fraction: float = 0.1,
+    backbone: ModelOptions | dict | str | None = None,
+    optimizer: OptimizerOptions | dict | None = None,
+    lora: LoraOptions | dict | None = None,
+    training: ProxyTrainingOptions | dict | None = None,
     seed: int = 0,
-    accelerator: str = "auto",
-    default_root_dir: str | None = None,
     on_bad_row: Literal["error", "skip"] = "error",
+    default_root_dir: str | None = None,
 ) -> dict:
-    """Train the proxy :class:`~lightning_robust.modules.RewardModel` on gold-labelled rows
-    (S003: 1 epoch, batch 16, max length 512), export it to ``output_dir`` and return the
-    held-out proxy-vs-gold agreement (``val/accuracy`` on the labelled pairs held out by prompt).
-    ``on_bad_row`` is the data module's (``skip``: rows longer than ``max_length`` are counted and
-    dropped)."""
+    """Train the proxy :class:`~lightning_robust.modules.RewardModel` on gold-labelled rows, export
+    it to ``output_dir`` and return the held-out proxy-vs-gold agreement (``val/accuracy`` on the
+    labelled pairs held out by prompt).
+
+    ``backbone``, ``optimizer`` and ``lora`` are the reward model's own groups (defaults: the
+    ``tiny`` model; ``OptimizerOptions()``: lr 1e-5, cosine, warm-up 0.03; no LoRA);
+    ``training`` is :class:`ProxyTrainingOptions` (S003: 1 epoch, batch 16, max length 512).
+    ``on_bad_row`` is the data module's (``skip``: rows longer than ``max_length`` are counted
+    and dropped)."""
     from lightning import Trainer, seed_everything
 
     from lightning_robust.data import PreferenceDataModule
     from lightning_robust.modules import RewardModel
 
+    backbone = ModelOptions.coerce(backbone)
+    training = ProxyTrainingOptions.coerce(training)
     seed_everything(seed, workers=True)
-    module = RewardModel(
-        backbone={"name_or_path": model_name_or_path},
-        optimizer={"learning_rate": learning_rate, "lr_schedule": "cosine", "warmup_ratio": 0.03},
-    )
+    module = RewardModel(backbone=backbone, optimizer=optimizer, lora=lora)
     dm = PreferenceDataModule(
         train=os.fspath(labelled),
-        tokenizer=model_name_or_path,
-        batch_size=batch_size,
-        max_length=max_length,
-        val_fraction=val_fraction,
+        tokenizer=backbone.name_or_path,
+        batch_size=training.batch_size,
+        max_length=training.max_length,
+        val_fraction=training.val_fraction,
         seed=seed,
         on_bad_row=on_bad_row,
     )
     trainer = Trainer(
-        accelerator=accelerator,
+        accelerator=training.accelerator,
         devices=1,
-        max_epochs=max_epochs,
-        max_steps=max_steps,
+        max_epochs=training.max_epochs,
+        max_steps=training.max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -187,19 +249,18 @@ def calibrate_delta0(
     proxy,
     gold,
     work_dir: str | os.PathLike,
+    pilot: PilotOptions | dict | None = None,
     *,
-    num_generations: int = 8,
-    max_prompts: int = 32,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
     seed: int = 0,
-    statistic: Literal["mean_abs", "rms", "max"] = "mean_abs",
     **sampling,
 ) -> dict:
-    """Pilot calibration of ``delta~_0`` (module docstring): ``G = num_generations`` completions of
-    ``max_prompts`` pilot prompts from the initial ``policy``, scored by ``proxy`` and ``gold``."""
+    """Pilot calibration of ``delta~_0`` (module docstring): ``G = pilot.num_generations``
+    completions of ``pilot.max_prompts`` pilot prompts from the initial ``policy``, scored by
+    ``proxy`` and ``gold``. ``sampling``: further :func:`~lightning_robust.pipelines.build_pairs.
+    build_pairs` settings (``top_p``, ``batch_size``, ...)."""
     from lightning_robust.pipelines.build_pairs import build_pairs
 
+    pilot = PilotOptions.coerce(pilot)
     os.makedirs(work_dir, exist_ok=True)
     out = os.path.join(os.fspath(work_dir), "pilot_pairs.jsonl")
     try:
@@ -208,10 +269,10 @@ def calibrate_delta0(
             policy,
             [proxy, gold],
             out,
-            num_samples=num_generations,
-            max_prompts=max_prompts,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
+            num_samples=pilot.num_generations,
+            max_prompts=pilot.max_prompts,
+            max_new_tokens=pilot.max_new_tokens,
+            temperature=pilot.temperature,
             seed=seed,
             **sampling,
         )
@@ -221,12 +282,12 @@ def calibrate_delta0(
     with open(out + ".samples.jsonl", encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     scores = torch.tensor([r["scores"] for r in records], dtype=torch.float64)  # [groups, G, 2]
-    delta0 = delta0_from_scores(scores[..., 0], scores[..., 1], statistic)
+    delta0 = delta0_from_scores(scores[..., 0], scores[..., 1], pilot.statistic)
     result = {
         "delta0": delta0,
-        "statistic": statistic,
+        "statistic": pilot.statistic,
         "pilot_prompts": len(records),
-        "G": num_generations,
+        "G": pilot.num_generations,
     }
     log.info("pilot calibration: %s", result)
     return result
@@ -237,25 +298,32 @@ def gold_proxy_pipeline(
     gold_reward_model,
     work_dir: str | os.PathLike,
     *,
-    proxy_base: str = "tiny",
+    backbone: ModelOptions | dict | str | None = None,
+    optimizer: OptimizerOptions | dict | None = None,
+    lora: LoraOptions | dict | None = None,
+    training: ProxyTrainingOptions | dict | None = None,
     max_rows: int | None = None,
-    on_bad_row: str = "error",
-    proxy_epochs: int = 1,
-    proxy_max_steps: int = -1,
-    proxy_batch_size: int = 16,
-    proxy_max_length: int = 512,
-    proxy_learning_rate: float = 1e-5,
+    on_bad_row: Literal["error", "skip"] = "error",
     seed: int = 0,
-    accelerator: str = "auto",
     pilot_prompts=None,
     policy: str | None = None,
-    pilot_size: int = 32,
-    num_generations: int = 8,
-    max_new_tokens: int = 64,
-    statistic: Literal["mean_abs", "rms", "max"] = "mean_abs",
+    pilot: PilotOptions | dict | None = None,
 ) -> dict:
-    """Label with gold, train the proxy, optionally calibrate ``delta~_0`` (with ``pilot_prompts``
-    and ``policy``); writes ``<work_dir>/summary.json`` holding the GRPO/DRRO overrides."""
+    """Label with gold, train the proxy, optionally calibrate ``delta~_0``; writes
+    ``<work_dir>/summary.json`` holding the GRPO/DRRO overrides.
+
+    Args:
+        source: the preference pairs to label (file, hub id, ``"synthetic"``, a ``DataSource``).
+        gold_reward_model: the gold reward model spec (``load_reward_scorer``).
+        work_dir: folder of the labelled rows, the proxy export, the pilot and the summary.
+        backbone, optimizer, lora: the proxy reward model's groups (:func:`train_proxy`).
+        training: :class:`ProxyTrainingOptions`; its ``max_length`` also bounds gold scoring.
+        max_rows, on_bad_row: rows of ``source`` read, and what to do with a bad one.
+        seed: seed of the proxy's training split and the pilot's sampling.
+        pilot_prompts, policy: with both, calibrate ``delta~_0`` on ``pilot_prompts`` sampled
+            from the initial ``policy`` (:class:`PilotOptions` ``pilot``).
+    """
+    training = ProxyTrainingOptions.coerce(training)
     work_dir = os.fspath(work_dir)
     os.makedirs(work_dir, exist_ok=True)
     labelled = os.path.join(work_dir, "gold_labelled.jsonl")
@@ -266,23 +334,20 @@ def gold_proxy_pipeline(
             labelled,
             max_rows=max_rows,
             on_bad_row=on_bad_row,
-            max_length=proxy_max_length,
+            max_length=training.max_length,
         )
     }
     proxy_dir = os.path.join(work_dir, "proxy")
     summary["proxy"] = train_proxy(
         labelled,
         proxy_dir,
-        model_name_or_path=proxy_base,
-        max_epochs=proxy_epochs,
-        max_steps=proxy_max_steps,
-        batch_size=proxy_batch_size,
-        max_length=proxy_max_length,
-        learning_rate=proxy_learning_rate,
+        backbone=backbone,
+        optimizer=optimizer,
+        lora=lora,
+        training=training,
         seed=seed,
-        accelerator=accelerator,
-        default_root_dir=os.path.join(work_dir, "proxy_run"),
         on_bad_row=on_bad_row,
+        default_root_dir=os.path.join(work_dir, "proxy_run"),
     )
     overrides = {
         "model.reward_model": proxy_dir,
@@ -299,11 +364,8 @@ def gold_proxy_pipeline(
             proxy_dir,
             gold_reward_model,
             os.path.join(work_dir, "pilot"),
-            num_generations=num_generations,
-            max_prompts=pilot_size,
-            max_new_tokens=max_new_tokens,
+            pilot,
             seed=seed,
-            statistic=statistic,
         )
         overrides["model.delta0"] = summary["pilot"]["delta0"]
     summary["grpo_overrides"] = overrides
@@ -343,22 +405,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.pairs,
             a.gold,
             a.work_dir,
-            proxy_base=a.proxy_base,
+            backbone=ModelOptions(name_or_path=a.proxy_base),
+            optimizer=OptimizerOptions(learning_rate=a.proxy_learning_rate),
+            training=ProxyTrainingOptions(
+                max_epochs=a.proxy_epochs,
+                max_steps=a.proxy_max_steps,
+                batch_size=a.proxy_batch_size,
+                max_length=a.proxy_max_length,
+                accelerator=a.accelerator,
+            ),
             max_rows=a.max_rows,
             on_bad_row=a.on_bad_row,
-            proxy_epochs=a.proxy_epochs,
-            proxy_max_steps=a.proxy_max_steps,
-            proxy_batch_size=a.proxy_batch_size,
-            proxy_max_length=a.proxy_max_length,
-            proxy_learning_rate=a.proxy_learning_rate,
             seed=a.seed,
-            accelerator=a.accelerator,
             pilot_prompts=a.pilot_prompts,
             policy=a.policy,
-            pilot_size=a.pilot_size,
-            num_generations=a.num_generations,
-            max_new_tokens=a.max_new_tokens,
-            statistic=a.statistic,
+            pilot=PilotOptions(
+                num_generations=a.num_generations,
+                max_prompts=a.pilot_size,
+                max_new_tokens=a.max_new_tokens,
+                statistic=a.statistic,
+            ),
         )
     except (ValueError, FileNotFoundError) as err:
         p.exit(2, f"gold_proxy: error: {err}\n")
