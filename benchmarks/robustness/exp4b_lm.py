@@ -19,8 +19,9 @@ method is one of the package's modules (no second training loop):
   protocol's run showed it training like GRPO);
 * ``DRO``: GRPO with ``shaping="dro"`` (the value-robust baseline), fixed budget, grid over δ̃;
 * ``PPO`` (with ``--ppo`` only): :class:`~lightning_robust.modules.PPO` (value head, GAE), grid over
-  its KL-in-reward β. Its runs cost about as much as GRPO's (13 s CPU each, one thread); they are
-  left out of the committed run to keep it short on the shared machine.
+  its KL-in-reward β. A PPO run costs about 1.1 times a GRPO run (13.1 vs 12.0 s CPU, one
+  thread, evaluating every 4 rollouts); the committed run (80 runs, 497 s CPU) leaves PPO out,
+  as it was made on a saturated shared machine; with it the full form is about 11 CPU-minutes.
 
 Protocol (:mod:`benchmarks.robustness.protocol`): every method has a grid of the same size
 (:data:`GRID_SIZE`); the learning rate, rollouts and sampling are shared. Every ``val_every``
