@@ -58,7 +58,9 @@ from benchmarks.robustness.protocol import Experiment, Method, run_experiment
 
 NAME = "exp4b_lm"
 MODULE = f"benchmarks.robustness.{NAME}"
-TITLE = "Exp 4b, tiny LM (S003): DRRO vs GRPO, DRO and PPO at the validation-selected peak"
+TITLE = (
+    "Exp 4b, tiny LM (S003): DRRO vs GRPO and DRO (PPO with --ppo) at the validation-selected peak"
+)
 GRID_SIZE = 4
 METHODS = (
     Method("GRPO", "grpo", {"kl_coef": [0.0, 0.01, 0.03, 0.1]}, baseline=True),
