@@ -34,6 +34,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,13 +111,17 @@ def make_pairs(num: int, seed: int, split: str) -> list[dict]:
     return rows
 
 
-def label_pairs(pairs: list[dict], a: float, noise: float, seed: int) -> list[dict]:
-    """Preference rows (``prompt``, ``chosen``, ``rejected``) labelled by ``r_a`` with
-    Bradley-Terry noise of temperature ``noise`` (0: the better response; ties go to ``y1``)."""
+def label_pairs(
+    pairs: list[dict], a: float, noise: float, seed: int, reward: Callable | None = None
+) -> list[dict]:
+    """Preference rows (``prompt``, ``chosen``, ``rejected``) labelled by ``r_a`` (or by
+    ``reward(y)`` when given; ``a`` then only seeds the labels) with Bradley-Terry noise of
+    temperature ``noise`` (0: the better response; ties go to ``y1``)."""
     rng = random.Random(f"preference_shift/labels/{seed}/{a}/{noise}")
+    score = reward if reward is not None else (lambda y: mixture_reward(a, y))
     out = []
     for p in pairs:
-        gap = mixture_reward(a, p["y1"]) - mixture_reward(a, p["y2"])
+        gap = score(p["y1"]) - score(p["y2"])
         first = rng.random() < 1.0 / (1.0 + math.exp(-gap / noise)) if noise > 0 else gap >= 0
         chosen, rejected = (p["y1"], p["y2"]) if first else (p["y2"], p["y1"])
         out.append({"prompt": p["prompt"], "chosen": chosen, "rejected": rejected})

@@ -28,6 +28,7 @@ OLD_PROTOCOL_MD = "results_old_protocol.md"
 EXPERIMENTS = (
     ("exp1_synthetic", "benchmarks.robustness.exp1_synthetic"),
     ("exp1b_real", "benchmarks.robustness.exp1b_real"),
+    ("exp2_preference", "benchmarks.robustness.exp2_preference"),
     ("exp4b_simplex", "benchmarks.robustness.exp4b_simplex"),
     ("exp4b_lm", "benchmarks.robustness.exp4b_lm"),
 )
