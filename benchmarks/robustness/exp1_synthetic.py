@@ -61,7 +61,7 @@ REGIMES = (
 QUICK_REGIMES = ({"conflict": 1.0, "label_noise": 0.0},)
 FULL_SEEDS = tuple(range(10))
 QUICK_SEEDS = (0, 1)
-FULL_SETTINGS = {"num_train": 1000, "num_eval": 400, "epochs": 3, "batch_size": 16}
+FULL_SETTINGS = {"num_train": 600, "num_eval": 200, "epochs": 2, "batch_size": 16}
 QUICK_SETTINGS = {"num_train": 160, "num_eval": 64, "epochs": 2, "batch_size": 16}
 METRICS = ("val", "shifted", "minority")
 

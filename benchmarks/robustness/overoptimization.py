@@ -100,41 +100,89 @@ class OverOptJob:
     learning_rate: float = 5e-3
 
 
-def _module(job: OverOptJob):
+def policy_module(
+    kind: str,
+    seed: int,
+    *,
+    max_new_tokens: int,
+    learning_rate: float,
+    num_generations: int,
+    **kwargs,
+):
+    """The project's online module on the synthetic prompt task: a tiny random-init policy
+    (``init_seed=seed``) trained on ``synthetic:proxy`` with ``synthetic:gold`` logged.
+    ``kind="PPO"``: the repo's tiny PPO config (S000 Table 13 beta unless ``kwargs`` sets
+    ``beta``, TRL epochs), one completion per prompt; ``kind="GRPO"``: ``num_generations``
+    completions per prompt, clip 0.2, one update per rollout, constant lr, ``kwargs`` (shaping,
+    budget, delta, tau, kl_coef, ...) passed on."""
     from lightning_robust.modules import GRPO, PPO
 
-    if job.method not in METHODS:
-        raise ValueError(f"unknown method {job.method!r}; expected one of {list(METHODS)}")
-    kind, kwargs = METHODS[job.method]
     common = dict(
-        backbone={"name_or_path": "tiny", "init_seed": job.seed},
+        backbone={"name_or_path": "tiny", "init_seed": seed},
         reward_model="synthetic:proxy",
         gold_reward_model="synthetic:gold",
-        max_new_tokens=job.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         temperature=1.0,
     )
     if kind == "PPO":
-        # the repo's tiny PPO config (S000 Table 13 beta, TRL epochs), one completion per prompt
-        # and as many prompts per rollout as GRPO has completions
+        options = {"beta": 0.02, "ppo_epochs": 4, "num_minibatches": 2, **kwargs}
         return PPO(
-            beta=0.02,
-            ppo_epochs=4,
-            num_minibatches=2,
             num_generations=1,
+            **options,
             **common,
-            optimizer={"learning_rate": job.learning_rate, "lr_schedule": "linear"},
+            optimizer={"learning_rate": learning_rate, "lr_schedule": "linear"},
         )
+    if kind != "GRPO":
+        raise ValueError(f"unknown module kind {kind!r}; expected 'GRPO' or 'PPO'")
     return GRPO(
-        num_generations=job.num_generations,
+        num_generations=num_generations,
         clip=0.2,
         ppo_epochs=1,
         **common,
         **kwargs,
-        optimizer={
-            "learning_rate": job.learning_rate,
-            "lr_schedule": "constant",
-            "warmup_ratio": 0.0,
-        },
+        optimizer={"learning_rate": learning_rate, "lr_schedule": "constant", "warmup_ratio": 0.0},
+    )
+
+
+def _module(job: OverOptJob):
+    if job.method not in METHODS:
+        raise ValueError(f"unknown method {job.method!r}; expected one of {list(METHODS)}")
+    kind, kwargs = METHODS[job.method]
+    return policy_module(
+        kind,
+        job.seed,
+        max_new_tokens=job.max_new_tokens,
+        learning_rate=job.learning_rate,
+        num_generations=job.num_generations,
+        **kwargs,
+    )
+
+
+def prompt_data(
+    datamodule_class,
+    kind: str,
+    prompts_per_rollout: int,
+    num_generations: int,
+    rollouts: int,
+    num_val: int,
+    seed: int,
+    **kwargs,
+):
+    """The synthetic prompt task for ``rollouts`` rollouts of ``kind`` (one epoch): GRPO takes
+    ``prompts_per_rollout`` prompts per rollout (``num_generations`` completions each), PPO one
+    completion per prompt and so ``num_generations`` times the prompts (the same samples per
+    update); ``num_val`` validation prompts in one batch. ``datamodule_class``:
+    ``PromptDataModule`` or a subclass (``kwargs`` passed on)."""
+    from lightning_robust.data.synthetic_prompts import SyntheticPromptConfig
+
+    batch = prompts_per_rollout * (num_generations if kind == "PPO" else 1)
+    return datamodule_class(
+        batch_size=batch,
+        val_batch_size=num_val,
+        max_prompt_length=32,
+        seed=seed,
+        synthetic=SyntheticPromptConfig(num_train=batch * rollouts, num_val=num_val, seed=seed),
+        **kwargs,
     )
 
 
@@ -145,7 +193,6 @@ def run_overopt(job: OverOptJob) -> list[dict]:
 
     from lightning_robust.callbacks import RewardKLFrontier
     from lightning_robust.data import PromptDataModule
-    from lightning_robust.data.synthetic_prompts import SyntheticPromptConfig
 
     quiet_lightning()
     seed_all(job.seed)
@@ -154,16 +201,14 @@ def run_overopt(job: OverOptJob) -> list[dict]:
         RUNS_DIR / "overoptimization" / f"{job.method.replace(' ', '_')}_{job.seed}_{job.rollouts}"
     )
     is_ppo = METHODS[job.method][0] == "PPO"
-    # PPO: one completion per prompt, so G times the prompts per rollout (same samples per update)
-    batch = job.prompts_per_rollout * (job.num_generations if is_ppo else 1)
-    data = PromptDataModule(
-        batch_size=batch,
-        val_batch_size=job.num_val,
-        max_prompt_length=32,
-        seed=job.seed,
-        synthetic=SyntheticPromptConfig(
-            num_train=batch * job.rollouts, num_val=job.num_val, seed=job.seed
-        ),
+    data = prompt_data(
+        PromptDataModule,
+        METHODS[job.method][0],
+        job.prompts_per_rollout,
+        job.num_generations,
+        job.rollouts,
+        job.num_val,
+        job.seed,
     )
     frontier = RewardKLFrontier(output_dir=str(work))
 

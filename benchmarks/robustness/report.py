@@ -31,6 +31,7 @@ EXPERIMENTS = (
     ("exp2_preference", "benchmarks.robustness.exp2_preference"),
     ("exp3_distillation", "benchmarks.robustness.exp3_distillation"),
     ("exp4b_simplex", "benchmarks.robustness.exp4b_simplex"),
+    ("exp4b_lm", "benchmarks.robustness.exp4b_lm"),
 )
 
 INTRO = """\

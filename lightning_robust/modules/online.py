@@ -19,7 +19,8 @@ Note that Lightning counts ``global_step`` per optimiser step, so one batch adva
 
 Every random draw (sampling, minibatch shuffles) comes from the global torch generator seeded by
 ``seed_everything``, so a run is deterministic given its seed; validation samples under a forked
-generator (seeded from ``init_seed`` and the step) and so never shifts the training stream.
+generator (seeded from ``init_seed``, the step, the batch and the evaluation set) and so never
+shifts the training stream.
 """
 
 from __future__ import annotations
@@ -428,8 +429,12 @@ class OnlineRLModule(BackboneModule):
         )
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
+            # each evaluation set its own stream: two sets must not share random numbers
             torch.manual_seed(
-                self.model_options.init_seed * 1_000_003 + self.global_step * 1009 + batch_idx
+                self.model_options.init_seed * 1_000_003
+                + self.global_step * 1009
+                + batch_idx
+                + 7919 * dataloader_idx
             )
             rollout = self.rollout(batch, 1, do_sample=hp.val_do_sample)
         responses = self.decode_responses(rollout)
