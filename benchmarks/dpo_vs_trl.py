@@ -40,6 +40,7 @@ import copy
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,7 +80,7 @@ class Stamps:
     """CPU and wall clock at the start of every optimiser step."""
 
     def __init__(self):
-        self.cpu, self.wall, self.losses = [], [], []
+        self.cpu, self.wall, self.losses, self.faults = [], [], [], []
         self.rows = None  # the first batch's sequences: [prompt_len, *token ids] per row
 
     def first_batch(self, ids, mask, completion_start):
@@ -94,12 +95,14 @@ class Stamps:
     def stamp(self):
         self.cpu.append(time.process_time())
         self.wall.append(time.perf_counter())
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
     def result(self, warmup: int) -> dict:
         cpu, wall = self.cpu[warmup:], self.wall[warmup:]
         return {
             "steps_per_cpu_s": (len(cpu) - 1) / (cpu[-1] - cpu[0]),
             "steps_per_s": (len(wall) - 1) / (wall[-1] - wall[0]),
+            "minor_faults_per_step": (self.faults[-1] - self.faults[warmup]) / (len(cpu) - 1),
             "losses": self.losses[:2],
             "first_batch": self.rows,
         }
@@ -270,8 +273,16 @@ def worker_trl(spec: dict, data_path: str) -> dict:
     return stamps.result(spec["warmup"])
 
 
+#: glibc malloc settings of the ``--allocator`` rows, read by glibc at process start: keep freed
+#: blocks up to 32 MiB (glibc's largest mmap threshold) in the heap instead of mmap/munmap per
+#: allocation, and trim the heap top only beyond 256 MiB, so a step's temporaries reuse memory
+#: already faulted in (jemalloc / tcmalloc are not installed on this machine)
+GLIBC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
 def run_worker(spec: dict, data_path: str, threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.update(spec.get("env", {}))
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -345,6 +356,13 @@ def table(title: str, runs: list[dict], results: dict, bases: tuple[str, str], r
         )
         + ")"
     )
+    out.append(
+        "minor page faults per timed step (median): "
+        + "; ".join(
+            f"{s['name']}: {statistics.median(r['minor_faults_per_step'] for r in results[s['name']]):.0f}"
+            for s in runs
+        )
+    )
     return out
 
 
@@ -364,6 +382,11 @@ def main():
     p.add_argument("--smollm2-steps", type=int, default=8)
     p.add_argument("--smollm2-rounds", type=int, default=2)
     p.add_argument("--skip-anchor", action="store_true", help="only the SmolLM2 table")
+    p.add_argument(
+        "--allocator",
+        action="store_true",
+        help="also ours with glibc malloc tuned by environment (GLIBC_TUNED) and minor page faults per step",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -402,6 +425,8 @@ def main():
             },
             {"name": "ours, LM head on all positions", "impl": "ours", "fast_head": False},
         ]
+    if a.allocator:
+        runs.append({"name": "ours, glibc malloc tuned (env)", "impl": "ours", "env": GLIBC_TUNED})
     runs = [dict(common, **r) for r in runs]
     print(
         ("(anchor table skipped) " if a.skip_anchor else "")
