@@ -383,6 +383,10 @@ def main():
     p.add_argument("--smollm2-rounds", type=int, default=2)
     p.add_argument("--skip-anchor", action="store_true", help="only the SmolLM2 table")
     p.add_argument(
+        "--only",
+        help="comma-separated run names of the anchor table to run (TRL's two base runs are kept)",
+    )
+    p.add_argument(
         "--allocator",
         action="store_true",
         help="also ours with glibc malloc tuned by environment (GLIBC_TUNED) and minor page faults per step",
@@ -394,6 +398,10 @@ def main():
         import torch
 
         spec = json.loads(a.worker)
+        if spec.get("mallopt"):  # what the CLI does at start (lightning_robust.cli.build_cli)
+            from lightning_robust.modules.speed import tune_glibc_malloc
+
+            assert tune_glibc_malloc(), "glibc mallopt tuning did not apply"
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         fn = worker_trl if spec["impl"] == "trl" else worker_ours
         print("RESULT " + json.dumps(fn(spec, a.data)), flush=True)
@@ -427,6 +435,10 @@ def main():
         ]
     if a.allocator:
         runs.append({"name": "ours, glibc malloc tuned (env)", "impl": "ours", "env": GLIBC_TUNED})
+        runs.append({"name": "ours, glibc malloc tuned (mallopt, as the CLI)", "impl": "ours", "mallopt": True})
+    if a.only:
+        keep = {name.strip() for name in a.only.split(",")} | {TRL_DEFAULT, TRL_FP32}
+        runs = [r for r in runs if r["name"] in keep]
     runs = [dict(common, **r) for r in runs]
     print(
         ("(anchor table skipped) " if a.skip_anchor else "")

@@ -142,3 +142,26 @@ def test_adam_is_fused_in_a_fit_with_gradient_clipping(tmp_path):
     explicit = DPO(optimizer={"kwargs": {"foreach": True}}).optimizer_options
     built = build_optimizer(params, explicit, 10, fused=True)["optimizer"]
     assert built.defaults["foreach"] is True and not built.defaults["fused"]
+
+
+def test_glibc_malloc_tuning_respects_the_environment(monkeypatch):
+    import ctypes
+    import sys
+
+    from lightning_robust.modules import speed
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, code, value):
+            calls.append((code, value))
+            return 1
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    assert speed.tune_glibc_malloc({}) is True
+    assert calls == [(-3, 32 << 20), (-1, 256 << 20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    calls.clear()
+    assert speed.tune_glibc_malloc({"LIGHTNING_ROBUST_MALLOC_TUNING": "0"}) is False
+    assert speed.tune_glibc_malloc({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False
+    assert calls == []
