@@ -384,7 +384,7 @@ def main():
     p.add_argument("--skip-anchor", action="store_true", help="only the SmolLM2 table")
     p.add_argument(
         "--only",
-        help="comma-separated run names of the anchor table to run (TRL's two base runs are kept)",
+        help="';'-separated run names of the anchor table to run (TRL's two base runs are kept)",
     )
     p.add_argument(
         "--allocator",
@@ -437,7 +437,10 @@ def main():
         runs.append({"name": "ours, glibc malloc tuned (env)", "impl": "ours", "env": GLIBC_TUNED})
         runs.append({"name": "ours, glibc malloc tuned (mallopt, as the CLI)", "impl": "ours", "mallopt": True})
     if a.only:
-        keep = {name.strip() for name in a.only.split(",")} | {TRL_DEFAULT, TRL_FP32}
+        keep = {name.strip() for name in a.only.split(";")} | {TRL_DEFAULT, TRL_FP32}
+        missing = keep - {r["name"] for r in runs}
+        if missing:
+            sys.exit(f"--only: unknown run name(s) {sorted(missing)}")
         runs = [r for r in runs if r["name"] in keep]
     runs = [dict(common, **r) for r in runs]
     print(

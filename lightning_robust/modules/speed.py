@@ -37,7 +37,8 @@ class SpeedOptions:
         compile: ``torch.compile`` the backbone's decoder stack in place
             (``nn.Module.compile``: parameter names and checkpoints unchanged), and the DPO
             frozen reference copy's. Off by default: the first steps pay the compilation
-            (about a minute on one CPU thread for the tiny model), each new sequence width may
+            (benchmarks/README.md, ``reward_compile``: some CPU-seconds for a 2-layer model with
+            a cold inductor cache, more for deeper ones), each new sequence width may
             recompile until dynamic shapes kick in. Same loss to float tolerance
             (``tests/test_speed_options.py``).
         compile_kwargs: arguments of ``torch.compile`` (e.g. ``{mode: max-autotune}``,
