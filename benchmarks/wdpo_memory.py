@@ -3,7 +3,7 @@
     python benchmarks/wdpo_memory.py [--models tiny smollm2] [--batch-sizes 2 8] [--steps 6]
 
 Three runs per setting: DPO, WDPO with the chunked double backward (the default,
-``DPO.wdpo_chunk_pairs = 2``) and WDPO over the whole batch at once (``wdpo_chunk_pairs=None``).
+``speed.wdpo_chunk_pairs``, default 2) and WDPO over the whole batch at once (``wdpo_chunk_pairs=None``).
 
 Each (model, method, micro-batch) runs in a fresh subprocess (so one run's allocations cannot
 hide another's peak): it builds the DPO module (frozen-copy reference for the tiny model, LoRA
@@ -128,7 +128,7 @@ def child(args) -> dict:
         backbone.update(name_or_path=args.model, attn_implementation="sdpa")
         options.update(lora=LoraOptions(r=8, alpha=16, dropout=0.0))
     model = DPO(backbone=backbone, **options)
-    # "wdpo": the default chunked double backward (DPO.wdpo_chunk_pairs pairs per chunk);
+    # "wdpo": the default chunked double backward (speed.wdpo_chunk_pairs pairs per chunk);
     # "wdpo_plain": the whole batch's second-order graph at once (the path before issue 14)
     if args.method == "wdpo_plain":
         model.wdpo_chunk_pairs = None

@@ -26,6 +26,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_robust import cli_errors
+from lightning_robust.modules.speed import tune_glibc_malloc
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,10 @@ class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter)
 
 
 def build_cli(args=None, run: bool = True) -> RobustCLI:
-    """Build (and by default run) the CLI; ``args`` is a list as on the command line, or a dict."""
+    """Build (and by default run) the CLI; ``args`` is a list as on the command line, or a dict.
+    glibc's malloc is tuned first (:func:`~lightning_robust.modules.speed.tune_glibc_malloc`;
+    ``LIGHTNING_ROBUST_MALLOC_TUNING=0`` keeps its defaults)."""
+    tune_glibc_malloc()
     quiet_known_warnings()
     register_classes()
     return RobustCLI(

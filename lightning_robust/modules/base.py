@@ -34,6 +34,7 @@ from lightning_robust.modules.optim import (
     build_optimizer,
     no_weight_decay_ids,
 )
+from lightning_robust.modules.speed import SpeedOptions, compile_in_place
 from lightning_robust.weighting import ERM, WeightingOutput, weight_stats
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,8 @@ class BackboneModule(LightningModule):
             _, params, total = cached
             torch.nn.utils.clip_grads_with_norm_(params, float(gradient_clip_val), total)
             return
+        if not any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
+            return  # a skipped step (nonfinite="skip" dropped every gradient): nothing to clip
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ step logging
@@ -480,10 +483,41 @@ class BackboneModule(LightningModule):
         if means:
             self.log_dict(means, batch_size=batch_size)
 
+    # ------------------------------------------------------------------ speed options
+    @property
+    def speed_options(self) -> SpeedOptions:
+        """The ``speed`` group (:class:`~lightning_robust.modules.speed.SpeedOptions`; defaults
+        for a module without one)."""
+        return SpeedOptions.coerce(self._option("speed", None))
+
+    def store_speed_options(self, speed) -> SpeedOptions:
+        """Check the ``speed`` argument and keep the complete group in ``hparams``."""
+        options = SpeedOptions.coerce(speed)
+        self.hparams.speed = asdict(options)
+        return options
+
+    def compile_backbone(self, *models) -> None:
+        """With ``speed.compile``: ``torch.compile`` the decoder stack of ``self.backbone`` and of
+        ``models`` (e.g. a frozen reference copy) in place."""
+        options = self.speed_options
+        if not options.compile:
+            return
+        for model in (self.backbone, *models):
+            if model is not None and not compile_in_place(model, options.compile_kwargs):
+                log.warning("speed.compile: %s has no decoder stack to compile", type(model).__name__)
+
     # ------------------------------------------------------------------ prompt-shared rows
-    #: run each pair as one ``[prompt | chosen | rejected]`` row when the pair's prompts are equal
-    #: and the subclass's model supports it (:meth:`uses_pair_rows`); exact (tests/test_logprobs.py)
-    share_prompt: bool = True
+    @property
+    def share_prompt(self) -> bool:
+        """Run each pair as one ``[prompt | chosen | rejected]`` row when the pair's prompts are
+        equal and the subclass's model supports it (:meth:`uses_pair_rows`); exact
+        (tests/test_logprobs.py). ``speed.share_prompt`` (default ``True``); assignable."""
+        override = getattr(self, "_share_prompt_override", None)
+        return self.speed_options.share_prompt if override is None else override
+
+    @share_prompt.setter
+    def share_prompt(self, value: bool) -> None:
+        self._share_prompt_override = bool(value)
 
     def uses_pair_rows(self) -> bool:
         """Whether this module computes with prompt-shared pair rows (subclasses say)."""
@@ -604,11 +638,26 @@ class BackboneModule(LightningModule):
         self.optimizer_options  # noqa: B018
 
     def configure_optimizers(self):
+        """AdamW (or ``optimizer.name``) with the schedule; Adam/AdamW take the fused kernel
+        (:func:`~lightning_robust.modules.optim.fused_by_default`) unless the trainer scales fp16
+        losses or clips by value (Lightning's mixed-precision plugins refuse to clip a fused
+        optimiser's gradients; clipping by norm runs in :meth:`configure_gradient_clipping`) or
+        DeepSpeed owns the optimiser step."""
+        trainer = self._trainer
+        by_value = bool(getattr(trainer, "gradient_clip_val", None)) and str(
+            getattr(trainer, "gradient_clip_algorithm", "norm")
+        ).lower().endswith("value")
+        fused = trainer is not None and not (
+            by_value
+            or getattr(trainer.precision_plugin, "scaler", None) is not None
+            or "deepspeed" in type(trainer.strategy).__name__.lower()
+        )
         return build_optimizer(
             self.backbone.parameters(),
             self.optimizer_options,
             total_steps=int(self.trainer.estimated_stepping_batches),
             no_decay=no_weight_decay_ids(self),
+            fused=fused,
         )
 
     def export(self, path: str | os.PathLike, merge_lora: bool = True) -> str:

@@ -52,6 +52,7 @@ from lightning_robust.modules.reference import (
     ReferenceSamples,
     reference_view,
 )
+from lightning_robust.modules.speed import SpeedOptions
 from lightning_robust.objectives.dpo import (
     dr_dpo_loss,
     forward_kl_estimate,
@@ -182,6 +183,11 @@ class DPO(BackboneModule):
             (the whole per-device optimiser batch) is split into; not with WDPO, Dr.DPO or e-DPO.
         atomic_checkpoints: write checkpoints atomically (temp file beside the target, fsync,
             rename) unless the trainer has a checkpoint plugin of its own.
+        speed: exact speed choices (:class:`~lightning_robust.modules.speed.SpeedOptions`):
+            ``share_prompt`` (default ``True``: the prompt run once per pair),
+            ``wdpo_chunk_pairs`` (default 2: WDPO's double backward in chunks of pairs),
+            ``compile`` (default ``False``: ``torch.compile`` the decoder stacks of the policy
+            and the frozen reference copy) and ``compile_kwargs``.
     """
 
     def __init__(
@@ -208,10 +214,12 @@ class DPO(BackboneModule):
         nonfinite: Literal["error", "skip"] = "error",
         micro_batch_size: int | None = None,
         atomic_checkpoints: bool = True,
+        speed: SpeedOptions | None = None,
     ):
         super().__init__()
         validate_step_options(nonfinite, micro_batch_size)
         backbone, optimizer = self.coerce_options(backbone, optimizer)
+        SpeedOptions.coerce(speed)  # a bad value is a named error before anything is built
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"unknown loss_type={loss_type!r}; expected one of {list(LOSS_TYPES)}")
         if not beta > 0:
@@ -252,6 +260,7 @@ class DPO(BackboneModule):
         )
         self.save_hyperparameters(ignore=["weighting"])
         self.store_options(backbone, optimizer)
+        self.store_speed_options(speed)
         self.check_options()
         self.hparams.reference = reference_policy.mode
         self.reference_policy = reference_policy
@@ -290,6 +299,7 @@ class DPO(BackboneModule):
             task_type="CAUSAL_LM",
         )
         self.reference_policy.attach(self.backbone)
+        self.compile_backbone(self.reference_model)
 
     def setup(self, stage: str) -> None:
         self.configure_model()
@@ -475,8 +485,17 @@ class DPO(BackboneModule):
             stats |= kl_stats
         return losses, scalar, stats
 
-    #: pairs per chunk of WDPO's chunked double backward (one process; seed form); ``None``: off
-    wdpo_chunk_pairs: int | None = 2
+    @property
+    def wdpo_chunk_pairs(self) -> int | None:
+        """Pairs per chunk of WDPO's chunked double backward (one process; seed form); ``None``:
+        the whole batch. ``speed.wdpo_chunk_pairs`` (default 2); assignable."""
+        override = getattr(self, "_wdpo_chunk_override", False)
+        return self.speed_options.wdpo_chunk_pairs if override is False else override
+
+    @wdpo_chunk_pairs.setter
+    def wdpo_chunk_pairs(self, value: int | None) -> None:
+        SpeedOptions(wdpo_chunk_pairs=value)  # the same check
+        self._wdpo_chunk_override = value
 
     def _regularized_forward(self, batch: dict):
         """The training forward: ``(policy [2B], ref [2B], losses [B] or None, scalar, stats,

@@ -52,7 +52,7 @@ class TorchOptimizer:
     """Which ``torch.optim`` class a module trains with (the ``optimizer`` option of every
     module): ``name`` (default ``AdamW``) and its further constructor arguments ``kwargs``, e.g.
     ``{betas: [0.9, 0.95], eps: 1.0e-6, fused: true}`` (fused AdamW needs the parameters on a
-    CUDA device) or ``{name: SGD, kwargs: {momentum: 0.9}}``. The learning rate, weight decay
+    CPU or CUDA device) or ``{name: SGD, kwargs: {momentum: 0.9}}``. The learning rate, weight decay
     and schedule stay the module's ``learning_rate``, ``weight_decay``, ``warmup_ratio``,
     ``lr_schedule`` and ``min_lr_ratio``."""
 
@@ -173,18 +173,48 @@ def parameter_groups(params: list, weight_decay: float, no_decay: set[int]) -> l
     return [g for g in groups if g["params"]]
 
 
+#: ``torch.optim`` classes whose fused implementation :func:`build_optimizer` may pick by default
+FUSED_BY_DEFAULT = ("Adam", "AdamW")
+
+
+def fused_by_default(name: str, kwargs: dict, params: list) -> bool:
+    """Whether ``fused=True`` is added to the optimiser's arguments: an Adam/AdamW whose
+    ``kwargs`` choose no implementation (``fused`` / ``foreach``) over floating-point, dense
+    parameters on CPU or CUDA. The fused kernel does the same update as the default ``foreach``
+    one (Kingma & Ba 2015; decoupled decay, Loshchilov & Hutter 2019), equal up to float
+    rounding, in one pass over each parameter: on one CPU thread a step over SmolLM2-135M's
+    134.5 M parameters takes 0.16 s instead of 0.70 s (benchmarks/README.md). Hugging Face's
+    ``Trainer`` (and so TRL) defaults to ``adamw_torch_fused`` likewise."""
+    if name not in FUSED_BY_DEFAULT or "fused" in kwargs or "foreach" in kwargs:
+        return False
+    return bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point and p.layout == torch.strided
+        for p in params
+    )
+
+
 def build_optimizer(
-    parameters, options: OptimizerOptions, total_steps: int, no_decay: set[int] | None = None
+    parameters,
+    options: OptimizerOptions,
+    total_steps: int,
+    no_decay: set[int] | None = None,
+    fused: bool = False,
 ):
     """The optimiser of ``options`` over the trainable parameters and a per-step LambdaLR
     (warmup, then the schedule), in Lightning's dict form. ``no_decay``: ids of parameters that
-    take no weight decay (:func:`no_weight_decay_ids`: biases and norm weights)."""
+    take no weight decay (:func:`no_weight_decay_ids`: biases and norm weights). ``fused``: use
+    the fused Adam/AdamW kernel where :func:`fused_by_default` allows it (the caller knows
+    whether its training loop takes one: Lightning refuses gradient clipping of a fused
+    optimiser under fp16 loss scaling)."""
     params = [p for p in parameters if p.requires_grad]
+    kwargs = dict(options.kwargs)
+    if fused and fused_by_default(options.name, kwargs, params):
+        kwargs["fused"] = True
     optimizer = optimizer_class(options.name)(
         parameter_groups(params, options.weight_decay, no_decay or set()),
         lr=options.learning_rate,
         weight_decay=options.weight_decay,
-        **options.kwargs,
+        **kwargs,
     )
     warmup = int(math.ceil(options.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -19,6 +19,7 @@ from lightning_robust.models.lora import LoraOptions, freeze_parameters, prepare
 from lightning_robust.modules.base import BackboneModule, StepTerms, validate_step_options
 from lightning_robust.modules.metrics import PairwiseMetrics
 from lightning_robust.modules.optim import OptimizerOptions
+from lightning_robust.modules.speed import SpeedOptions
 from lightning_robust.objectives import (
     bradley_terry_losses,
     pairwise_correct,
@@ -60,6 +61,11 @@ class RewardModel(BackboneModule):
         atomic_checkpoints: write checkpoints through
             :class:`~lightning_robust.modules.checkpoint_io.AtomicCheckpointIO` (default) unless
             the trainer has a checkpoint plugin of its own.
+        speed: exact speed choices (:class:`~lightning_robust.modules.speed.SpeedOptions`):
+            ``share_prompt`` (default ``True``: one ``[prompt | chosen | rejected]`` row per
+            pair, the score read at each answer's last token), ``compile`` (default ``False``:
+            ``torch.compile`` the decoder stack) and ``compile_kwargs``;
+            ``wdpo_chunk_pairs`` does not apply.
     """
 
     def __init__(
@@ -74,12 +80,15 @@ class RewardModel(BackboneModule):
         nonfinite: Literal["error", "skip"] = "error",
         micro_batch_size: int | None = None,
         atomic_checkpoints: bool = True,
+        speed: SpeedOptions | None = None,
     ):
         super().__init__()
         validate_step_options(nonfinite, micro_batch_size)
         backbone, optimizer = self.coerce_options(backbone, optimizer)
+        SpeedOptions.coerce(speed)  # a bad value is a named error before anything is built
         self.save_hyperparameters(ignore=["weighting"])
         self.store_options(backbone, optimizer)
+        self.store_speed_options(speed)
         self.check_options()
         self.weighting = weighting if weighting is not None else ERM()
         # LightningCLI hands nested dataclasses over as plain dicts
@@ -107,6 +116,7 @@ class RewardModel(BackboneModule):
         self.backbone = prepare_for_training(
             model, self.model_options.gradient_checkpointing, self.lora_options, task_type="SEQ_CLS"
         )
+        self.compile_backbone()
 
     def setup(self, stage: str) -> None:
         self.configure_model()
