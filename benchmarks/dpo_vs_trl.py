@@ -89,7 +89,9 @@ class Stamps:
         if self.rows is None:
             self.rows = [
                 [int(start)] + [int(t) for t, m in zip(row, keep, strict=True) if m]
-                for row, keep, start in zip(ids.tolist(), mask.tolist(), completion_start.tolist(), strict=True)
+                for row, keep, start in zip(
+                    ids.tolist(), mask.tolist(), completion_start.tolist(), strict=True
+                )
             ]
 
     def stamp(self):
@@ -312,7 +314,9 @@ def check_ids(runs: list[dict], results: dict) -> str:
     for spec in runs:
         for r in results[spec["name"]]:
             if r["first_batch"] != first:
-                raise AssertionError(f"{spec['name']}: its first batch differs from {runs[0]['name']}'s")
+                raise AssertionError(
+                    f"{spec['name']}: its first batch differs from {runs[0]['name']}'s"
+                )
     lengths = sorted({len(row) - 1 for row in first})
     return (
         f"first batch identical in every run (asserted): {len(first)} rows (chosen, then rejected) "
@@ -320,7 +324,9 @@ def check_ids(runs: list[dict], results: dict) -> str:
     )
 
 
-def table(title: str, runs: list[dict], results: dict, bases: tuple[str, str], rounds: int) -> list[str]:
+def table(
+    title: str, runs: list[dict], results: dict, bases: tuple[str, str], rounds: int
+) -> list[str]:
     """Medians per run; ratios against TRL's default run and its fp32 run (``bases``); the step-2
     loss difference against the TRL run of the same precision (bf16 autocast or fp32)."""
     default, fp32 = bases
@@ -419,7 +425,12 @@ def main():
     runs = [
         {"name": TRL_DEFAULT, "impl": "trl"},
         {"name": TRL_FP32, "impl": "trl", "bf16": False},
-        {"name": "TRL precompute_ref_log_probs, fp32", "impl": "trl", "precompute": True, "bf16": False},
+        {
+            "name": "TRL precompute_ref_log_probs, fp32",
+            "impl": "trl",
+            "precompute": True,
+            "bf16": False,
+        },
         {"name": "ours (frozen reference copy, default)", "impl": "ours"},
         {"name": "ours (precomputed reference cache)", "impl": "ours", "reference": "precomputed"},
         {"name": "ours, bf16-mixed (CPU autocast)", "impl": "ours", "precision": "bf16-mixed"},
@@ -435,7 +446,13 @@ def main():
         ]
     if a.allocator:
         runs.append({"name": "ours, glibc malloc tuned (env)", "impl": "ours", "env": GLIBC_TUNED})
-        runs.append({"name": "ours, glibc malloc tuned (mallopt, as the CLI)", "impl": "ours", "mallopt": True})
+        runs.append(
+            {
+                "name": "ours, glibc malloc tuned (mallopt, as the CLI)",
+                "impl": "ours",
+                "mallopt": True,
+            }
+        )
     if a.only:
         keep = {name.strip() for name in a.only.split(";")} | {TRL_DEFAULT, TRL_FP32}
         missing = keep - {r["name"] for r in runs}

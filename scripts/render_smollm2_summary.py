@@ -83,8 +83,11 @@ def dpo_section(name: str, path: Path) -> list[str]:
             "",
             "Process CPU seconds (user+sys, `time.process_time`): "
             + ", ".join(f"{k} {v}" for k, v in cpu.items())
-            + (f"; before-training figures read from `{r['before_from_cache']}` (measured once, shared)"
-               if r.get("before_from_cache") else "")
+            + (
+                f"; before-training figures read from `{r['before_from_cache']}` (measured once, shared)"
+                if r.get("before_from_cache")
+                else ""
+            )
             + ".",
         ]
     s, m = h["sign_test"], h["mcnemar"]
@@ -116,7 +119,9 @@ def comparison_section(a_path: Path, b_path: Path, out: Path) -> list[str]:
         return []
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("smollm2_e2e", REPO / "scripts" / "smollm2_e2e.py")
+    spec = importlib.util.spec_from_file_location(
+        "smollm2_e2e", REPO / "scripts" / "smollm2_e2e.py"
+    )
     e2e = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = e2e  # its dataclasses look their module up
     spec.loader.exec_module(e2e)

@@ -92,10 +92,20 @@ def test_compare_methods_matches_an_independent_computation():
 
     e2e = _load()
     before = [0.5, -1.0, 2.0, 0.1, -0.2]
-    a = {"heldout_margins": {"source_index": [3, 1, 4, 1, 5], "before": before,
-                             "after": [1.0, -0.5, 2.5, -0.1, 0.3]}}
-    b = {"heldout_margins": {"source_index": [3, 1, 4, 1, 5], "before": before,
-                             "after": [0.8, -0.7, 2.6, 0.2, -0.3]}}
+    a = {
+        "heldout_margins": {
+            "source_index": [3, 1, 4, 1, 5],
+            "before": before,
+            "after": [1.0, -0.5, 2.5, -0.1, 0.3],
+        }
+    }
+    b = {
+        "heldout_margins": {
+            "source_index": [3, 1, 4, 1, 5],
+            "before": before,
+            "after": [0.8, -0.7, 2.6, 0.2, -0.3],
+        }
+    }
     c = e2e.compare_methods(a, b)
     d = [0.2, 0.2, -0.1, -0.3, 0.6]
     assert c["mean_difference"] == pytest.approx(sum(d) / 5)
@@ -139,7 +149,10 @@ def test_learning_rate_is_chosen_on_a_tune_split_carved_from_train(tmp_path, mon
     _, dm, _, _ = e2e._build(
         str(ROOT / "configs" / "dpo" / "smollm2_dpo.yaml"), short, e2e.Tuning(0.25, 1), False, None
     )
-    keys = {n: {prompt_key(ex.prompt) for ex in dm.datasets[n].examples} for n in ("train", "tune", "val")}
+    keys = {
+        n: {prompt_key(ex.prompt) for ex in dm.datasets[n].examples}
+        for n in ("train", "tune", "val")
+    }
     assert not keys["train"] & keys["tune"] and not keys["train"] & keys["val"]
     assert not keys["tune"] & keys["val"]
     assert len(dm.datasets["tune"]) == report["tune_pairs"]

@@ -504,7 +504,9 @@ class BackboneModule(LightningModule):
             return
         for model in (self.backbone, *models):
             if model is not None and not compile_in_place(model, options.compile_kwargs):
-                log.warning("speed.compile: %s has no decoder stack to compile", type(model).__name__)
+                log.warning(
+                    "speed.compile: %s has no decoder stack to compile", type(model).__name__
+                )
 
     # ------------------------------------------------------------------ prompt-shared rows
     @property
