@@ -56,13 +56,14 @@ seed**: mean difference, 95 % Student-t interval, two-sided paired t-test p, win
 other side; otherwise "not shown". Negative results stay in."""
 
 OLD_PROTOCOL = f"""\
-## Not regenerated: the issue-7 sections (old protocol)
+## Superseded: the issue-7 sections (old protocol)
 
 The former sections on S002 (preference-mixture shift, DPO/WDPO/KLDPO), S004 (distilled/ensemble
 DPO under a length bias), S003 (DRRO vs PPO/GRPO/DRO, tiny LM and simplex) and the frozen-MiniLM
 real-data part of S000 were produced under the old protocol (selection on the reported split, hand-typed
-tables, 3 seeds) and have **not** been rerun under this one. Their claims are withdrawn from the
-summary above; the old text is kept, marked as such, in [`{OLD_PROTOCOL_MD}`]({OLD_PROTOCOL_MD}) for reference only."""
+tables, 3 seeds). Each has been redesigned and rerun under this protocol in the sections above (Exp 1b,
+Exp 2, Exp 3, Exp 4b simplex and tiny LM); the old claims are withdrawn. The old text is kept, marked as
+such, in [`{OLD_PROTOCOL_MD}`]({OLD_PROTOCOL_MD}) for reference only."""
 
 
 def fmt(x: float, digits: int = 3, sign: bool = False) -> str:
