@@ -223,10 +223,36 @@ def grpo_section(folder: Path) -> list[str]:
             f"gold {_mean([r['gold'] for r in first]):.4f} → {_mean([r['gold'] for r in last]):.4f}, "
             f"KL {_mean([r['kl'] for r in first]):.4f} → {_mean([r['kl'] for r in last]):.4f}.",
         ]
+    lines += heldout_change_lines(folder / "e2e.json")
     png = folder / "reward_kl_frontier.png"
     if png.exists():
         lines += ["", f"![reward-KL frontier]({png.relative_to(RESULTS)})"]
     return lines + [""]
+
+
+def heldout_change_lines(path: Path) -> list[str]:
+    """The before/after table of ``scripts/smollm2_drro_e2e.py`` (per held-out prompt, paired)."""
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    lines = [
+        "",
+        f"Held-out prompts ({next(iter(r['change'].values()))['prompts']}, disjoint from the "
+        f"{r['train_prompts']} training prompts), {r['samples_per_prompt']} sampled completions "
+        f"each, before the fit vs after {r['steps']} steps (`{path.relative_to(REPO)}`; change: "
+        "mean of the per-prompt differences, bootstrap 95 % CI, exact two-sided sign test):",
+        "",
+        "| quantity | before | after | change | 95 % CI | up / down | sign test p |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, c in r["change"].items():
+        lo, hi = c["mean_delta_ci95"]
+        st = c["sign_test"]
+        lines.append(
+            f"| {name} | {c['mean_before']:.4f} | {c['mean_after']:.4f} | {c['mean_delta']:+.4f} "
+            f"| [{lo:+.4f}, {hi:+.4f}] | {st['up']} / {st['down']} | {st['p_two_sided']:.3g} |"
+        )
+    return lines
 
 
 def render() -> str:
