@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{c['sign_test']['down']} down, p={c['sign_test']['p_two_sided']:.3g}; "
             f"{c['prompts']} held-out prompts)"
         )
-    print(f"fit: {report['fit_cpu_s']} CPU-s, {report['fit_wall_s']} s wall, {report['steps']} steps")
+    print(
+        f"fit: {report['fit_cpu_s']} CPU-s, {report['fit_wall_s']} s wall, {report['steps']} steps"
+    )
 
 
 if __name__ == "__main__":
