@@ -34,7 +34,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.robustness.common import SHARED_DATA, FeatureCache, frozen_encoder
-from benchmarks.robustness.protocol import Experiment, Method, experiment_parser, run_experiment
+from benchmarks.robustness.protocol import (
+    Experiment,
+    Method,
+    describe_grids,
+    experiment_parser,
+    run_experiment,
+)
 
 NAME = "exp1b_real"
 MODULE = f"benchmarks.robustness.{NAME}"
@@ -386,13 +392,7 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     chosen = select(payload["records"], methods, (), proto["select_metric"])
     metrics = ("val", *proto["test_metrics"])
     first = next(iter(chosen.values()))
-    grids = "; ".join(
-        f"{m['name']}: "
-        + ", ".join(
-            f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in m["grid"].items()
-        )
-        for m in methods
-    )
+    grids = describe_grids(methods)
     status = "" if payload.get("complete") else " **Partial run: not every seed finished.**"
     lines = [
         f"Command: `{payload['command']}` · seeds {proto['seeds']} · records in "

@@ -52,7 +52,13 @@ from benchmarks.robustness.common import (
     seed_all,
 )
 from benchmarks.robustness.distillation import _read_jsonl, _write_jsonl, make_pairs, pair_metrics
-from benchmarks.robustness.protocol import Experiment, Method, experiment_parser, run_experiment
+from benchmarks.robustness.protocol import (
+    Experiment,
+    Method,
+    describe_grids,
+    experiment_parser,
+    run_experiment,
+)
 
 NAME = "exp3_distillation"
 MODULE = f"benchmarks.robustness.{NAME}"
@@ -581,13 +587,7 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     ]
     data = [r for r in records if r.get("kind") == "data"]
     rms = [r for r in records if r.get("kind") == "reward_model"]
-    grids = "; ".join(
-        f"{m['name']}: "
-        + ", ".join(
-            f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in m["grid"].items()
-        )
-        for m in methods
-    )
+    grids = describe_grids(methods)
     status = "" if payload.get("complete") else " **Partial run: not every regime finished.**"
     lines = [
         f"Command: `{payload['command']}` · seeds {proto['seeds']} · {len(records)} records (data, reward "

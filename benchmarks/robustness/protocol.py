@@ -193,3 +193,14 @@ def selection_summary(picks: Sequence[dict]) -> str:
     if epochs:
         text += " · " + ", ".join(f"ep {e} ×{n}" for e, n in sorted(epochs.items()))
     return text
+
+
+def describe_grids(methods) -> str:
+    """``"name: key ∈ {v1, v2}, ...; ..."``: the declared grids of ``methods`` (JSON dicts) as prose."""
+    return "; ".join(
+        f"{m['name']}: "
+        + ", ".join(
+            f"{k} ∈ {{{', '.join(f'{v:g}' for v in vals)}}}" for k, vals in m["grid"].items()
+        )
+        for m in methods
+    )
