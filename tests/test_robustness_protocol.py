@@ -31,6 +31,27 @@ def test_check_reports_a_hand_edit_and_missing_readme_markers(tmp_path):
     assert any("markers" in p for p in report.check(results_md=md, readme=readme))
 
 
+def test_summary_claims_carry_holm_adjusted_p_values_over_the_summary_family():
+    def claim(p, verdict, summary=True):
+        return {"p": p, "verdict": verdict, "summary": summary}
+
+    claims = report.summary_claims(
+        [
+            claim(0.01, "reproduces"),
+            claim(0.001, "reproduces", summary=False),  # not in the family
+            claim(0.03, "reproduces"),
+            claim(0.5, "not shown"),
+            claim(None, "not shown"),  # no test: NaN, not counted in m
+        ]
+    )
+    assert [c["p"] for c in claims] == [0.01, 0.03, 0.5, None]
+    # m = 3: 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.5)
+    assert [c["p_holm"] for c in claims[:3]] == pytest.approx([0.03, 0.06, 0.5])
+    note = report.multiplicity_note(claims)
+    assert note.startswith("2 of 4 summary claims reproduce; 1 of those 2 survive")
+    assert "all 3 tested claims" in note
+
+
 def _record(method, lr, epoch, val, test, seed=0):
     return {
         "method": method,

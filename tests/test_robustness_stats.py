@@ -84,3 +84,35 @@ def test_verdict_needs_the_interval_on_the_claimed_side():
     assert stats.verdict(-0.2, -0.01) == "reversed"
     assert stats.verdict(-0.2, -0.01, direction=-1) == "reproduces"
     assert stats.verdict(math.nan, math.nan) == "not shown"
+
+
+def test_holm_adjust_worked_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(0.06, 1*0.04)
+    adjusted = stats.holm_adjust([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm_adjust([0.6, 0.5]) == pytest.approx([1.0, 1.0])
+    nan_kept = stats.holm_adjust([0.01, math.nan, 0.02])
+    assert math.isnan(nan_kept[1]) and nan_kept[0] == pytest.approx(0.02)
+    assert nan_kept[2] == pytest.approx(0.02)
+    assert stats.holm_adjust([]) == []
+
+
+def test_holm_adjust_equals_closed_testing_with_bonferroni_local_tests():
+    """Holm = the closure of Bonferroni tests (Marcus, Peritz & Gabriel 1976): the adjusted p of
+    hypothesis i is the largest Bonferroni p over every intersection that contains i."""
+    import itertools
+
+    rng = random.Random(3)
+    for _ in range(200):
+        m = rng.randint(1, 7)
+        p = [rng.random() ** rng.choice((1, 3)) for _ in range(m)]
+        closed = [
+            max(
+                min(1.0, len(subset) * min(p[j] for j in subset))
+                for size in range(1, m + 1)
+                for subset in itertools.combinations(range(m), size)
+                if i in subset
+            )
+            for i in range(m)
+        ]
+        assert stats.holm_adjust(p) == pytest.approx(closed, abs=1e-12)

@@ -20,6 +20,11 @@ Item-level claims (two methods scored on the same benchmark items):
 
 :func:`verdict`: "reproduces" when the interval lies on the claimed side of zero, "reversed"
 when it lies on the other side, otherwise "not shown".
+
+Many claims at once: :func:`holm_adjust` — Holm's step-down adjusted p-values (Holm 1979):
+with the ``m`` finite p-values sorted ``p_(1) ≤ … ≤ p_(m)``,
+``p̃_(i) = min(1, max_{j ≤ i} (m − j + 1) p_(j))``. Rejecting where ``p̃ < α`` controls the
+family-wise error rate at ``α`` under any dependence between the tests.
 """
 
 from __future__ import annotations
@@ -235,3 +240,17 @@ def verdict(lo: float, hi: float, direction: int = 1) -> str:
     if hi < 0:
         return "reversed"
     return "not shown"
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: sort the ``m`` finite p-values
+    ascending, ``p̃_(i) = min(1, max_{j ≤ i} (m − j + 1) p_(j))`` (Holm 1979). NaN entries (no
+    test) stay NaN and do not count towards ``m``."""
+    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(finite)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
