@@ -177,3 +177,46 @@ def test_exp1b_real_skips_with_a_reason_without_shared_data(tmp_path):
 
     out = exp1b_real.main(["--quick", "--data-dir", str(tmp_path)])
     assert "skipped" in out and (str(tmp_path) in out["skipped"] or "MiniLM" in out["skipped"])
+
+
+def test_replication_retests_the_reproducing_claims_on_fresh_seeds_only(tmp_path):
+    """A replication JSON with the original's records under fresh seed numbers gives the same
+    claim rows back (the mechanics: matching by comparison and regime, Holm over the replicated
+    claims); a replication that reuses an original seed is refused."""
+    name, original = "exp3_distillation_replication", "exp3_distillation"
+    for path in report.RESULTS_DIR.glob("*.json"):
+        if "replication" not in path.stem:
+            shutil.copy(path, tmp_path / path.name)
+    payload = json.loads((tmp_path / f"{original}.json").read_text())
+    seeds = payload["protocol"]["seeds"]
+    payload["protocol"]["seeds"] = [s + 100 for s in seeds]
+    for record in payload["records"]:
+        record["seed"] += 100
+    (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+
+    claims = report.summary_claims(
+        [
+            {**c, "experiment": n}
+            for n, p, module, variant in report.load_payloads(tmp_path)
+            if p is not None
+            for c in report.labelled(module.render(p)[1], variant)
+        ]
+    )
+    rows = [r for r in report.replication_claims(claims, tmp_path) if r["experiment"] == original]
+    assert rows and all(r["verdict"] == "reproduces" for r in rows)
+    for r in rows:
+        rep = r["replication"]
+        assert rep is not None
+        assert (rep["mean"], rep["lo"], rep["hi"], rep["verdict"]) == (
+            r["mean"],
+            r["lo"],
+            r["hi"],
+            r["verdict"],
+        )
+    assert "--length-bias 0.9" in rows[0]["rerun"] and f"{name}.json" in rows[0]["rerun"]
+    assert "Replication on fresh seeds" in report.replication_note(rows)
+
+    payload["protocol"]["seeds"] = seeds[:1] + payload["protocol"]["seeds"][1:]
+    (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=f"seeds \\[{seeds[0]}\\] were used by {original}"):
+        report.replication_claims(claims, tmp_path)

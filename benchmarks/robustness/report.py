@@ -41,6 +41,19 @@ EXPERIMENTS = (
     ("exp4b_lm", "benchmarks.robustness.exp4b_lm"),
 )
 
+# (replication JSON stem, the EXPERIMENTS entry it replicates, fresh seeds): the same experiment
+# and declaration rerun on seeds its verdicts were not read from; only the summary claims that
+# reproduced there are tested again (a confirmatory family: Holm over those claims only)
+REPLICATIONS = (
+    ("exp1_synthetic_replication", "exp1_synthetic", tuple(range(10, 20)), ()),
+    (
+        "exp3_distillation_replication",
+        "exp3_distillation",
+        tuple(range(10, 20)),
+        ("--length-bias", "0.9"),
+    ),
+)
+
 INTRO = """\
 # Robustness results
 
@@ -149,6 +162,92 @@ def summary_table(claims: list[dict]) -> str:
     return markdown_table(header, rows)
 
 
+def replication_command(name: str, original: str, seeds: tuple[int, ...], extra: tuple) -> str:
+    module = dict((n, m) for n, m, *_ in EXPERIMENTS)[original]
+    args = ["--seeds", *map(str, seeds), *extra, "--out", f"docs/results/{name}.json"]
+    return " ".join(["python -m", module, *args])
+
+
+def replication_claims(claims: list[dict], results_dir: Path = RESULTS_DIR) -> list[dict]:
+    """For every summary claim that reproduces in an experiment of :data:`REPLICATIONS`: the same
+    comparison in the replication run (``replication`` = its claim row, ``None`` when the run is
+    missing), each with ``p_holm`` over the replicated claims. Raises when a replication reuses a
+    seed of the original run (it would not be a fresh sample)."""
+    rows = []
+    for name, original, seeds, extra in REPLICATIONS:
+        base = [c for c in claims if c["experiment"] == original and c["verdict"] == "reproduces"]
+        if not base:
+            continue
+        path = Path(results_dir) / f"{name}.json"
+        found = {}
+        if path.exists():
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            first = json.loads((Path(results_dir) / f"{original}.json").read_text(encoding="utf-8"))
+            reused = set(payload["protocol"]["seeds"]) & set(first["protocol"]["seeds"])
+            if reused:
+                raise ValueError(f"{path}: seeds {sorted(reused)} were used by {original}")
+            module = importlib.import_module(payload["protocol"]["module"])
+            found = {(c["comparison"], c["regime"]): c for c in module.render(payload)[1]}
+        command = replication_command(name, original, seeds, extra)
+        rows += [
+            {**c, "replication": found.get((c["comparison"], c["regime"])), "rerun": command}
+            for c in base
+        ]
+    p_values = [r["replication"]["p"] if r["replication"] else math.nan for r in rows]
+    p_values = [math.nan if p is None else float(p) for p in p_values]
+    return [{**r, "p_holm_rep": q} for r, q in zip(rows, holm_adjust(p_values), strict=True)]
+
+
+def replication_table(rows: list[dict]) -> str:
+    header = [
+        "regime",
+        "method vs baseline",
+        "first run: effect [95 % CI] (seeds)",
+        "replication: effect [95 % CI]",
+        "p",
+        "Holm p",
+        "wins/seeds",
+        "verdict",
+    ]
+    out = []
+    for r in rows:
+        d, rep = r.get("digits", 3), r["replication"]
+        first = (
+            f"{fmt(r['mean'], d, sign=True)} [{fmt(r['lo'], d, sign=True)}, "
+            f"{fmt(r['hi'], d, sign=True)}] ({r['n']})"
+        )
+        if rep is None:
+            out.append(
+                [r["regime"], r["comparison"], first, f"not run: `{r['rerun']}`", "", "", "", ""]
+            )
+            continue
+        out.append(
+            [
+                r["regime"],
+                r["comparison"],
+                first,
+                f"{fmt(rep['mean'], d, sign=True)} [{fmt(rep['lo'], d, sign=True)}, "
+                f"{fmt(rep['hi'], d, sign=True)}]",
+                fmt_p(rep["p"]),
+                fmt_p(r["p_holm_rep"]),
+                f"{rep['wins']}/{rep['n']}",
+                f"**{rep['verdict']}**",
+            ]
+        )
+    return markdown_table(header, out)
+
+
+def replication_note(rows: list[dict]) -> str:
+    run = [r for r in rows if r["replication"] is not None]
+    again = [r for r in run if r["replication"]["verdict"] == "reproduces"]
+    holm = [r for r in again if r["p_holm_rep"] < 1 - LEVEL]
+    return (
+        f"Replication on fresh seeds: {len(again)} of the {len(run)} replicated claims reproduce "
+        f"again ({len(holm)} with a Holm-adjusted p below {1 - LEVEL:.2f} over those {len(run)})"
+        + (f"; {len(rows) - len(run)} not replicated yet." if len(run) < len(rows) else ".")
+    )
+
+
 def generate(results_dir: Path = RESULTS_DIR) -> tuple[str, str]:
     """``(results.md text, README block text)`` from the JSON files."""
     sections, claims = [], []
@@ -162,8 +261,9 @@ def generate(results_dir: Path = RESULTS_DIR) -> tuple[str, str]:
             continue
         body, found = module.render(payload)
         sections.append(f"## {number}. {title}\n\n{body.strip()}")
-        claims += [{**c, "section": number} for c in labelled(found, variant)]
+        claims += [{**c, "section": number, "experiment": name} for c in labelled(found, variant)]
     claims = summary_claims(claims)
+    replicated = replication_claims(claims, results_dir)
     summary = (
         "## Summary: each claim under the protocol\n\n"
         + summary_table(claims)
@@ -174,8 +274,21 @@ def generate(results_dir: Path = RESULTS_DIR) -> tuple[str, str]:
         )
         + multiplicity_note(claims)
     )
+    if replicated:
+        summary += (
+            "\n\n### Replication: the claims that reproduce, rerun on fresh seeds\n\n"
+            "Each experiment with a claim that reproduces above is rerun with the same declaration "
+            "(methods, grids, settings, validation-only selection) on seeds none of its verdicts were "
+            "read from; only those claims are tested again, so Holm p here adjusts over them alone.\n\n"
+            + replication_table(replicated)
+            + "\n\n"
+            + replication_note(replicated)
+            + " Commands: "
+            + "; ".join(sorted({f"`{r['rerun']}`" for r in replicated}))
+            + "."
+        )
     text = "\n\n".join([INTRO, summary, *sections, OLD_PROTOCOL]).rstrip() + "\n"
-    return text, readme_block(claims)
+    return text, readme_block(claims, replicated)
 
 
 def all_claims(results_dir: Path = RESULTS_DIR) -> str:
@@ -202,7 +315,7 @@ def all_claims(results_dir: Path = RESULTS_DIR) -> str:
     return markdown_table(header, rows)
 
 
-def readme_block(claims: list[dict]) -> str:
+def readme_block(claims: list[dict], replicated: list[dict] = ()) -> str:
     """The README's generated paragraph: one line per claim of the summary (``summary_claims``)."""
     lines = [
         "Generated from `docs/results/*.json`, as the summary of `docs/results.md` (paired over seeds, selection on "
@@ -218,6 +331,8 @@ def readme_block(claims: list[dict]) -> str:
             f"Holm p {fmt_p(c['p_holm'])}, {c['n']} seeds) — **{c['verdict']}**"
         )
     lines += ["", multiplicity_note(claims)]
+    if replicated:
+        lines += ["", replication_note(replicated)]
     return "\n".join(lines)
 
 
