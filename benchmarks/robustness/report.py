@@ -92,6 +92,17 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def interval(claim: dict) -> str:
+    """``[lo, hi]`` of a claim row, signed, at the claim's digits."""
+    d = claim.get("digits", 3)
+    return f"[{fmt(claim['lo'], d, sign=True)}, {fmt(claim['hi'], d, sign=True)}]"
+
+
+def effect(claim: dict) -> str:
+    """The claim's mean difference, signed, at its digits."""
+    return fmt(claim["mean"], claim.get("digits", 3), sign=True)
+
+
 def load_payloads(
     results_dir: Path = RESULTS_DIR,
 ) -> list[tuple[str, dict | None, object, str | None]]:
@@ -150,8 +161,8 @@ def summary_table(claims: list[dict]) -> str:
             c["claim"],
             c["regime"],
             c["comparison"],
-            fmt(c["mean"], c.get("digits", 3), sign=True),
-            f"[{fmt(c['lo'], c.get('digits', 3), sign=True)}, {fmt(c['hi'], c.get('digits', 3), sign=True)}]",
+            effect(c),
+            interval(c),
             fmt_p(c["p"]),
             fmt_p(c["p_holm"]),
             f"{c['wins']}/{c['n']}",
@@ -211,11 +222,8 @@ def replication_table(rows: list[dict]) -> str:
     ]
     out = []
     for r in rows:
-        d, rep = r.get("digits", 3), r["replication"]
-        first = (
-            f"{fmt(r['mean'], d, sign=True)} [{fmt(r['lo'], d, sign=True)}, "
-            f"{fmt(r['hi'], d, sign=True)}] ({r['n']})"
-        )
+        rep = r["replication"]
+        first = f"{effect(r)} {interval(r)} ({r['n']})"
         if rep is None:
             out.append(
                 [r["regime"], r["comparison"], first, f"not run: `{r['rerun']}`", "", "", "", ""]
@@ -226,8 +234,7 @@ def replication_table(rows: list[dict]) -> str:
                 r["regime"],
                 r["comparison"],
                 first,
-                f"{fmt(rep['mean'], d, sign=True)} [{fmt(rep['lo'], d, sign=True)}, "
-                f"{fmt(rep['hi'], d, sign=True)}]",
+                f"{effect(rep)} {interval(rep)}",
                 fmt_p(rep["p"]),
                 fmt_p(r["p_holm_rep"]),
                 f"{rep['wins']}/{rep['n']}",
@@ -299,13 +306,12 @@ def all_claims(results_dir: Path = RESULTS_DIR) -> str:
         if payload is None:
             continue
         for c in labelled(module.render(payload)[1], variant):
-            d = c.get("digits", 3)
             rows.append(
                 [
                     c["comparison"],
                     c["regime"],
-                    fmt(c["mean"], d, sign=True),
-                    f"[{fmt(c['lo'], d, sign=True)}, {fmt(c['hi'], d, sign=True)}]",
+                    effect(c),
+                    interval(c),
                     fmt_p(c["p"]),
                     c["n"],
                     c["verdict"],
@@ -324,10 +330,9 @@ def readme_block(claims: list[dict], replicated: list[dict] = ()) -> str:
         "",
     ]
     for c in claims:
-        d = c.get("digits", 3)
         lines.append(
-            f"- {c['comparison']}, {c['regime']}: {c['metric_label']} {fmt(c['mean'], d, sign=True)} "
-            f"(95 % CI [{fmt(c['lo'], d, sign=True)}, {fmt(c['hi'], d, sign=True)}], p {fmt_p(c['p'])}, "
+            f"- {c['comparison']}, {c['regime']}: {c['metric_label']} {effect(c)} "
+            f"(95 % CI {interval(c)}, p {fmt_p(c['p'])}, "
             f"Holm p {fmt_p(c['p_holm'])}, {c['n']} seeds) — **{c['verdict']}**"
         )
     lines += ["", multiplicity_note(claims)]
