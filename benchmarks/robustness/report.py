@@ -67,7 +67,9 @@ rate, epoch) is made per seed on an **in-distribution validation split only** â€
 test splits are read only at the selected point. A claim is compared with the baseline **paired by
 seed**: mean difference, 95 % Student-t interval, two-sided paired t-test p, wins/seeds. Verdict
 "reproduces" only when the interval lies on the claimed side of zero; "reversed" when it lies on the
-other side; otherwise "not shown". Negative results stay in."""
+other side; otherwise "not shown". Negative results stay in. The summary tests many claims at once, so
+each row also carries its Holm-adjusted p, and the claims that reproduce are rerun on fresh seeds
+(the replication table below it)."""
 
 OLD_PROTOCOL = f"""\
 ## Superseded: the issue-7 sections (old protocol)
