@@ -11,6 +11,7 @@ Inputs (each optional; a missing one is reported as "not run"):
   (the gold/proxy pipeline's summary).
 
     python scripts/render_smollm2_summary.py            # writes docs/results/smollm2_e2e.md
+    python scripts/render_smollm2_summary.py --check    # exit 1 when the committed file differs
 """
 
 from __future__ import annotations
@@ -284,7 +285,19 @@ def render() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default=str(RESULTS / "smollm2_e2e.md"))
+    p.add_argument("--check", action="store_true", help="exit 1 when --output differs")
     args = p.parse_args(argv)
+    if args.check:
+        output = Path(args.output)
+        if not output.exists() or output.read_text(encoding="utf-8") != render():
+            print(
+                f"{output} differs from the render of the raw files; run "
+                "`python scripts/render_smollm2_summary.py` and commit the result",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{output} matches the raw files")
+        return 0
     Path(args.output).write_text(render(), encoding="utf-8")
     print(args.output)
     return 0
