@@ -216,6 +216,13 @@ def test_replication_retests_the_reproducing_claims_on_fresh_seeds_only(tmp_path
     assert "--length-bias 0.9" in rows[0]["rerun"] and f"{name}.json" in rows[0]["rerun"]
     assert "Replication on fresh seeds" in report.replication_note(rows)
 
+    payload["complete"] = False  # still writing: tests nothing yet
+    (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+    partial = [
+        r for r in report.replication_claims(claims, tmp_path) if r["experiment"] == original
+    ]
+    assert all(r["replication"] is None for r in partial)
+
     payload["protocol"]["seeds"] = seeds[:1] + payload["protocol"]["seeds"][1:]
     (tmp_path / f"{name}.json").write_text(json.dumps(payload))
     with pytest.raises(ValueError, match=f"seeds \\[{seeds[0]}\\] were used by {original}"):

@@ -20,8 +20,9 @@ method is one of the package's modules (no second training loop):
 * ``DRO``: GRPO with ``shaping="dro"`` (the value-robust baseline), fixed budget, grid over δ̃;
 * ``PPO`` (with ``--ppo`` only): :class:`~lightning_robust.modules.PPO` (value head, GAE), grid over
   its KL-in-reward β. A PPO run costs about 1.1 times a GRPO run (13.1 vs 12.0 s CPU, one
-  thread, evaluating every 4 rollouts); the committed run (80 runs, 497 s CPU) leaves PPO out,
-  as it was made on a saturated shared machine; with it the full form is about 11 CPU-minutes.
+  thread, evaluating every 4 rollouts). The committed run includes it (``--ppo --workers 2``:
+  100 runs, 578 s CPU, 5.1 minutes on two idle cores); its 80 non-PPO runs equal, record for
+  record, those of the earlier run without PPO (one worker), so the flag adds rows only.
 
 Protocol (:mod:`benchmarks.robustness.protocol`): every method has a grid of the same size
 (:data:`GRID_SIZE`); the learning rate, rollouts and sampling are shared. Every ``val_every``
