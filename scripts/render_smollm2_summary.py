@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
 RESULTS = REPO / "docs" / "results"
 
 
@@ -114,18 +115,24 @@ def dpo_section(name: str, path: Path) -> list[str]:
     return lines
 
 
+def _script(name: str):
+    """A module of scripts/ by file name (scripts/ is not a package)."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def comparison_section(a_path: Path, b_path: Path, out: Path) -> list[str]:
     """DR-DPO (a) vs DPO (b) on the same held-out pairs; the figures are also written to ``out``."""
     if not (a_path.exists() and b_path.exists()):
         return []
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "smollm2_e2e", REPO / "scripts" / "smollm2_e2e.py"
-    )
-    e2e = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = e2e  # its dataclasses look their module up
-    spec.loader.exec_module(e2e)
+    e2e = _script("smollm2_e2e")
     a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
     if "heldout_margins" not in a or "heldout_margins" not in b:
         return []
@@ -225,10 +232,45 @@ def grpo_section(folder: Path) -> list[str]:
             f"KL {_mean([r['kl'] for r in first]):.4f} → {_mean([r['kl'] for r in last]):.4f}.",
         ]
     lines += heldout_change_lines(folder / "e2e.json")
+    lines += drro_vs_grpo_lines(folder / "e2e.json", folder / "grpo_e2e.json")
     png = folder / "reward_kl_frontier.png"
     if png.exists():
         lines += ["", f"![reward-KL frontier]({png.relative_to(RESULTS)})"]
     return lines + [""]
+
+
+def drro_vs_grpo_lines(drro_path: Path, grpo_path: Path) -> list[str]:
+    """DRRO (the config's shaping) vs the GRPO baseline (``shaping=none``, every other flag the
+    same), paired by held-out prompt after training: per quantity the mean of
+    ``after_DRRO - after_GRPO``, its bootstrap 95 % CI and the exact sign test."""
+    if not (drro_path.exists() and grpo_path.exists()):
+        return []
+    paired_change = _script("smollm2_drro_e2e").paired_change
+    drro, grpo = json.loads(drro_path.read_text()), json.loads(grpo_path.read_text())
+    same_start = drro["per_prompt"]["before"] == grpo["per_prompt"]["before"]
+    lines = [
+        "",
+        f"DRRO vs the GRPO baseline (`{grpo_path.relative_to(REPO)}`: the same command with "
+        "`--model.init_args.shaping=none`), paired by held-out prompt after training; before the fit "
+        + (
+            "both runs sampled identical completions (same base model and seed)."
+            if same_start
+            else "the two runs' samples differ (the comparison is still paired by prompt)."
+        )
+        + " Difference = DRRO − GRPO:",
+        "",
+        "| quantity | GRPO after | DRRO after | difference | 95 % CI | DRRO higher / lower | sign test p |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in drro["per_prompt"]["after"]:
+        c = paired_change(grpo["per_prompt"]["after"][name], drro["per_prompt"]["after"][name])
+        lo, hi = c["mean_delta_ci95"]
+        st = c["sign_test"]
+        lines.append(
+            f"| {name} | {c['mean_before']:.4f} | {c['mean_after']:.4f} | {c['mean_delta']:+.4f} "
+            f"| [{lo:+.4f}, {hi:+.4f}] | {st['up']} / {st['down']} | {st['p_two_sided']:.3g} |"
+        )
+    return lines
 
 
 def heldout_change_lines(path: Path) -> list[str]:

@@ -5,6 +5,7 @@ committed SmolLM2 reports)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +39,23 @@ def test_smollm2_summary_matches_the_committed_reports(tmp_path):
     edited = tmp_path / "smollm2_e2e.md"
     edited.write_text(render.render().replace("0.", "0,", 1), encoding="utf-8")
     assert render.main(["--check", "--output", str(edited)]) == 1
+
+
+def test_drro_vs_grpo_is_paired_by_prompt(tmp_path, monkeypatch):
+    render = _load("scripts/render_smollm2_summary.py")
+    monkeypatch.setattr(render, "REPO", tmp_path)
+    before = {"gold": [0.1, 0.2, 0.3], "kl": [0.0, 0.0, 0.0]}
+    runs = {
+        "e2e.json": {"gold": [0.4, 0.1, 0.5], "kl": [0.2, 0.3, 0.1]},  # DRRO
+        "grpo_e2e.json": {"gold": [0.1, 0.2, 0.3], "kl": [0.5, 0.5, 0.5]},
+    }
+    for name, after in runs.items():
+        (tmp_path / name).write_text(json.dumps({"per_prompt": {"before": before, "after": after}}))
+    lines = render.drro_vs_grpo_lines(tmp_path / "e2e.json", tmp_path / "grpo_e2e.json")
+    assert "identical completions" in lines[1]
+    gold = next(line for line in lines if line.startswith("| gold"))
+    # differences +0.3, -0.1, +0.2: mean +0.1333, 2 higher / 1 lower, sign test p = 1
+    assert gold.startswith("| gold | 0.2000 | 0.3333 | +0.1333 |") and "| 2 / 1 | 1 |" in gold
+    kl = next(line for line in lines if line.startswith("| kl"))
+    assert "| 0.5000 | 0.2000 | -0.3000 |" in kl and "| 0 / 3 | 0.25 |" in kl
+    assert render.drro_vs_grpo_lines(tmp_path / "e2e.json", tmp_path / "absent.json") == []
