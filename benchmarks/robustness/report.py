@@ -254,6 +254,7 @@ def replication_note(rows: list[dict]) -> str:
     return (
         f"Replication on fresh seeds: {len(again)} of the {len(run)} replicated claims reproduce "
         f"again ({len(holm)} with a Holm-adjusted p below {1 - LEVEL:.2f} over those {len(run)})"
+        + (": " + "; ".join(f"{r['comparison']}, {r['regime']}" for r in again) if again else "")
         + (f"; {len(rows) - len(run)} not replicated yet." if len(run) < len(rows) else ".")
     )
 
