@@ -41,9 +41,10 @@ EXPERIMENTS = (
     ("exp4b_lm", "benchmarks.robustness.exp4b_lm"),
 )
 
-# (replication JSON stem, the EXPERIMENTS entry it replicates, fresh seeds): the same experiment
-# and declaration rerun on seeds its verdicts were not read from; only the summary claims that
-# reproduced there are tested again (a confirmatory family: Holm over those claims only)
+# (replication JSON stem, the EXPERIMENTS entry it replicates, fresh seeds, extra flags): the same
+# experiment and declaration rerun on seeds its verdicts were not read from; only the claims that
+# reproduced there (summary or reference rows) are tested again (a confirmatory family: Holm over
+# those claims only)
 REPLICATIONS = (
     ("exp1_synthetic_replication", "exp1_synthetic", tuple(range(10, 20)), ()),
     (
@@ -52,6 +53,7 @@ REPLICATIONS = (
         tuple(range(10, 20)),
         ("--length-bias", "0.9"),
     ),
+    ("exp4b_lm_replication", "exp4b_lm", tuple(range(5, 10)), ("--ppo",)),
 )
 
 INTRO = """\
@@ -182,10 +184,11 @@ def replication_command(name: str, original: str, seeds: tuple[int, ...], extra:
 
 
 def replication_claims(claims: list[dict], results_dir: Path = RESULTS_DIR) -> list[dict]:
-    """For every summary claim that reproduces in an experiment of :data:`REPLICATIONS`: the same
-    comparison in the replication run (``replication`` = its claim row, ``None`` when the run is
-    missing or incomplete), each with ``p_holm`` over the replicated claims. Raises when a replication reuses a
-    seed of the original run (it would not be a fresh sample)."""
+    """For every claim (summary or reference row) that reproduces in an experiment of
+    :data:`REPLICATIONS`: the same comparison in the replication run (``replication`` = its claim
+    row, ``None`` when the run is missing or incomplete), each with ``p_holm_rep`` over the
+    replicated claims. Raises when a replication reuses a seed of the original run (it would not be
+    a fresh sample)."""
     rows = []
     for name, original, seeds, extra in REPLICATIONS:
         base = [c for c in claims if c["experiment"] == original and c["verdict"] == "reproduces"]
@@ -212,6 +215,11 @@ def replication_claims(claims: list[dict], results_dir: Path = RESULTS_DIR) -> l
     return [{**r, "p_holm_rep": q} for r, q in zip(rows, holm_adjust(p_values), strict=True)]
 
 
+def named(claim: dict) -> str:
+    """The claim's comparison, marked when it is a reference row (not in the summary)."""
+    return claim["comparison"] + ("" if claim.get("summary", True) else " (reference)")
+
+
 def replication_table(rows: list[dict]) -> str:
     header = [
         "regime",
@@ -227,15 +235,14 @@ def replication_table(rows: list[dict]) -> str:
     for r in rows:
         rep = r["replication"]
         first = f"{effect(r)} {interval(r)} ({r['n']})"
+        comparison = named(r)
         if rep is None:
-            out.append(
-                [r["regime"], r["comparison"], first, f"not run: `{r['rerun']}`", "", "", "", ""]
-            )
+            out.append([r["regime"], comparison, first, f"not run: `{r['rerun']}`", "", "", "", ""])
             continue
         out.append(
             [
                 r["regime"],
-                r["comparison"],
+                comparison,
                 first,
                 f"{effect(rep)} {interval(rep)}",
                 fmt_p(rep["p"]),
@@ -254,7 +261,7 @@ def replication_note(rows: list[dict]) -> str:
     return (
         f"Replication on fresh seeds: {len(again)} of the {len(run)} replicated claims reproduce "
         f"again ({len(holm)} with a Holm-adjusted p below {1 - LEVEL:.2f} over those {len(run)})"
-        + (": " + "; ".join(f"{r['comparison']}, {r['regime']}" for r in again) if again else "")
+        + (": " + "; ".join(f"{named(r)}, {r['regime']}" for r in again) if again else "")
         + (f"; {len(rows) - len(run)} not replicated yet." if len(run) < len(rows) else ".")
     )
 
@@ -273,8 +280,8 @@ def generate(results_dir: Path = RESULTS_DIR) -> tuple[str, str]:
         body, found = module.render(payload)
         sections.append(f"## {number}. {title}\n\n{body.strip()}")
         claims += [{**c, "section": number, "experiment": name} for c in labelled(found, variant)]
-    claims = summary_claims(claims)
     replicated = replication_claims(claims, results_dir)
+    claims = summary_claims(claims)
     summary = (
         "## Summary: each claim under the protocol\n\n"
         + summary_table(claims)
@@ -288,7 +295,8 @@ def generate(results_dir: Path = RESULTS_DIR) -> tuple[str, str]:
     if replicated:
         summary += (
             "\n\n### Replication: the claims that reproduce, rerun on fresh seeds\n\n"
-            "Each experiment with a claim that reproduces above is rerun with the same declaration "
+            "Each experiment with a claim that reproduces (a summary row above, or a reference row of its "
+            'section, marked "reference") is rerun with the same declaration '
             "(methods, grids, settings, validation-only selection) on seeds none of its verdicts were "
             "read from; only those claims are tested again, so Holm p here adjusts over them alone.\n\n"
             + replication_table(replicated)
