@@ -147,3 +147,19 @@ def test_selection_ignores_test_metrics():
     body, claims = exp3.render(payload)
     assert "0.99" not in body and "0.610 ± 0.010" in body
     assert all(c["mean"] == pytest.approx(0.0) for c in claims)
+
+
+def test_every_declared_family_maps_to_module_options_and_a_training_file():
+    """p-DPO and dp-DPO share the pessimism term and differ only in the loss on the labels: p-DPO
+    trains on the preference file (no reward model), dp-DPO on the distillation targets."""
+    for method in exp3.METHODS:
+        point = method.grid_points()[0]
+        options = exp3.dpo_options(method.family, point, 0.1)
+        assert exp3.TRAIN_FILE[method.family] in ("train", "distill", "ensemble")
+        assert options["loss_type"] in ("dpo", "ipo", "distill")
+    p_dpo = exp3.dpo_options("dpo_kl", {"gamma": 0.2}, 0.1)
+    dp_dpo = exp3.dpo_options("distill_kl", {"gamma": 0.2}, 0.1)
+    assert p_dpo == {**dp_dpo, "loss_type": "dpo"} and p_dpo["kl_gamma_start"] == 0.2
+    assert (exp3.TRAIN_FILE["dpo_kl"], exp3.TRAIN_FILE["distill_kl"]) == ("train", "distill")
+    with pytest.raises(ValueError, match="unknown method family"):
+        exp3.dpo_options("pdpo", {}, 0.1)

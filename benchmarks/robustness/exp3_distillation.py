@@ -26,7 +26,9 @@ Protocol (declared below, before anything runs; :mod:`benchmarks.robustness.prot
   size :data:`GRID_SIZE`; the epoch 1..``epochs`` is chosen for every method alike):
   DPO over beta (baseline), IPO over beta (IPO's tau), d-DPO over beta (one learned RM),
   dp-DPO (d-DPO plus the forward-KL pessimism term ``gamma KL_hat`` on the data's responses,
-  S004 eq. 11 / §7.1) over gamma, e-DPO (min over the three learned RMs per minibatch) over beta.
+  S004 eq. 11 / §7.1) over gamma, p-DPO (DPO on the preference labels plus the same pessimism
+  term, no reward model: S004 eq. 13) over gamma, e-DPO (min over the three learned RMs per
+  minibatch) over beta.
 * selection: per regime, method and seed the (configuration, epoch) with the highest accuracy on
   the validation split under its own (length-biased, noisy) labels; test metrics are read only
   at the selected point.
@@ -72,6 +74,7 @@ METHODS = (
     Method("IPO", "ipo", {"beta": [0.1, 0.5]}),
     Method("d-DPO", "distill", {"beta": [0.1, 0.5]}),
     Method("dp-DPO", "distill_kl", {"gamma": [0.05, 0.2]}),
+    Method("p-DPO", "dpo_kl", {"gamma": [0.05, 0.2]}),
     Method("e-DPO", "ensemble", {"beta": [0.1, 0.5]}),
 )
 QUICK_METHODS = (
@@ -303,6 +306,7 @@ TRAIN_FILE = {
     "ipo": "train",
     "distill": "distill",
     "distill_kl": "distill",
+    "dpo_kl": "train",
     "ensemble": "ensemble",
 }
 
@@ -313,9 +317,9 @@ def dpo_options(family: str, config: dict, dp_beta: float) -> dict:
         return {"loss_type": family, "beta": config["beta"]}
     if family in ("distill", "ensemble"):
         return {"loss_type": "distill", "beta": config["beta"]}
-    if family == "distill_kl":
+    if family in ("distill_kl", "dpo_kl"):  # dp-DPO / p-DPO: beta fixed, gamma from the grid
         return {
-            "loss_type": "distill",
+            "loss_type": "distill" if family == "distill_kl" else "dpo",
             "beta": dp_beta,
             "kl_gamma_start": config["gamma"],
             "kl_samples": "data",
@@ -547,6 +551,7 @@ COMPARISONS = (
     ("d-DPO", "DPO"),
     ("e-DPO", "DPO"),
     ("dp-DPO", "DPO"),
+    ("p-DPO", "DPO"),
     ("IPO", "DPO"),
     ("d-DPO", "IPO"),
     ("e-DPO", "IPO"),
@@ -607,7 +612,8 @@ def render(payload: dict) -> tuple[str, list[dict]]:
         f"--reward-model rm.ckpt ...`), whose `chosen_scores`/`rejected_scores` columns the distillation methods read.",
         f"Policies: the project's `DPO` module (tiny random-init Llama, frozen-copy reference, AdamW lr "
         f"{s['learning_rate']:g}, batch {s['batch_size']}, up to {s['epochs']} epoch(s); the epoch is chosen like the grid "
-        f"point). dp-DPO = d-DPO (β = {s['dp_beta']:g}) + γ·KL̂ on the data's responses (S004 eq. 11, §7.1); e-DPO = min "
+        f"point). dp-DPO = d-DPO (β = {s['dp_beta']:g}) + γ·KL̂ on the data's responses (S004 eq. 11, §7.1); p-DPO = DPO (β = {s['dp_beta']:g}) "
+        f"on the labels + the same γ·KL̂ term (S004 eq. 13); e-DPO = min "
         f"over the three reward models per minibatch. Grids ({max(len(Method(**m).grid_points()) for m in methods)} "
         f"configurations each; IPO's β is its τ): {grids}. Accuracies from the implicit reward β(log π − log π_ref).",
     ]
@@ -684,7 +690,7 @@ def render(payload: dict) -> tuple[str, list[dict]]:
                         if g != 0.5
                         else f"control: {method} vs {ref} without length bias"
                     )
-                    if method in ("d-DPO", "e-DPO", "dp-DPO")
+                    if method in ("d-DPO", "e-DPO", "dp-DPO", "p-DPO")
                     else f"reference: {method} > {ref}",
                     "regime": regime_label(g),
                     "comparison": f"{method} vs {ref}",
