@@ -239,6 +239,16 @@ def grpo_section(folder: Path) -> list[str]:
     return lines + [""]
 
 
+def paired_change_row(name: str, c: dict) -> str:
+    """A table row of a ``paired_change`` result: means, change, CI, sign test."""
+    lo, hi = c["mean_delta_ci95"]
+    st = c["sign_test"]
+    return (
+        f"| {name} | {c['mean_before']:.4f} | {c['mean_after']:.4f} | {c['mean_delta']:+.4f} "
+        f"| [{lo:+.4f}, {hi:+.4f}] | {st['up']} / {st['down']} | {st['p_two_sided']:.3g} |"
+    )
+
+
 def drro_vs_grpo_lines(drro_path: Path, grpo_path: Path) -> list[str]:
     """DRRO (the config's shaping) vs the GRPO baseline (``shaping=none``, every other flag the
     same), paired by held-out prompt after training: per quantity the mean of
@@ -264,12 +274,7 @@ def drro_vs_grpo_lines(drro_path: Path, grpo_path: Path) -> list[str]:
     ]
     for name in drro["per_prompt"]["after"]:
         c = paired_change(grpo["per_prompt"]["after"][name], drro["per_prompt"]["after"][name])
-        lo, hi = c["mean_delta_ci95"]
-        st = c["sign_test"]
-        lines.append(
-            f"| {name} | {c['mean_before']:.4f} | {c['mean_after']:.4f} | {c['mean_delta']:+.4f} "
-            f"| [{lo:+.4f}, {hi:+.4f}] | {st['up']} / {st['down']} | {st['p_two_sided']:.3g} |"
-        )
+        lines.append(paired_change_row(name, c))
     return lines
 
 
@@ -288,13 +293,7 @@ def heldout_change_lines(path: Path) -> list[str]:
         "| quantity | before | after | change | 95 % CI | up / down | sign test p |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, c in r["change"].items():
-        lo, hi = c["mean_delta_ci95"]
-        st = c["sign_test"]
-        lines.append(
-            f"| {name} | {c['mean_before']:.4f} | {c['mean_after']:.4f} | {c['mean_delta']:+.4f} "
-            f"| [{lo:+.4f}, {hi:+.4f}] | {st['up']} / {st['down']} | {st['p_two_sided']:.3g} |"
-        )
+    lines += [paired_change_row(name, c) for name, c in r["change"].items()]
     return lines
 
 
