@@ -271,8 +271,8 @@ def regime_label(conflict: float, label_noise: float) -> str:
 
 def render(payload: dict) -> tuple[str, list[dict]]:
     """Markdown of the section and the claim rows, from the raw records only."""
-    from benchmarks.robustness.common import fmt_mean_std, markdown_table
-    from benchmarks.robustness.protocol import select, selection_summary
+    from benchmarks.robustness.common import markdown_table
+    from benchmarks.robustness.protocol import select, selected_point_row
     from benchmarks.robustness.report import fmt, fmt_p
     from benchmarks.robustness.stats import paired_t, verdict
 
@@ -319,15 +319,7 @@ def render(payload: dict) -> tuple[str, list[dict]]:
             picks = [chosen[k] for k in sorted(chosen) if k[:2] == g and k[2] == m["name"]]
             if not picks:
                 continue
-            body.append(
-                [
-                    regime_label(*g),
-                    m["name"],
-                    *(fmt_mean_std([p[x] for p in picks]) for x in METRICS),
-                    selection_summary(picks),
-                    len(picks),
-                ]
-            )
+            body.append(selected_point_row([regime_label(*g), m["name"]], picks, METRICS))
     lines += [
         "### Accuracy at the validation-selected point (mean ± sample sd over seeds)",
         markdown_table(header, body),

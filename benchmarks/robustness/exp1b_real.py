@@ -381,8 +381,8 @@ SUMMARY_METHODS = ("DR-TV", "DR-χ²")
 
 def render(payload: dict) -> tuple[str, list[dict]]:
     """Markdown of the section and the claim rows, from the raw records only."""
-    from benchmarks.robustness.common import fmt_mean_std, markdown_table
-    from benchmarks.robustness.protocol import select, selection_summary
+    from benchmarks.robustness.common import markdown_table
+    from benchmarks.robustness.protocol import select, selected_point_row
     from benchmarks.robustness.report import fmt, fmt_p
     from benchmarks.robustness.stats import mcnemar_exact, paired_bootstrap_mean, paired_t, verdict
 
@@ -411,14 +411,7 @@ def render(payload: dict) -> tuple[str, list[dict]]:
     body = []
     for m in methods:
         picks = [chosen[k] for k in sorted(chosen) if k[0] == m["name"]]
-        body.append(
-            [
-                m["name"],
-                *(fmt_mean_std([p[x] for p in picks]) for x in metrics),
-                selection_summary(picks),
-                len(picks),
-            ]
-        )
+        body.append(selected_point_row([m["name"]], picks, metrics))
     lines += [
         "### Accuracy at the validation-selected point (mean ± sample sd over seeds)",
         markdown_table(header, body),

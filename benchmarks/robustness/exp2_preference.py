@@ -474,7 +474,7 @@ def _paired(chosen: dict, g: tuple, name: str, base: str, metric: str) -> dict |
 def render(payload: dict) -> tuple[str, list[dict]]:
     """Markdown of the section and the claim rows, from the raw records only."""
     from benchmarks.robustness.common import fmt_mean_std, markdown_table
-    from benchmarks.robustness.protocol import select, selection_summary
+    from benchmarks.robustness.protocol import select, selected_point_row
     from benchmarks.robustness.report import fmt, fmt_p
     from benchmarks.robustness.stats import verdict
 
@@ -549,13 +549,9 @@ def render(payload: dict) -> tuple[str, list[dict]]:
             picks = [chosen[k] for k in sorted(chosen) if k[:1] == g and k[1] == m["name"]]
             if picks:
                 body.append(
-                    [
-                        regime_label(*g, weight_b),
-                        m["name"],
-                        *(fmt_mean_std([p[x] for p in picks]) for x in TABLE_METRICS),
-                        selection_summary(picks),
-                        len(picks),
-                    ]
+                    selected_point_row(
+                        [regime_label(*g, weight_b), m["name"]], picks, TABLE_METRICS
+                    )
                 )
     lines += [
         "### Sampled-completion rewards at the validation-selected point (mean ± sample sd over seeds)",

@@ -577,7 +577,7 @@ def _rm_label(method: str) -> str:
 def render(payload: dict) -> tuple[str, list[dict]]:
     """Markdown of the section and the claim rows, from the raw records only."""
     from benchmarks.robustness.common import fmt_mean_std, markdown_table
-    from benchmarks.robustness.protocol import select, selection_summary
+    from benchmarks.robustness.protocol import select, selected_point_row
     from benchmarks.robustness.report import fmt, fmt_p
     from benchmarks.robustness.stats import paired_t, verdict
 
@@ -653,15 +653,7 @@ def render(payload: dict) -> tuple[str, list[dict]]:
         for m in names:
             picks = [chosen[k] for k in sorted(chosen) if k[0] == g and k[1] == m]
             if picks:
-                body.append(
-                    [
-                        regime_label(g),
-                        m,
-                        *(fmt_mean_std([p[x] for p in picks]) for x in METRIC_LABELS),
-                        selection_summary(picks),
-                        len(picks),
-                    ]
-                )
+                body.append(selected_point_row([regime_label(g), m], picks, METRIC_LABELS))
     lines += [
         "### Policies at the validation-selected point (mean ± sample sd over seeds)",
         markdown_table(header, body),

@@ -145,8 +145,8 @@ def main(argv=None) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def render(payload: dict) -> tuple[str, list[dict]]:
-    from benchmarks.robustness.common import fmt_mean_std, markdown_table
-    from benchmarks.robustness.protocol import select, selection_summary
+    from benchmarks.robustness.common import markdown_table
+    from benchmarks.robustness.protocol import select, selected_point_row
     from benchmarks.robustness.report import fmt, fmt_p
     from benchmarks.robustness.stats import paired_bootstrap_mean, paired_t, verdict
 
@@ -186,13 +186,7 @@ def render(payload: dict) -> tuple[str, list[dict]]:
         for m in methods:
             picks = [chosen[k] for k in sorted(chosen) if k[0] == sigma and k[1] == m["name"]]
             body.append(
-                [
-                    f"{sigma[0]} σ={sigma[1]:g}",
-                    m["name"],
-                    fmt_mean_std([p["test"] for p in picks]),
-                    selection_summary(picks),
-                    len(picks),
-                ]
+                selected_point_row([f"{sigma[0]} σ={sigma[1]:g}", m["name"]], picks, ["test"])
             )
     lines += ["### Test gold at the validation-selected point", markdown_table(header, body)]
     comparisons = [("DRRO", base), ("DRRO", "DRO"), ("DRRO", "greedy"), ("DRO", base)]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.robustness.common import RESULTS_DIR, command_line
+from benchmarks.robustness.common import RESULTS_DIR, command_line, fmt_mean_std
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,17 @@ def selection_summary(picks: Sequence[dict]) -> str:
     if epochs:
         text += " · " + ", ".join(f"ep {e} ×{n}" for e, n in sorted(epochs.items()))
     return text
+
+
+def selected_point_row(labels: Sequence, picks: Sequence[dict], metrics: Sequence[str]) -> list:
+    """One table row of a method's validation-selected points over seeds: ``labels``, then
+    ``mean ± sd`` of each metric, which grid points / epochs were selected, and the seed count."""
+    return [
+        *labels,
+        *(fmt_mean_std([p[x] for p in picks]) for x in metrics),
+        selection_summary(picks),
+        len(picks),
+    ]
 
 
 def describe_grids(methods) -> str:
