@@ -95,6 +95,8 @@ def test_holm_adjust_worked_example():
     assert math.isnan(nan_kept[1]) and nan_kept[0] == pytest.approx(0.02)
     assert nan_kept[2] == pytest.approx(0.02)
     assert stats.holm_adjust([]) == []
+    no_test = stats.holm_adjust([None, 0.02])  # None = no test, like NaN
+    assert math.isnan(no_test[0]) and no_test[1] == pytest.approx(0.02)
 
 
 def test_holm_adjust_equals_closed_testing_with_bonferroni_local_tests():

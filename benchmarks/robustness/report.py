@@ -130,8 +130,8 @@ def summary_claims(claims: list[dict]) -> list[dict]:
     """The claims of the one-screen summary, each with ``p_holm``: its Holm-adjusted p-value with
     every summary claim as one family (:func:`~benchmarks.robustness.stats.holm_adjust`)."""
     chosen = [c for c in claims if c.get("summary", True)]
-    p_values = [math.nan if c["p"] is None else float(c["p"]) for c in chosen]
-    return [{**c, "p_holm": q} for c, q in zip(chosen, holm_adjust(p_values), strict=True)]
+    adjusted = holm_adjust([c["p"] for c in chosen])
+    return [{**c, "p_holm": q} for c, q in zip(chosen, adjusted, strict=True)]
 
 
 def multiplicity_note(claims: list[dict]) -> str:
@@ -210,9 +210,8 @@ def replication_claims(claims: list[dict], results_dir: Path = RESULTS_DIR) -> l
             {**c, "replication": found.get((c["comparison"], c["regime"])), "rerun": command}
             for c in base
         ]
-    p_values = [r["replication"]["p"] if r["replication"] else math.nan for r in rows]
-    p_values = [math.nan if p is None else float(p) for p in p_values]
-    return [{**r, "p_holm_rep": q} for r, q in zip(rows, holm_adjust(p_values), strict=True)]
+    adjusted = holm_adjust([r["replication"]["p"] if r["replication"] else None for r in rows])
+    return [{**r, "p_holm_rep": q} for r, q in zip(rows, adjusted, strict=True)]
 
 
 def named(claim: dict) -> str:

@@ -242,11 +242,13 @@ def verdict(lo: float, hi: float, direction: int = 1) -> str:
     return "not shown"
 
 
-def holm_adjust(p_values: Sequence[float]) -> list[float]:
+def holm_adjust(p_values: Sequence[float | None]) -> list[float]:
     """Holm's step-down adjusted p-values, in the input order: sort the ``m`` finite p-values
-    ascending, ``p̃_(i) = min(1, max_{j ≤ i} (m − j + 1) p_(j))`` (Holm 1979). NaN entries (no
-    test) stay NaN and do not count towards ``m``."""
-    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    ascending, ``p̃_(i) = min(1, max_{j ≤ i} (m − j + 1) p_(j))`` (Holm 1979). ``None`` or NaN
+    entries (no test) come back NaN and do not count towards ``m``."""
+    finite = sorted(
+        (float(p), i) for i, p in enumerate(p_values) if p is not None and not math.isnan(p)
+    )
     m = len(finite)
     adjusted = [math.nan] * len(p_values)
     running = 0.0
