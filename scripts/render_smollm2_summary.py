@@ -128,8 +128,9 @@ def _script(name: str):
     return module
 
 
-def comparison_section(a_path: Path, b_path: Path, out: Path) -> list[str]:
-    """DR-DPO (a) vs DPO (b) on the same held-out pairs; the figures are also written to ``out``."""
+def comparison_section(a_path: Path, b_path: Path, out: Path, files: dict) -> list[str]:
+    """DR-DPO (a) vs DPO (b) on the same held-out pairs; the figures also go to ``out`` (added to
+    ``files``, path -> text, for the caller to write or check)."""
     if not (a_path.exists() and b_path.exists()):
         return []
     e2e = _script("smollm2_e2e")
@@ -138,7 +139,7 @@ def comparison_section(a_path: Path, b_path: Path, out: Path) -> list[str]:
         return []
     c = e2e.compare_methods(a, b)
     c = {"a": str(a_path.relative_to(REPO)), "b": str(b_path.relative_to(REPO)), **c}
-    out.write_text(json.dumps(c, indent=1) + "\n", encoding="utf-8")
+    files[out] = json.dumps(c, indent=1) + "\n"
     s, m = c["sign_test"], c["mcnemar"]
     return [
         "### DR-DPO vs DPO, paired on the same held-out pairs",
@@ -297,7 +298,9 @@ def heldout_change_lines(path: Path) -> list[str]:
     return lines
 
 
-def render() -> str:
+def render(files: dict | None = None) -> str:
+    """The markdown; the derived raw files it cites are added to ``files`` (path -> text)."""
+    files = {} if files is None else files
     lines = [
         "# SmolLM2-135M-Instruct end to end (CPU, offline)",
         "",
@@ -310,6 +313,7 @@ def render() -> str:
         RESULTS / "smollm2_dr_dpo_e2e.json",
         RESULTS / "smollm2_dpo_e2e.json",
         RESULTS / "smollm2_dr_dpo_vs_dpo.json",
+        files,
     )
     earlier = sorted((RESULTS / "smollm2_e2e").glob("*.json"))
     if earlier:
@@ -328,18 +332,25 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=str(RESULTS / "smollm2_e2e.md"))
     p.add_argument("--check", action="store_true", help="exit 1 when --output differs")
     args = p.parse_args(argv)
+    files: dict = {}
+    files[Path(args.output)] = render(files)
     if args.check:
-        output = Path(args.output)
-        if not output.exists() or output.read_text(encoding="utf-8") != render():
+        stale = [
+            path
+            for path, text in files.items()
+            if not path.exists() or path.read_text(encoding="utf-8") != text
+        ]
+        for path in stale:
             print(
-                f"{output} differs from the render of the raw files; run "
+                f"{path} differs from the render of the raw files; run "
                 "`python scripts/render_smollm2_summary.py` and commit the result",
                 file=sys.stderr,
             )
-            return 1
-        print(f"{output} matches the raw files")
-        return 0
-    Path(args.output).write_text(render(), encoding="utf-8")
+        if not stale:
+            print(f"{args.output} and the files it derives match the raw files")
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.write_text(text, encoding="utf-8")
     print(args.output)
     return 0
 

@@ -39,6 +39,10 @@ def test_smollm2_summary_matches_the_committed_reports(tmp_path):
     edited = tmp_path / "smollm2_e2e.md"
     edited.write_text(render.render().replace("0.", "0,", 1), encoding="utf-8")
     assert render.main(["--check", "--output", str(edited)]) == 1
+    derived: dict = {}
+    render.render(derived)  # the DR-DPO vs DPO figures are returned, not written
+    comparison = render.RESULTS / "smollm2_dr_dpo_vs_dpo.json"
+    assert derived[comparison] == comparison.read_text(encoding="utf-8")
 
 
 def test_drro_vs_grpo_is_paired_by_prompt(tmp_path, monkeypatch):
